@@ -1,0 +1,572 @@
+"""LearnedPriorScheduler: the checks of diffusers' own scheduler tests, equality with DDPMScheduler
+when no prior is given, Algorithm 2 in closed form with one, fast sampling, and whitening."""
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UniPCMultistepScheduler,
+)
+
+from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, LearnedPriorScheduler
+from restoregrad_adapter.scheduler import fractional_timesteps, whitened_initial_sample, whitened_step
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+def ddpm_test_config(**overrides):
+    """The configuration diffusers' DDPMSchedulerTest uses (note clip_sample=True)."""
+    config = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
+                  variance_type="fixed_small", clip_sample=True)
+    config.update(overrides)
+    return config
+
+
+def random_sample():
+    return torch.rand((4, 3, 8, 8))
+
+
+def deterministic_sample():
+    n = 4 * 3 * 8 * 8
+    return (torch.arange(n).reshape(3, 8, 8, 4) / n).permute(3, 0, 1, 2)
+
+
+def deterministic_noise():
+    n = 4 * 3 * 8 * 8
+    return (torch.arange(n).flip(-1).reshape(3, 8, 8, 4) / n).permute(3, 0, 1, 2)
+
+
+def dummy_model(sample, t):
+    return sample * t / (t + 1)
+
+
+def step_after_save_load(tmp_path, time_step=0, num_inference_steps=None, **config):
+    """Step a scheduler and its save_config/from_pretrained copy with the same seed: outputs equal."""
+    scheduler = LearnedPriorScheduler(**ddpm_test_config(**config))
+    sample = random_sample()
+    residual = 0.1 * sample
+    scheduler.save_config(tmp_path)
+    loaded = LearnedPriorScheduler.from_pretrained(tmp_path)
+    if num_inference_steps is not None:
+        scheduler.set_timesteps(num_inference_steps)
+        loaded.set_timesteps(num_inference_steps)
+    scheduler.scale_model_input(sample, 0)
+    out = scheduler.step(residual, time_step, sample, generator=torch.manual_seed(0)).prev_sample
+    new = loaded.step(residual, time_step, sample, generator=torch.manual_seed(0)).prev_sample
+    assert torch.sum(torch.abs(out - new)) < 1e-5
+
+
+# ---------------------------------------------------------------------------- SchedulerCommonTest checks
+
+
+@pytest.mark.parametrize("config", [
+    *[dict(num_train_timesteps=n) for n in (1, 5, 100, 1000)],
+    *[dict(beta_start=s, beta_end=e) for s, e in zip([1e-4, 1e-3, 1e-2, 0.1], [0.002, 0.02, 0.2, 2])],
+    *[dict(beta_schedule=s) for s in ("linear", "squaredcos_cap_v2", "scaled_linear", "sigmoid")],
+    *[dict(variance_type=v) for v in ("fixed_small", "fixed_large", "fixed_small_log", "fixed_large_log")],
+    *[dict(clip_sample=c) for c in (True, False)],
+    dict(thresholding=False),
+    *[dict(thresholding=True, prediction_type=p, sample_max_value=m)
+      for m in (0.5, 1.0, 2.0) for p in ("epsilon", "sample", "v_prediction")],
+    *[dict(prediction_type=p) for p in ("epsilon", "sample", "v_prediction")],
+])
+def test_save_load_same_step_over_configs(tmp_path, config):
+    step_after_save_load(tmp_path, **config)
+
+
+@pytest.mark.parametrize("t", [0, 500, 999])
+def test_save_load_same_step_over_time_indices(tmp_path, t):
+    step_after_save_load(tmp_path, time_step=t)
+
+
+def test_from_pretrained_round_trips_config_as_scheduler_config_json(tmp_path):
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    scheduler.save_pretrained(tmp_path)
+    assert (tmp_path / "scheduler_config.json").is_file()
+    loaded = LearnedPriorScheduler.from_pretrained(tmp_path)
+    # diffusers records which values were defaults in a private `_use_default_values` key of the
+    # *original* config only (DDPMScheduler does the same); every public key must round-trip.
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(loaded.config) == public(scheduler.config)
+    assert loaded.config["_class_name"] == "LearnedPriorScheduler"
+
+
+def test_compatibles():
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    assert len(scheduler.compatibles) > 0 and all(c is not None for c in scheduler.compatibles)
+    for compatible in scheduler.compatibles:
+        other = compatible.from_config(scheduler.config)
+        assert other is not None
+        back = LearnedPriorScheduler.from_config(other.config)
+        same_keys = {k: v for k, v in back.config.items() if k in scheduler.config}
+        assert same_keys == dict(scheduler.config)
+        extra = {k for k in back.config if k not in scheduler.config}
+        init_keys = inspect.signature(LearnedPriorScheduler.__init__).parameters.keys()
+        assert extra.intersection(init_keys) == set()
+
+
+def test_config_mirrors_ddpm_scheduler():
+    ours = inspect.signature(LearnedPriorScheduler.__init__).parameters
+    theirs = inspect.signature(DDPMScheduler.__init__).parameters
+    assert list(ours) == list(theirs)
+    for name in theirs:
+        if name not in ("self", "clip_sample"):
+            assert ours[name].default == theirs[name].default, name
+    assert ours["clip_sample"].default is False
+    # A DDPM config loads into ours and back without loss.
+    ddpm = DDPMScheduler(**ddpm_test_config())
+    ours_from_ddpm = LearnedPriorScheduler.from_config(ddpm.config)
+    for key, value in ddpm.config.items():
+        if not key.startswith("_"):
+            assert ours_from_ddpm.config[key] == value, key
+
+
+def test_step_shape():
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    sample = random_sample()
+    out0 = scheduler.step(0.1 * sample, 0, sample).prev_sample
+    out1 = scheduler.step(0.1 * sample, 1, sample).prev_sample
+    assert out0.shape == sample.shape == out1.shape
+
+
+def test_tuple_and_dict_outputs_are_equal():
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    scheduler.set_timesteps(50)
+    sample = random_sample()
+    as_dict = scheduler.step(0.1 * sample, 0, sample, generator=torch.manual_seed(0))
+    scheduler.set_timesteps(50)
+    as_tuple = scheduler.step(0.1 * sample, 0, sample, generator=torch.manual_seed(0), return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+    for a, b in zip(as_tuple, as_dict.values()):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_public_api_and_add_noise_shapes():
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    assert scheduler.init_noise_sigma == 1.0
+    sample = random_sample()
+    assert torch.equal(scheduler.scale_model_input(sample, 0.0), sample)
+    scheduler.set_timesteps(100)
+    noise = torch.randn_like(sample)
+    noised = scheduler.add_noise(sample, noise, scheduler.timesteps[5][None])
+    assert noised.shape == sample.shape
+
+
+def test_no_undeclared_kwargs():
+    has_kwargs = "kwargs" in inspect.signature(LearnedPriorScheduler.__init__).parameters
+    assert has_kwargs == (len(LearnedPriorScheduler._deprecated_kwargs) > 0)
+
+
+def test_trained_betas(tmp_path):
+    scheduler = LearnedPriorScheduler(**ddpm_test_config(num_train_timesteps=2, trained_betas=np.array([0.1, 0.3])))
+    scheduler.save_pretrained(tmp_path)
+    loaded = LearnedPriorScheduler.from_pretrained(tmp_path)
+    assert loaded.betas.tolist() == scheduler.betas.tolist()
+    assert torch.allclose(scheduler.betas, torch.tensor([0.1, 0.3]))
+
+
+# ---------------------------------------------------------------------------- DDPMSchedulerTest checks
+
+
+def test_variance_closed_form_values():
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    ones = torch.tensor(1.0)
+
+    def variance(t):
+        abar_t = scheduler.alphas_cumprod[t]
+        abar_prev = scheduler.alphas_cumprod[t - 1] if t > 0 else ones
+        return scheduler._variance(abar_t, abar_prev, None)
+
+    assert torch.abs(variance(0) - 0.0) < 1e-5
+    assert torch.abs(variance(487) - 0.00979) < 1e-5
+    assert torch.abs(variance(999) - 0.02) < 1e-5
+
+
+@pytest.mark.parametrize("prediction_type, expected_sum, expected_mean", [
+    ("epsilon", 258.9606, 0.3372),
+    ("v_prediction", 202.0296, 0.2631),
+])
+def test_full_loop_without_noise_reference_values(prediction_type, expected_sum, expected_mean):
+    """The reference sums of diffusers' DDPMSchedulerTest full loops (noise discarded)."""
+    scheduler = LearnedPriorScheduler(**ddpm_test_config(prediction_type=prediction_type))
+    sample = deterministic_sample()
+    generator = torch.manual_seed(0)
+    for t in reversed(range(len(scheduler))):
+        sample = scheduler.step(dummy_model(sample, t), t, sample, generator=generator).prev_sample
+    assert abs(sample.abs().sum().item() - expected_sum) < 1e-2
+    assert abs(sample.abs().mean().item() - expected_mean) < 1e-3
+
+
+def test_full_loop_with_noise_reference_values():
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    timesteps = scheduler.timesteps[len(scheduler) - 2:]
+    sample = scheduler.add_noise(deterministic_sample(), deterministic_noise(), timesteps[:1])
+    generator = torch.manual_seed(0)
+    for t in timesteps:
+        sample = scheduler.step(dummy_model(sample, t), t, sample, generator=generator).prev_sample
+    assert abs(sample.abs().sum().item() - 387.9466) < 1e-2
+    assert abs(sample.abs().mean().item() - 0.5051) < 1e-3
+
+
+def test_custom_timesteps_previous_timestep():
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    timesteps = [100, 87, 50, 1, 0]
+    scheduler.set_timesteps(timesteps=timesteps)
+    for i, t in enumerate(scheduler.timesteps):
+        expected = -1 if i == len(timesteps) - 1 else timesteps[i + 1]
+        assert int(scheduler.previous_timestep(t)) == expected
+
+
+def test_custom_timesteps_errors():
+    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+    with pytest.raises(ValueError, match="descending"):
+        scheduler.set_timesteps(timesteps=[100, 87, 50, 51, 0])
+    with pytest.raises(ValueError, match="only one of"):
+        scheduler.set_timesteps(num_inference_steps=5, timesteps=[100, 87, 50, 1, 0])
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        scheduler.set_timesteps(timesteps=[scheduler.config.num_train_timesteps])
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        scheduler.set_timesteps(num_inference_steps=1001)
+
+
+def test_rescale_betas_zero_snr_matches_ddpm():
+    ours = LearnedPriorScheduler(rescale_betas_zero_snr=True)
+    theirs = DDPMScheduler(rescale_betas_zero_snr=True)
+    assert torch.equal(ours.alphas_cumprod, theirs.alphas_cumprod)
+    assert ours.alphas_cumprod[-1] == 0
+
+
+def test_unknown_config_values_raise():
+    for key, value in (("variance_type", "other"), ("prediction_type", "x0"), ("timestep_spacing", "even"),
+                       ("beta_schedule", "quadratic")):
+        with pytest.raises(ValueError, match=key):
+            LearnedPriorScheduler(**{key: value})
+
+
+# ---------------------------------------------------------------------------- prior_std=None is DDPMScheduler
+
+EQUIVALENCE_CONFIGS = [
+    dict(),
+    dict(clip_sample=True),
+    dict(thresholding=True, sample_max_value=1.5, dynamic_thresholding_ratio=0.9),
+    *[dict(prediction_type=p) for p in ("sample", "v_prediction")],
+    *[dict(variance_type=v) for v in ("fixed_small_log", "fixed_large", "learned", "learned_range")],
+    *[dict(timestep_spacing=s, steps_offset=o) for s in ("linspace", "leading", "trailing") for o in (0, 1)],
+    dict(beta_schedule="squaredcos_cap_v2"),
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
+    dict(beta_schedule="sigmoid"),
+    dict(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing"),
+    dict(num_train_timesteps=50, beta_end=0.05),
+]
+
+
+@pytest.mark.parametrize("config", EQUIVALENCE_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_without_prior_equals_ddpm_scheduler(config):
+    config = {"clip_sample": False, **config}
+    ours, theirs = LearnedPriorScheduler(**config), DDPMScheduler(**config)
+    learned = config.get("variance_type", "").startswith("learned")
+    torch.manual_seed(1)
+    x0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    for scheduler in (ours, theirs):
+        scheduler.set_timesteps(10)
+    assert torch.equal(ours.timesteps, theirs.timesteps)
+    sample_ours = sample_theirs = torch.randn(2, 3, 8, 8)
+    gen_ours, gen_theirs = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for t in ours.timesteps:
+        out = 0.3 * sample_ours + 0.2 * x0
+        if learned:  # a predicted variance (learned) or interpolation weight in [-1, 1] (learned_range)
+            extra = torch.sigmoid(sample_ours) * 1e-2 if config["variance_type"] == "learned" else torch.tanh(sample_ours)
+            out = torch.cat([out, extra], dim=1)
+        a = ours.step(out, t, sample_ours, generator=gen_ours)
+        b = theirs.step(out, t, sample_theirs, generator=gen_theirs)
+        assert torch.allclose(a.prev_sample, b.prev_sample, atol=1e-6, rtol=0)
+        assert torch.allclose(a.pred_original_sample, b.pred_original_sample, atol=1e-6, rtol=0)
+        sample_ours, sample_theirs = a.prev_sample, b.prev_sample
+
+
+def test_fixed_large_log_is_a_valid_variance():
+    """DDPMScheduler.step takes the square root of log(beta_t) for "fixed_large_log" and returns NaN;
+    here the log-variance is exponentiated, so the step equals "fixed_large" (std sqrt(beta_t))."""
+    x = torch.randn(1, 1, 16)
+    stock = DDPMScheduler(variance_type="fixed_large_log", clip_sample=False)
+    assert torch.isnan(stock.step(x, 500, x, generator=torch.manual_seed(0)).prev_sample).all()
+    log_type = LearnedPriorScheduler(variance_type="fixed_large_log")
+    plain = LearnedPriorScheduler(variance_type="fixed_large")
+    a = log_type.step(x, 500, x, generator=torch.manual_seed(0)).prev_sample
+    b = plain.step(x, 500, x, generator=torch.manual_seed(0)).prev_sample
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_add_noise_and_velocity_equal_ddpm():
+    ours, theirs = LearnedPriorScheduler(), DDPMScheduler()
+    x0, noise = torch.randn(3, 1, 64), torch.randn(3, 1, 64)
+    t = torch.tensor([0, 500, 999])
+    assert torch.equal(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
+    assert torch.equal(ours.get_velocity(x0, noise, t), theirs.get_velocity(x0, noise, t))
+
+
+# ---------------------------------------------------------------------------- Algorithm 2 in closed form
+
+
+def test_add_noise_closed_form_with_prior_noise():
+    scheduler = LearnedPriorScheduler()
+    x0 = torch.randn(2, 1, 32)
+    sigma = torch.rand(2, 1, 32) + 0.1
+    z = torch.randn(2, 1, 32)
+    t = torch.tensor([10, 900])
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t].view(2, 1, 1)
+    expected = abar.sqrt() * x0.double() + (1 - abar).sqrt() * sigma.double() * z.double()
+    assert torch.allclose(scheduler.add_noise(x0, sigma * z, t).double(), expected, atol=1e-5)
+
+
+def test_sample_prior_is_sigma_times_standard_normal():
+    scheduler = LearnedPriorScheduler()
+    sigma = torch.rand(1, 2, 5000) * 3 + 0.1
+    draw = scheduler.sample_prior(sigma, generator=torch.Generator().manual_seed(3))
+    z = torch.randn(sigma.shape, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(draw, sigma * z)
+
+
+def algorithm2_step(eps_hat, t, x_t, sigma, z, alphas_cumprod):
+    """Paper Algorithm 2, one step, written from the equations in float64.
+
+    ``alphas_cumprod`` is the scheduler's stored (float32) schedule, so that the comparison measures
+    the step, not the rounding of the schedule: for a small beta_t float32 keeps only about three
+    digits of ``beta_t = 1 - abar_t / abar_{t-1}``, in DDPMScheduler as here.
+    """
+    abar = alphas_cumprod.double()
+    abar_prev = abar[t - 1] if t > 0 else torch.tensor(1.0, dtype=torch.float64)
+    alpha_t = abar[t] / abar_prev
+    beta_t = 1 - alpha_t
+    mean = (x_t - beta_t / (1 - abar[t]).sqrt() * eps_hat) / alpha_t.sqrt()
+    if t == 0:
+        return mean
+    s2 = (1 - abar_prev) / (1 - abar[t]) * beta_t
+    return mean + s2.sqrt() * sigma * z
+
+
+@pytest.mark.parametrize("t", [999, 500, 10, 1, 0])
+def test_step_with_prior_is_algorithm_2(t):
+    scheduler = LearnedPriorScheduler()
+    shape = (2, 3, 16, 16)
+    x_t, eps_hat = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    sigma = torch.rand(shape, dtype=torch.float64) * 2 + 0.1
+    gen = torch.Generator().manual_seed(0)
+    out = scheduler.step(eps_hat, t, x_t, generator=gen, prior_std=sigma).prev_sample
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = algorithm2_step(eps_hat, t, x_t, sigma, z, scheduler.alphas_cumprod)
+    assert torch.allclose(out, expected, atol=1e-10, rtol=1e-10)
+
+
+def test_step_with_unit_prior_equals_no_prior():
+    scheduler = LearnedPriorScheduler()
+    x_t, eps_hat = torch.randn(1, 1, 100), torch.randn(1, 1, 100)
+    a = scheduler.step(eps_hat, 321, x_t, generator=torch.Generator().manual_seed(5)).prev_sample
+    b = scheduler.step(eps_hat, 321, x_t, generator=torch.Generator().manual_seed(5),
+                       prior_std=torch.ones_like(x_t)).prev_sample
+    assert torch.equal(a, b)
+
+
+def test_oracle_chain_with_prior_recovers_x0():
+    """With the exact noise of a known x0, the strided chain lands on x0 (no noise at the last step)."""
+    scheduler = LearnedPriorScheduler()
+    scheduler.set_timesteps(20)
+    x0 = torch.rand(1, 1, 64) * 2 - 1
+    sigma = torch.rand(1, 1, 64) + 0.2
+    x = scheduler.sample_prior(sigma, generator=torch.Generator().manual_seed(0))
+    for t in scheduler.timesteps:
+        abar = scheduler.alphas_cumprod[t]
+        eps = (x - abar.sqrt() * x0) / (1 - abar).sqrt()
+        x = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(int(t)), prior_std=sigma).prev_sample
+    assert torch.allclose(x, x0, atol=1e-4)
+
+
+def test_prior_std_errors():
+    scheduler = LearnedPriorScheduler()
+    x = torch.randn(1, 1, 8)
+    with pytest.raises(ValueError, match="prior_std"):
+        scheduler.step(x, 5, x, prior_std=-torch.ones_like(x))
+    with pytest.raises(ValueError, match="prior_std"):
+        scheduler.step(x, 5, x, prior_std=torch.ones(1, 1, 9))
+    with pytest.raises(ValueError, match="prior_std"):
+        scheduler.step(x, 5, x, prior_std=torch.full_like(x, float("nan")))
+    with pytest.raises(ValueError, match="prior_std"):
+        scheduler.sample_prior(torch.ones(3, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------- fast sampling
+
+
+def cdiffuse_train_scheduler():
+    return LearnedPriorScheduler(num_train_timesteps=50, beta_start=1e-4, beta_end=0.035)
+
+
+def fractional_steps_reference(train_betas, infer_betas):
+    """DiffWave's fast-sampling step alignment, computed independently in float64 with numpy."""
+    train_sqrt = np.sqrt(np.cumprod(1 - np.asarray(train_betas, dtype=np.float64)))
+    infer_sqrt = np.sqrt(np.cumprod(1 - np.asarray(infer_betas, dtype=np.float64)))
+    steps = []
+    for target in infer_sqrt:
+        for t in range(len(train_sqrt) - 1):
+            if train_sqrt[t + 1] <= target <= train_sqrt[t] + 1e-7:
+                steps.append(t + (train_sqrt[t] - target) / (train_sqrt[t] - train_sqrt[t + 1]))
+                break
+    return np.array(steps)
+
+
+@pytest.mark.parametrize("infer", [FAST_INFERENCE_BETAS_6, FAST_INFERENCE_BETAS_3])
+def test_fast_sampling_fractional_timesteps(infer):
+    scheduler = cdiffuse_train_scheduler()
+    scheduler.set_timesteps(inference_betas=infer)
+    reference = fractional_steps_reference(np.linspace(1e-4, 0.035, 50), infer)
+    assert len(reference) == len(infer)
+    assert np.allclose(scheduler.timesteps.flip(0).double().numpy(), reference, atol=1e-4)
+    # The model's timestep reproduces the noise level: interpolated sqrt(abar) equals the inference one.
+    train_sqrt = scheduler.alphas_cumprod.double().sqrt().numpy()
+    interp = np.interp(reference, np.arange(50), train_sqrt)
+    assert np.allclose(interp, np.sqrt(np.cumprod(1 - np.asarray(infer))), atol=1e-6)
+    assert scheduler.timesteps.is_floating_point()
+    assert torch.all(scheduler.timesteps[:-1] > scheduler.timesteps[1:])
+
+
+def test_fast_sampling_first_step_is_train_step_zero():
+    scheduler = cdiffuse_train_scheduler()
+    scheduler.set_timesteps(inference_betas=FAST_INFERENCE_BETAS_6)
+    assert abs(scheduler.timesteps[-1].item()) < 1e-3  # beta_1 = 1e-4 equals the first training beta
+
+
+def test_fast_sampling_step_closed_form():
+    scheduler = cdiffuse_train_scheduler()
+    scheduler.set_timesteps(inference_betas=FAST_INFERENCE_BETAS_6)
+    abar = torch.cumprod(1 - torch.tensor(FAST_INFERENCE_BETAS_6, dtype=torch.float64), 0)
+    assert torch.allclose(scheduler.inference_alphas_cumprod.double(), abar, atol=1e-7)
+    x = torch.randn(2, 1, 256, dtype=torch.float64)
+    sigma = torch.rand(2, 1, 256, dtype=torch.float64) + 0.1
+    for i, t in enumerate(scheduler.timesteps):
+        s = len(abar) - 1 - i
+        eps_hat = torch.randn_like(x)
+        out = scheduler.step(eps_hat, t, x, generator=torch.Generator().manual_seed(i), prior_std=sigma).prev_sample
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        expected = algorithm2_step(eps_hat, s, x, sigma, z, scheduler.inference_alphas_cumprod)
+        assert torch.allclose(out, expected, atol=1e-10, rtol=1e-10), s
+        x = out
+
+
+def test_fast_sampling_errors():
+    scheduler = cdiffuse_train_scheduler()
+    with pytest.raises(ValueError, match="inference_betas"):
+        scheduler.set_timesteps(inference_betas=[0.5, 0.9, 0.9])  # noisier than training ever was
+    with pytest.raises(ValueError, match="inference_betas"):
+        scheduler.set_timesteps(inference_betas=[0.0, 1.2])
+    with pytest.raises(ValueError, match="only one of"):
+        scheduler.set_timesteps(num_inference_steps=3, inference_betas=FAST_INFERENCE_BETAS_3)
+    scheduler.set_timesteps(inference_betas=FAST_INFERENCE_BETAS_3)
+    with pytest.raises(ValueError, match="timestep"):
+        scheduler.step(torch.zeros(1, 1, 4), 17.5, torch.zeros(1, 1, 4))
+
+
+def test_fractional_timesteps_is_identity_for_the_training_schedule():
+    scheduler = cdiffuse_train_scheduler()
+    steps = fractional_timesteps(scheduler.alphas_cumprod, scheduler.alphas_cumprod.double())
+    assert torch.allclose(steps, torch.arange(50, dtype=torch.float64), atol=1e-3)
+
+
+# ---------------------------------------------------------------------------- whitening
+
+
+def test_whitened_ddpm_equals_learned_prior_step():
+    ours, stock = LearnedPriorScheduler(), DDPMScheduler(clip_sample=False)
+    for s in (ours, stock):
+        s.set_timesteps(25)
+    x = torch.randn(2, 3, 8, 8)
+    sigma = torch.rand(2, 3, 8, 8) + 0.1
+    for t in ours.timesteps[:5]:
+        eps = torch.randn_like(x)
+        a = ours.step(eps, t, x, generator=torch.Generator().manual_seed(int(t)), prior_std=sigma).prev_sample
+        b = whitened_step(stock, eps, t, x, sigma, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        assert torch.allclose(a, b, atol=1e-5)
+        x = a
+
+
+def ddim_closed_form(eps_hat, x_t, abar_t, abar_prev, eta, sigma, z):
+    """DDIM (Song et al. 2021, eq. 12) under the learned prior: its noise is sigma * z."""
+    x0 = (x_t - (1 - abar_t).sqrt() * eps_hat) / abar_t.sqrt()
+    std = eta * ((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)).sqrt()
+    return abar_prev.sqrt() * x0 + (1 - abar_prev - std**2).sqrt() * eps_hat + std * sigma * z
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_whitened_ddim_closed_form(eta):
+    scheduler = DDIMScheduler(clip_sample=False, set_alpha_to_one=True)
+    scheduler.set_timesteps(10)
+    x = torch.randn(2, 1, 128, dtype=torch.float64)
+    sigma = torch.rand(2, 1, 128, dtype=torch.float64) + 0.1
+    abar = scheduler.alphas_cumprod.double()
+    for i, t in enumerate(scheduler.timesteps):
+        eps = torch.randn_like(x)
+        prev = t - 100
+        abar_prev = abar[prev] if prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+        out = whitened_step(scheduler, eps, t, x, sigma, eta=eta, generator=torch.Generator().manual_seed(i))
+        z = torch.randn(x.shape, generator=torch.Generator().manual_seed(i), dtype=torch.float64)
+        expected = ddim_closed_form(eps, x, abar[t], abar_prev, eta, sigma, z)
+        # DDIMScheduler computes its scalar coefficients in float32 whatever the sample's dtype.
+        assert torch.allclose(out.prev_sample, expected, atol=1e-6, rtol=1e-5), int(t)
+        x = out.prev_sample
+
+
+def test_whitened_dpm_solver_pp_first_order_closed_form_and_linearity():
+    """DPM-Solver++(1) is DDIM(eta=0) (Lu et al. 2022); higher orders are linear in (x, eps), so whitening
+    leaves the deterministic solver unchanged: whitened == plain for any sigma map."""
+    first = DPMSolverMultistepScheduler(solver_order=1, algorithm_type="dpmsolver++", final_sigmas_type="zero")
+    first.set_timesteps(8)
+    x = torch.randn(1, 2, 64, dtype=torch.float64)
+    sigma = torch.rand(1, 2, 64, dtype=torch.float64) + 0.1
+    abar = first.alphas_cumprod.double()
+    timesteps = first.timesteps.tolist()
+    for i, t in enumerate(timesteps):
+        eps = torch.randn_like(x)
+        abar_prev = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.tensor(1.0, dtype=torch.float64)
+        out = whitened_step(first, eps, t, x, sigma).prev_sample
+        expected = ddim_closed_form(eps, x, abar[t], abar_prev, 0.0, sigma, torch.zeros_like(x))
+        assert torch.allclose(out, expected, atol=1e-6), t
+        x = out
+
+    def run(scheduler, whiten):
+        scheduler.set_timesteps(8)
+        x = torch.randn(1, 2, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        for t in scheduler.timesteps:
+            eps = torch.tanh(x) * 0.7
+            x = (whitened_step(scheduler, eps, t, x, sigma) if whiten else scheduler.step(eps, t, x)).prev_sample
+        return x
+
+    for cls in (DPMSolverMultistepScheduler, UniPCMultistepScheduler):
+        plain = run(cls(), whiten=False)
+        whitened = run(cls(), whiten=True)
+        assert torch.allclose(plain, whitened, atol=1e-8), cls.__name__
+
+
+def test_whitened_sde_dpm_solver_noise_scales_with_sigma():
+    """The stochastic part of a whitened step is sigma times the stock one: x' = plain' * sigma."""
+    sigma = torch.full((1, 1, 4096), 3.0, dtype=torch.float64)
+    x = torch.randn(1, 1, 4096, dtype=torch.float64)
+    eps = torch.zeros_like(x)
+    a, b = (DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=1) for _ in range(2))
+    a.set_timesteps(10), b.set_timesteps(10)
+    t = a.timesteps[0]
+    whitened = whitened_step(a, eps, t, x * 3.0, sigma, generator=torch.Generator().manual_seed(0)).prev_sample
+    plain = b.step(eps, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.allclose(whitened, plain * 3.0, atol=1e-10)
+
+
+def test_whitening_refuses_clipping_and_draws_scaled_initial_noise():
+    sigma = torch.rand(1, 1, 16) + 0.1
+    with pytest.raises(ValueError, match="clip_sample"):
+        whitened_step(DDPMScheduler(clip_sample=True), torch.zeros(1, 1, 16), 999, torch.zeros(1, 1, 16), sigma)
+    x_T = whitened_initial_sample(DDIMScheduler(), sigma, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(x_T, sigma * torch.randn(sigma.shape, generator=torch.Generator().manual_seed(1)))
