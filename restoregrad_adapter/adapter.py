@@ -1,0 +1,296 @@
+"""`RestoreGrad`: adds a jointly learned prior to any conditional denoiser ``eps(x_t, y, t)``.
+
+Training (paper Algorithm 1, eq. 10)::
+
+    sigma_post = posterior_net(x0, y); sigma_prior = prior_net(y)
+    eps = sigma_post * z;  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
+    loss = eta * L_LR + L_DM(eps, denoiser(x_t, y, t)) + lam * L_PM
+
+Sampling (Algorithm 2): ``x_T = sigma_prior * z``, then the scheduler's reverse steps with fresh
+noise ``sigma_prior * z``. The Posterior Net is not used.
+
+One object runs four modes, so that a user compares them with one flag:
+
+=============================  =============================================  =================
+mode                           prior std                                      loss
+=============================  =============================================  =================
+``"restoregrad"``              Prior Net (train: Posterior Net for the noise)  eq. 10
+``"restoregrad_no_posterior"`` Prior Net                                       eq. 11
+``"priorgrad"``                handcrafted from y (:func:`energy_prior`)       weighted MSE
+``"ddpm"``                     1                                               MSE
+=============================  =============================================  =================
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from .loss import RestoreGradLoss, RestoreGradLossOutput
+from .scheduler import LearnedPriorScheduler, whitened_initial_sample, whitened_step
+
+MODES = ("restoregrad", "restoregrad_no_posterior", "priorgrad", "ddpm")
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def energy_prior(y: torch.Tensor, frame_length: int | None = None, std_min: float = 0.1) -> torch.Tensor:
+    """PriorGrad's handcrafted prior: the local energy of ``y``, clipped below at ``std_min``.
+
+    The RMS of ``y`` over non-overlapping frames (``frame_length`` samples for waveforms, default
+    256; ``frame_length x frame_length`` pixels for images, default 8), divided by its maximum in each
+    example so the loudest frame has std 1, clipped at ``std_min`` and held constant over each
+    frame. ``y``: ``(B, C, L)`` or ``(B, C, H, W)`` -> a std map of the same shape.
+    """
+    _check_signal("y", y)
+    dims = y.ndim - 2
+    if dims not in (1, 2):
+        raise ValueError(f"`y` must have shape (B, C, L) or (B, C, H, W), got {tuple(y.shape)}.")
+    frame = frame_length if frame_length is not None else (256 if dims == 1 else 8)
+    if not isinstance(frame, int) or frame < 1:
+        raise ValueError(f"`frame_length` must be a positive integer, got {frame_length!r}.")
+    pool = F.avg_pool1d if dims == 1 else F.avg_pool2d
+    # ceil_mode covers a last partial frame; its mean is over the samples it really has.
+    rms = pool(y.float() ** 2, frame, stride=frame, ceil_mode=True).sqrt()
+    peak = rms.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, *([1] * (y.ndim - 1)))
+    std = (rms / peak).clamp_min(std_min)
+    for axis in range(2, y.ndim):
+        std = std.repeat_interleave(frame, dim=axis).narrow(axis, 0, y.shape[axis])
+    return std
+
+
+def _check_signal(name: str, tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}.")
+    if not tensor.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
+    if tensor.ndim < 3:
+        raise ValueError(f"`{name}` must have shape (B, C, *spatial), got {tuple(tensor.shape)}.")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+
+
+class RestoreGrad(nn.Module):
+    """Wrap a conditional denoiser with RestoreGrad's learned prior.
+
+    Args:
+        denoiser: any callable ``(x_t, y, t) -> eps_hat`` with ``x_t, y, eps_hat`` of shape
+            ``(B, C, *spatial)`` and ``t`` of shape ``(B,)`` (integer training steps, or fractional
+            ones in fast sampling). An ``nn.Module`` is registered so its parameters train jointly.
+        prior_net: the Prior Net ``psi`` (:class:`~restoregrad_adapter.PriorNet`); needed by the
+            RestoreGrad modes.
+        posterior_net: the Posterior Net ``phi``; needed by mode ``"restoregrad"``.
+        scheduler: a :class:`LearnedPriorScheduler` (default: 1000 linear steps, DDPM's defaults).
+        loss: a :class:`RestoreGradLoss` (default ``eta=0.1, lam=0.5``, the paper's speech values).
+        mode: one of ``"restoregrad"``, ``"restoregrad_no_posterior"``, ``"priorgrad"``, ``"ddpm"``;
+            may be changed later (``adapter.mode = "ddpm"``).
+        handcrafted_prior: the PriorGrad prior ``y -> std map`` (default :func:`energy_prior`).
+    """
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        prior_net: nn.Module | None = None,
+        posterior_net: nn.Module | None = None,
+        scheduler: LearnedPriorScheduler | None = None,
+        loss: RestoreGradLoss | None = None,
+        mode: str = "restoregrad",
+        handcrafted_prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        super().__init__()
+        if not callable(denoiser):
+            raise ValueError(f"`denoiser` must be callable as denoiser(x_t, y, t), got {type(denoiser).__name__}.")
+        self.denoiser = denoiser
+        self.prior_net = prior_net
+        self.posterior_net = posterior_net
+        self.scheduler = scheduler if scheduler is not None else LearnedPriorScheduler()
+        if not isinstance(self.scheduler, LearnedPriorScheduler):
+            raise ValueError("`scheduler` must be a LearnedPriorScheduler (other diffusers schedulers can be passed "
+                             f"to `restore(scheduler=...)`), got {type(self.scheduler).__name__}.")
+        if self.scheduler.config.prediction_type != "epsilon":
+            raise ValueError("`scheduler.config.prediction_type` must be 'epsilon': RestoreGrad's loss trains a noise "
+                             f"predictor, got {self.scheduler.config.prediction_type!r}.")
+        self.loss_fn = loss if loss is not None else RestoreGradLoss()
+        self.handcrafted_prior = handcrafted_prior if handcrafted_prior is not None else energy_prior
+        self.mode = mode
+
+    @classmethod
+    def with_encoders(
+        cls,
+        denoiser: Denoiser,
+        dims: int,
+        in_channels: int,
+        size: str = "base",
+        sigma_min: float = 0.1,
+        **kwargs,
+    ) -> "RestoreGrad":
+        """Build the Prior and Posterior Nets for signals of ``dims`` (1 or 2) and ``in_channels``."""
+        from .encoders import PosteriorNet, PriorNet
+
+        prior = PriorNet(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min)
+        posterior = PosteriorNet(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min)
+        return cls(denoiser, prior, posterior, **kwargs)
+
+    # ------------------------------------------------------------------ mode
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        if value not in MODES:
+            raise ValueError(f"`mode` must be one of {MODES}, got {value!r}.")
+        if value in ("restoregrad", "restoregrad_no_posterior") and self.prior_net is None:
+            raise ValueError(f"mode {value!r} needs a `prior_net`; pass one or use mode 'priorgrad' or 'ddpm'.")
+        if value == "restoregrad" and self.posterior_net is None:
+            raise ValueError("mode 'restoregrad' needs a `posterior_net`; pass one or use 'restoregrad_no_posterior'.")
+        self._mode = value
+
+    @property
+    def learned_prior(self) -> bool:
+        """True in the RestoreGrad modes, where the prior's covariance is learned."""
+        return self._mode in ("restoregrad", "restoregrad_no_posterior")
+
+    def _check_pair(self, x0: torch.Tensor, y: torch.Tensor) -> None:
+        _check_signal("x0", x0)
+        _check_signal("y", y)
+        if x0.shape != y.shape:
+            raise ValueError(f"`x0` and `y` must have the same shape, got {tuple(x0.shape)} and {tuple(y.shape)}.")
+
+    def _check_condition(self, y: torch.Tensor) -> None:
+        _check_signal("y", y)
+        nets = [n for n in (self.prior_net, self.posterior_net) if n is not None]
+        for net in nets:
+            expected = getattr(getattr(net, "config", None), "in_channels", None)
+            if expected is not None and y.shape[1] != expected:
+                raise ValueError(f"`y` has {y.shape[1]} channels (shape {tuple(y.shape)}), but the encoders were "
+                                 f"built for in_channels={expected}.")
+
+    # ------------------------------------------------------------------ priors
+    def prior_std(self, y: torch.Tensor) -> torch.Tensor:
+        """The sampling prior's standard-deviation map for ``y`` in the current mode (``y``'s shape)."""
+        self._check_condition(y)
+        if self._mode == "ddpm":
+            return torch.ones_like(y, dtype=torch.float32)
+        if self._mode == "priorgrad":
+            return self.handcrafted_prior(y).float()
+        return self.prior_net(y)
+
+    # ------------------------------------------------------------------ training
+    def training_loss(
+        self,
+        x0: torch.Tensor,
+        y: torch.Tensor,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+    ) -> RestoreGradLossOutput:
+        """One Monte-Carlo estimate of the training loss (paper Algorithm 1).
+
+        Args:
+            x0: clean signals ``(B, C, *spatial)``.
+            y: degraded signals, same shape.
+            generator: draws ``z`` and ``t`` when they are not given.
+            noise: standard-normal ``z`` of ``x0``'s shape; the added noise is ``sigma * z``.
+            timesteps: ``(B,)`` integer training steps in ``[0, T)``.
+        """
+        self._check_pair(x0, y)
+        self._check_condition(y)
+        batch = x0.shape[0]
+        T = self.scheduler.config.num_train_timesteps
+        if noise is None:
+            noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"`noise` must have the shape of `x0` {tuple(x0.shape)}, got {tuple(noise.shape)}.")
+        if timesteps is None:
+            gen_device = generator.device if generator is not None else x0.device
+            timesteps = torch.randint(0, T, (batch,), generator=generator, device=gen_device).to(x0.device)
+        elif timesteps.shape != (batch,) or timesteps.is_floating_point() or not (
+            (timesteps >= 0) & (timesteps < T)).all():
+            raise ValueError(f"`timesteps` must be an integer tensor of shape ({batch},) with values in [0, {T}), "
+                             f"got {timesteps.dtype} of shape {tuple(timesteps.shape)}.")
+
+        prior_std = self.prior_std(y)
+        posterior_std = self.posterior_net(x0, y) if self._mode == "restoregrad" else None
+        noise_std = posterior_std if posterior_std is not None else prior_std
+        eps = noise_std * noise  # reparameterised: gradients reach the encoder through eps
+        x_t = self.scheduler.add_noise(x0.float(), eps, timesteps)
+        eps_pred = self.denoiser(x_t, y, timesteps)
+        return self.loss_fn(eps_pred, eps, x0, prior_std, posterior_std, self.scheduler.alpha_bar_T,
+                            learned_prior=self.learned_prior)
+
+    def forward(self, x0: torch.Tensor, y: torch.Tensor, **kwargs) -> RestoreGradLossOutput:
+        """Same as :meth:`training_loss` (so DDP and Accelerate can wrap the adapter)."""
+        return self.training_loss(x0, y, **kwargs)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def restore(
+        self,
+        y: torch.Tensor,
+        num_inference_steps: int | None = None,
+        generator: torch.Generator | None = None,
+        inference_betas: Sequence[float] | None = None,
+        scheduler=None,
+        progress: bool = False,
+        **step_kwargs,
+    ) -> torch.Tensor:
+        """Restore ``y`` by reverse diffusion from the prior (paper Algorithm 2).
+
+        Args:
+            y: degraded signals ``(B, C, *spatial)``.
+            num_inference_steps: number of reverse steps (default: all training steps).
+            generator: source of ``x_T`` and of every step's fresh noise.
+            inference_betas: fast-sampling schedule (e.g. ``FAST_INFERENCE_BETAS_6``), instead of
+                ``num_inference_steps``; only with the adapter's own scheduler.
+            scheduler: any diffusers scheduler to sample with instead (DDIM, DPM-Solver++, ...),
+                through whitening; its ``clip_sample``/``thresholding`` must be off.
+            progress: show a progress bar.
+            step_kwargs: passed to the scheduler's ``step`` (e.g. ``eta`` for DDIM).
+
+        Returns:
+            The restored signal, ``y``'s shape, float32.
+        """
+        self._check_condition(y)
+        sched = scheduler if scheduler is not None else self.scheduler
+        own = isinstance(sched, LearnedPriorScheduler)
+        if inference_betas is not None:
+            if not own:
+                raise ValueError("`inference_betas` needs a LearnedPriorScheduler; the given `scheduler` is a "
+                                 f"{type(sched).__name__}.")
+            sched.set_timesteps(inference_betas=inference_betas, device=y.device)
+        else:
+            steps = num_inference_steps if num_inference_steps is not None else sched.config.num_train_timesteps
+            sched.set_timesteps(steps, device=y.device)
+
+        prior_std = self.prior_std(y)
+        if own:
+            x = sched.sample_prior(prior_std, generator=generator)
+        else:
+            x = whitened_initial_sample(sched, prior_std, generator=generator)
+            if "generator" in inspect.signature(sched.step).parameters:
+                step_kwargs = {"generator": generator, **step_kwargs}
+
+        timesteps = sched.timesteps
+        if progress:
+            from tqdm.auto import tqdm
+
+            timesteps = tqdm(timesteps, desc="restoring", unit="step")
+        for t in timesteps:
+            t_batch = t.expand(y.shape[0]).to(y.device)
+            if own:
+                eps = self.denoiser(x, y, t_batch)
+                x = sched.step(eps, t, x, generator=generator, prior_std=prior_std, **step_kwargs).prev_sample
+            else:
+                model_input = sched.scale_model_input(x / prior_std, t) * prior_std
+                eps = self.denoiser(model_input, y, t_batch)
+                x = whitened_step(sched, eps.float(), t, x, prior_std, **step_kwargs).prev_sample
+        return x
+
+
+__all__ = ["RestoreGrad", "MODES", "energy_prior"]

@@ -1,0 +1,168 @@
+"""Prior Net and Posterior Net: the encoders that give RestoreGrad's learned covariances.
+
+Both are ResNet-20-style convolutional networks (He et al. 2016): a stem convolution, three stages
+of three basic residual blocks, and a head. Unlike the classifier, every convolution has stride 1,
+so the output keeps the input's full resolution and the nets are fully convolutional (any length
+or image size). The head gives a *standard-deviation map* of the signal's shape,
+``sigma = sigma_min + exp(h)`` (paper Sec. 4: exponential output plus a floor, sigma_min = 0.1).
+
+- ``PriorNet(y) -> sigma_prior``: ``Sigma_prior = diag(sigma_prior**2)``, used in training and sampling.
+- ``PosteriorNet(x0, y) -> sigma_post``: sees the clean signal too; training only.
+
+The head is initialised so that ``sigma = 1`` everywhere: an untrained adapter starts as the
+standard Gaussian prior of the denoiser it wraps.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+#: Channel widths of the three stages; "base" is the paper's (16/32/64, about 93K parameters in 1-D).
+SIZES = {"tiny": (8, 16, 32), "base": (16, 32, 64), "large": (32, 64, 128)}
+NORMS = ("none", "batch", "group")
+
+# h is clamped before the exponential so sigma stays finite (exp(10) ~ 2.2e4) in any precision.
+_MAX_LOG_STD = 10.0
+_MIN_LOG_STD = -30.0
+
+
+def _conv(dims: int):
+    return nn.Conv1d if dims == 1 else nn.Conv2d
+
+
+def _norm(kind: str, dims: int, channels: int) -> nn.Module:
+    if kind == "batch":
+        return (nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d)(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    return nn.Identity()
+
+
+class BasicBlock(nn.Module):
+    """Two 3-wide convolutions with a residual connection (1x1 projection when widths differ)."""
+
+    def __init__(self, dims: int, in_channels: int, out_channels: int, norm: str):
+        super().__init__()
+        conv = _conv(dims)
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1, bias=norm == "none")
+        self.norm1 = _norm(norm, dims, out_channels)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1, bias=norm == "none")
+        self.norm2 = _norm(norm, dims, out_channels)
+        self.act = nn.ReLU()
+        self.shortcut = nn.Identity() if in_channels == out_channels else conv(in_channels, out_channels, 1)
+        if norm == "none":
+            # Without normalisation a residual stack trains stably when each branch starts at zero.
+            nn.init.zeros_(self.conv2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.norm1(self.conv1(x)))
+        h = self.norm2(self.conv2(h))
+        return self.act(h + self.shortcut(x))
+
+
+class _StdEncoder(nn.Module):
+    """ResNet-20 body and standard-deviation head shared by the Prior and Posterior Nets."""
+
+    def __init__(self, dims: int, in_channels: int, out_channels: int, size: str, sigma_min: float,
+                 blocks_per_stage: int, norm: str):
+        super().__init__()
+        if dims not in (1, 2):
+            raise ValueError(f"`dims` must be 1 (waveforms) or 2 (images), got {dims!r}.")
+        if size not in SIZES:
+            raise ValueError(f"`size` must be one of {tuple(SIZES)}, got {size!r}.")
+        if norm not in NORMS:
+            raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}.")
+        if not (isinstance(in_channels, int) and in_channels > 0):
+            raise ValueError(f"`in_channels` must be a positive integer, got {in_channels!r}.")
+        if not sigma_min >= 0 or not math.isfinite(sigma_min):
+            raise ValueError(f"`sigma_min` must be a finite number >= 0, got {sigma_min!r}.")
+        widths = SIZES[size]
+        conv = _conv(dims)
+        self.stem = nn.Sequential(conv(in_channels, widths[0], 3, padding=1), nn.ReLU())
+        blocks, width = [], widths[0]
+        for stage_width in widths:
+            for _ in range(blocks_per_stage):
+                blocks.append(BasicBlock(dims, width, stage_width, norm))
+                width = stage_width
+        self.blocks = nn.Sequential(*blocks)
+        self.head = conv(width, out_channels, 3, padding=1)
+        # Start at sigma = sigma_min + exp(h) = 1: the standard prior (requires sigma_min < 1).
+        nn.init.zeros_(self.head.weight)
+        nn.init.constant_(self.head.bias, math.log(1.0 - sigma_min) if sigma_min < 1 else 0.0)
+        self.sigma_min = sigma_min
+        self.dims = dims
+
+    def std(self, features: torch.Tensor) -> torch.Tensor:
+        h = self.head(self.blocks(self.stem(features)))
+        # sigma = sigma_min + exp(h), in float32 so autocast cannot overflow it.
+        return self.sigma_min + torch.exp(h.float().clamp(_MIN_LOG_STD, _MAX_LOG_STD))
+
+    def check(self, name: str, tensor: torch.Tensor, channels: int) -> None:
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}.")
+        expected = "(B, C, L)" if self.dims == 1 else "(B, C, H, W)"
+        if tensor.ndim != self.dims + 2:
+            raise ValueError(f"`{name}` must have shape {expected}, got {tuple(tensor.shape)}.")
+        if tensor.shape[1] != channels:
+            raise ValueError(f"`{name}` must have {channels} channels (dim 1), got shape {tuple(tensor.shape)}.")
+        if not tensor.is_floating_point():
+            raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
+
+
+class PriorNet(ModelMixin, ConfigMixin):
+    """Prior Net ``psi``: ``sigma_prior = psi(y)``, a standard-deviation map of ``y``'s shape.
+
+    Args:
+        dims: 1 for waveforms ``(B, C, L)``, 2 for images ``(B, C, H, W)``.
+        in_channels: channels C of the degraded signal ``y`` (and of the output map).
+        size: "tiny", "base" or "large" (stage widths 8/16/32, 16/32/64, 32/64/128).
+        sigma_min: floor of the standard deviation (paper: 0.1).
+        blocks_per_stage: basic blocks per stage (3 gives ResNet-20).
+        norm: "none" (default; purely local, identical in training and evaluation), "batch" or "group".
+    """
+
+    @register_to_config
+    def __init__(self, dims: int = 2, in_channels: int = 3, size: str = "base", sigma_min: float = 0.1,
+                 blocks_per_stage: int = 3, norm: str = "none"):
+        super().__init__()
+        self.encoder = _StdEncoder(dims, in_channels, in_channels, size, sigma_min, blocks_per_stage, norm)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """``y``: ``(B, C, *spatial)`` -> ``sigma_prior`` of the same shape, float32, ``>= sigma_min``."""
+        self.encoder.check("y", y, self.config.in_channels)
+        return self.encoder.std(y)
+
+
+class PosteriorNet(ModelMixin, ConfigMixin):
+    """Posterior Net ``phi``: ``sigma_post = phi(x0, y)`` (clean and degraded concatenated on channels).
+
+    Used in training only (paper Algorithm 1). Arguments as for :class:`PriorNet`; ``in_channels``
+    is the channel count C of one signal (the network sees 2C).
+    """
+
+    @register_to_config
+    def __init__(self, dims: int = 2, in_channels: int = 3, size: str = "base", sigma_min: float = 0.1,
+                 blocks_per_stage: int = 3, norm: str = "none"):
+        super().__init__()
+        self.encoder = _StdEncoder(dims, 2 * in_channels, in_channels, size, sigma_min, blocks_per_stage, norm)
+
+    def forward(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x0``, ``y``: ``(B, C, *spatial)`` -> ``sigma_post`` of the same shape, float32."""
+        self.encoder.check("x0", x0, self.config.in_channels)
+        self.encoder.check("y", y, self.config.in_channels)
+        if x0.shape != y.shape:
+            raise ValueError(f"`x0` and `y` must have the same shape, got {tuple(x0.shape)} and {tuple(y.shape)}.")
+        return self.encoder.std(torch.cat([x0, y], dim=1))
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = ["PriorNet", "PosteriorNet", "SIZES", "count_parameters"]

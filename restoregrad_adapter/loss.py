@@ -1,0 +1,135 @@
+"""RestoreGrad's training objective: the modified ELBO of paper eq. 10 (and eq. 11).
+
+All terms are means over elements (the paper's sums divided by the element count, so the weights
+eta and lam keep the paper's meaning), and they are computed in float32 even under autocast:
+
+- latent regulariser  ``L_LR = mean(abar_T * x0**2 / sigma_post**2 + log sigma_post**2)``
+- denoising           ``L_DM = mean((eps - eps_hat)**2 / sigma_post**2)``
+- prior matching      ``L_PM = mean(log sigma_prior**2 - log sigma_post**2 + sigma_post**2 / sigma_prior**2)``
+- total               ``L = eta * L_LR + L_DM + lam * L_PM``
+
+One loss serves every mode:
+
+- RestoreGrad (eq. 10): ``posterior_std`` given; all three terms.
+- RestoreGrad without the Posterior Net (eq. 11): ``posterior_std=None``, so ``sigma_post := sigma_prior``
+  and the prior-matching term vanishes.
+- PriorGrad (fixed handcrafted sigma) and standard DDPM (sigma = 1): ``learned_prior=False``; only the
+  weighted denoising term remains (for sigma = 1 it is exactly ``F.mse_loss(eps_hat, eps)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class RestoreGradLossOutput:
+    """The total loss and its terms (float32 scalars). ``latent_reg`` and ``prior_match`` are zero
+    when they do not enter the total (fixed prior; no Posterior Net)."""
+
+    loss: torch.Tensor
+    latent_reg: torch.Tensor
+    denoise: torch.Tensor
+    prior_match: torch.Tensor
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain floats, for logging."""
+        return {k: float(v.detach()) for k, v in vars(self).items()}
+
+
+def _check_float(name: str, tensor: torch.Tensor) -> None:
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        got = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {got}.")
+
+
+class RestoreGradLoss:
+    """RestoreGrad's loss (paper eq. 10/11). See the module docstring for the terms.
+
+    Args:
+        eta: weight of the latent regulariser (paper: 0.1 for speech, 0.005-0.05 for images).
+        lam: weight of the prior-matching term (paper: 0.5 for speech, 0.1-10 for images).
+    """
+
+    def __init__(self, eta: float = 0.1, lam: float = 0.5):
+        for name, value in (("eta", eta), ("lam", lam)):
+            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        self.eta = float(eta)
+        self.lam = float(lam)
+
+    def __repr__(self) -> str:
+        return f"RestoreGradLoss(eta={self.eta}, lam={self.lam})"
+
+    def __call__(
+        self,
+        eps_pred: torch.Tensor,
+        eps: torch.Tensor,
+        x0: torch.Tensor,
+        prior_std: torch.Tensor,
+        posterior_std: torch.Tensor | None = None,
+        alpha_bar_T: float | torch.Tensor | None = None,
+        *,
+        learned_prior: bool = True,
+    ) -> RestoreGradLossOutput:
+        """Compute the loss.
+
+        Args:
+            eps_pred: the denoiser's output ``eps_hat``, ``(B, C, *spatial)``.
+            eps: the noise that was added, ``sigma_post * z`` (or ``sigma_prior * z``), same shape.
+            x0: the clean signal, same shape.
+            prior_std: ``sigma_prior``, broadcastable to the signal's shape (a tensor, or 1.0 for DDPM).
+            posterior_std: ``sigma_post``; None for the no-posterior variant or a fixed prior.
+            alpha_bar_T: ``abar_T`` of the training schedule (needed when ``learned_prior``).
+            learned_prior: False for PriorGrad / standard DDPM, whose sigma is fixed: the loss is then
+                the sigma-weighted denoising term alone.
+        """
+        _check_float("eps_pred", eps_pred)
+        _check_float("eps", eps)
+        _check_float("x0", x0)
+        if eps_pred.shape != eps.shape:
+            raise ValueError(f"`eps_pred` has shape {tuple(eps_pred.shape)} but `eps` has {tuple(eps.shape)}; "
+                             "expected the same shape.")
+        if x0.shape != eps.shape:
+            raise ValueError(f"`x0` has shape {tuple(x0.shape)} but `eps` has {tuple(eps.shape)}; expected the same.")
+        if not isinstance(prior_std, torch.Tensor):
+            prior_std = torch.tensor(float(prior_std), device=x0.device)
+        for name, std in (("prior_std", prior_std), ("posterior_std", posterior_std)):
+            if std is None:
+                continue
+            _check_float(name, std)
+            try:
+                torch.broadcast_shapes(std.shape, x0.shape)
+            except RuntimeError:
+                raise ValueError(f"`{name}` of shape {tuple(std.shape)} does not broadcast to the signal's shape "
+                                 f"{tuple(x0.shape)}.") from None
+        if learned_prior and alpha_bar_T is None:
+            raise ValueError("`alpha_bar_T` is required when `learned_prior=True` (it weights the latent regulariser).")
+
+        device_type = x0.device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            eps_pred, eps, x0 = eps_pred.float(), eps.float(), x0.float()
+            prior_var = prior_std.float() ** 2
+            post_var = prior_var if posterior_std is None else posterior_std.float() ** 2
+            zero = torch.zeros((), device=x0.device)
+
+            # L_DM: the noise-prediction error in the Mahalanobis norm of Sigma_post (eq. 10, 2nd term).
+            denoise = ((eps - eps_pred) ** 2 / post_var).mean()
+            if not learned_prior:
+                return RestoreGradLossOutput(loss=denoise, latent_reg=zero, denoise=denoise, prior_match=zero)
+
+            # L_LR: abar_T x0^T Sigma^-1 x0 + log|Sigma| (eq. 10, 1st term; keeps x_T close to the prior).
+            abar_T = torch.as_tensor(alpha_bar_T, dtype=torch.float32, device=x0.device)
+            latent_reg = (abar_T * x0**2 / post_var + torch.log(post_var)).expand_as(x0).mean()
+            if posterior_std is None:  # eq. 11: Sigma_post := Sigma_prior, no prior-matching term
+                prior_match = zero
+            else:
+                # L_PM: KL(N(0, Sigma_post) || N(0, Sigma_prior)) up to constants (eq. 10, 3rd term).
+                prior_match = (torch.log(prior_var) - torch.log(post_var) + post_var / prior_var).expand_as(x0).mean()
+            loss = self.eta * latent_reg + denoise + self.lam * prior_match
+        return RestoreGradLossOutput(loss=loss, latent_reg=latent_reg, denoise=denoise, prior_match=prior_match)
+
+
+__all__ = ["RestoreGradLoss", "RestoreGradLossOutput"]
