@@ -1,0 +1,407 @@
+"""Restoration quality metrics for images and speech.
+
+Image metrics follow the convention of WeatherDiff and MATLAB ``rgb2ycbcr``:
+PSNR and SSIM are computed on the luma (Y) channel of ITU-R BT.601 YCbCr in
+"studio swing", i.e. ``Y = 16/255 + (65.481 R + 128.553 G + 24.966 B) / 255``
+for ``R, G, B`` in ``[0, 1]``, so that ``Y`` lies in ``[16/255, 235/255]``.
+Y is kept on the ``[0, 1]`` scale, so a data range of 1 is used for both
+PSNR and SSIM (equivalent to the usual 0-255 computation with peak 255).
+
+Speech metrics take waveforms shaped ``(B, L)`` or ``(B, 1, L)``.
+
+Every function returns one value per batch item, as a tensor of shape
+``(B,)``. Inputs are validated and never modified: a wrong shape, dtype,
+non-finite value or out-of-range image raises :class:`ValueError` naming the
+offending argument.
+
+``torchmetrics`` (extra ``metrics``), ``pesq`` and ``pystoi`` (extra
+``speech-metrics``) are imported only when a function needing them is called.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+if TYPE_CHECKING:
+    import numpy as np
+
+__all__ = [
+    "EVALUATE_MODULES",
+    "evaluate_module_path",
+    "pesq_wb",
+    "psnr_y",
+    "rgb_to_y",
+    "si_snr",
+    "ssim_y",
+    "stoi",
+]
+
+#: BT.601 studio-swing luma coefficients applied to R, G, B in [0, 1].
+_Y_WEIGHTS: tuple[float, float, float] = (65.481 / 255.0, 128.553 / 255.0, 24.966 / 255.0)
+_Y_OFFSET: float = 16.0 / 255.0
+
+#: SSIM window: gaussian, 11 x 11, sigma 1.5 (Wang et al. 2004).
+_SSIM_KERNEL_SIZE: int = 11
+_SSIM_SIGMA: float = 1.5
+
+_PESQ_WB_SAMPLE_RATE: int = 16000
+_SPEECH_EXTRA_HINT: str = "pip install restoregrad_adapter[speech-metrics]"
+_METRICS_EXTRA_HINT: str = "pip install restoregrad_adapter[metrics]"
+
+#: Names of the ``evaluate`` metric modules shipped in ``evaluate_metrics/``.
+EVALUATE_MODULES: tuple[str, ...] = ("psnr_y", "si_snr")
+
+
+# --------------------------------------------------------------------------- #
+# Input validation
+# --------------------------------------------------------------------------- #
+def _check_tensor(x: object, name: str) -> torch.Tensor:
+    """Check that ``x`` is a floating-point tensor holding only finite values."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"`{name}` must have a floating-point dtype, got {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"`{name}` contains non-finite values (nan or inf)")
+    return x
+
+
+def _check_pair(pred: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check ``pred``/``target`` individually, then that they match each other."""
+    pred = _check_tensor(pred, "pred")
+    target = _check_tensor(target, "target")
+    if pred.shape != target.shape:
+        raise ValueError(
+            "`pred` and `target` must have the same shape, got "
+            f"pred {tuple(pred.shape)} and target {tuple(target.shape)}"
+        )
+    if pred.dtype != target.dtype:
+        raise ValueError(
+            f"`pred` and `target` must have the same dtype, got pred {pred.dtype} and target {target.dtype}"
+        )
+    if pred.device != target.device:
+        raise ValueError(
+            f"`pred` and `target` must be on the same device, got pred {pred.device} and target {target.device}"
+        )
+    return pred, target
+
+
+def _check_image(x: torch.Tensor, name: str, max_value: float = 1.0) -> None:
+    """Check a ``(B, C, H, W)`` image batch with ``C`` in {1, 3} and values in ``[0, max_value]``."""
+    if x.ndim != 4:
+        raise ValueError(f"`{name}` must have 4 dimensions (B, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] not in (1, 3):
+        raise ValueError(
+            f"`{name}` must have 1 (Y/gray) or 3 (RGB) channels, got {x.shape[1]} (shape {tuple(x.shape)})"
+        )
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0.0 or hi > max_value:
+        raise ValueError(
+            f"`{name}` values must lie in [0, {max_value:g}], got min {lo:.6g} and max {hi:.6g}; "
+            "clamp or rescale it explicitly before computing metrics"
+        )
+
+
+def _check_image_pair(
+    pred: object, target: object, max_value: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pred, target = _check_pair(pred, target)
+    _check_image(pred, "pred", max_value)
+    _check_image(target, "target", max_value)
+    return pred, target
+
+
+def _check_waveform_pair(pred: object, target: object) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate waveforms ``(B, L)`` or ``(B, 1, L)`` and return them as ``(B, L)`` views."""
+    pred, target = _check_pair(pred, target)
+    for x, name in ((pred, "pred"), (target, "target")):
+        if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[1] != 1):
+            raise ValueError(
+                f"`{name}` must have shape (B, L) or (B, 1, L), got shape {tuple(x.shape)}"
+            )
+        if x.shape[-1] < 2:
+            raise ValueError(f"`{name}` must have at least 2 samples, got shape {tuple(x.shape)}")
+    if pred.ndim == 3:
+        pred, target = pred[:, 0], target[:, 0]
+    return pred, target
+
+
+def _check_sample_rate(sample_rate: object, name: str = "sample_rate") -> int:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"`{name}` must be a positive int, got {sample_rate!r}")
+    return sample_rate
+
+
+def _torchmetrics_functional():
+    try:
+        import torchmetrics.functional as tmf
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            f"This metric needs the optional `torchmetrics` package: {_METRICS_EXTRA_HINT}"
+        ) from err
+    return tmf
+
+
+# --------------------------------------------------------------------------- #
+# Images
+# --------------------------------------------------------------------------- #
+def rgb_to_y(images: torch.Tensor) -> torch.Tensor:
+    """Luma (Y) of BT.601 studio-swing YCbCr, as MATLAB ``rgb2ycbcr`` / WeatherDiff.
+
+    Args:
+        images: ``(B, 3, H, W)`` RGB in ``[0, 1]``, floating point; or
+            ``(B, 1, H, W)``, assumed to be Y/gray already and returned unchanged
+            (the same tensor object).
+
+    Returns:
+        ``(B, 1, H, W)`` tensor, same dtype and device, with
+        ``Y = 16/255 + (65.481 R + 128.553 G + 24.966 B) / 255``, so
+        ``Y`` lies in ``[16/255, 235/255]`` for RGB input.
+
+    Raises:
+        ValueError: non-tensor, non-floating dtype, non-finite values, not 4-D,
+            channel count other than 1 or 3, or values outside ``[0, 1]``.
+    """
+    images = _check_tensor(images, "images")
+    _check_image(images, "images")
+    return _rgb_to_y_unchecked(images)
+
+
+def _rgb_to_y_unchecked(images: torch.Tensor) -> torch.Tensor:
+    if images.shape[1] == 1:
+        return images
+    weights = torch.tensor(_Y_WEIGHTS, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+    return (images * weights).sum(dim=1, keepdim=True) + _Y_OFFSET
+
+
+def psnr_y(pred: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio (dB) on the Y channel, one value per image.
+
+    Both images are divided by ``data_range``, converted with :func:`rgb_to_y`
+    and compared with peak 1: ``PSNR = 10 log10(1 / MSE_Y)``, the MSE being
+    averaged over the ``H x W`` pixels of each image. With the default
+    ``data_range=1`` this is the WeatherDiff / MATLAB value computed on
+    0-255 Y with peak 255 (without its uint8 rounding).
+
+    Args:
+        pred: ``(B, C, H, W)`` restored images, ``C`` in {1, 3}, values in
+            ``[0, data_range]`` (``[0, 1]`` by default), floating point.
+        target: reference images, same shape, dtype and device as ``pred``.
+        data_range: maximum value of the input scale (1.0 for ``[0, 1]``
+            images, 255.0 for 0-255 images stored as floats).
+
+    Returns:
+        ``(B,)`` tensor on the input device. Identical images (MSE of 0)
+        give ``+inf``.
+
+    Raises:
+        ValueError: on invalid inputs (see :func:`rgb_to_y`), mismatched
+            shapes/dtypes/devices, or a non-positive ``data_range``.
+    """
+    if isinstance(data_range, bool) or not isinstance(data_range, (int, float)) or not (
+        math.isfinite(data_range) and data_range > 0
+    ):
+        raise ValueError(f"`data_range` must be a positive finite number, got {data_range!r}")
+    pred, target = _check_image_pair(pred, target, max_value=float(data_range))
+    tmf = _torchmetrics_functional()
+    pred_y = _rgb_to_y_unchecked(pred / data_range)
+    target_y = _rgb_to_y_unchecked(target / data_range)
+    return tmf.image.peak_signal_noise_ratio(
+        pred_y, target_y, data_range=1.0, reduction="none", dim=(1, 2, 3)
+    )
+
+
+def ssim_y(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Structural similarity on the Y channel, one value per image.
+
+    Gaussian window of size 11 and sigma 1.5, ``K1 = 0.01``, ``K2 = 0.03``,
+    data range 1 (Y on the ``[0, 1]`` scale); the SSIM map is averaged over
+    the positions where the whole window fits inside the image, i.e. a
+    ``(H - 10) x (W - 10)`` region, as in Wang et al. and
+    ``skimage.metrics.structural_similarity(gaussian_weights=True,
+    sigma=1.5, use_sample_covariance=False, data_range=1)``.
+
+    Args:
+        pred: ``(B, C, H, W)`` restored images, ``C`` in {1, 3}, values in
+            ``[0, 1]``, ``H`` and ``W`` at least 11, floating point.
+        target: reference images, same shape, dtype and device as ``pred``.
+
+    Returns:
+        ``(B,)`` tensor on the input device, in ``[-1, 1]`` (1 for
+        identical images).
+
+    Raises:
+        ValueError: on invalid inputs (see :func:`rgb_to_y`), mismatched
+            shapes/dtypes/devices, or images smaller than 11 x 11.
+    """
+    pred, target = _check_image_pair(pred, target)
+    for x, name in ((pred, "pred"), (target, "target")):
+        if min(x.shape[-2:]) < _SSIM_KERNEL_SIZE:
+            raise ValueError(
+                f"`{name}` must be at least {_SSIM_KERNEL_SIZE}x{_SSIM_KERNEL_SIZE} pixels for SSIM, "
+                f"got shape {tuple(x.shape)}"
+            )
+    tmf = _torchmetrics_functional()
+    # torchmetrics (>= 1.5) averages the SSIM map over the whole image, border
+    # windows included (computed on reflect-padded input). The reference
+    # definition averages only where the window lies inside the image, so the
+    # full map is requested and its border cropped here.
+    _, ssim_map = tmf.image.structural_similarity_index_measure(
+        _rgb_to_y_unchecked(pred),
+        _rgb_to_y_unchecked(target),
+        gaussian_kernel=True,
+        sigma=_SSIM_SIGMA,
+        kernel_size=_SSIM_KERNEL_SIZE,
+        reduction="none",
+        data_range=1.0,
+        return_full_image=True,
+    )
+    pad = (_SSIM_KERNEL_SIZE - 1) // 2
+    if ssim_map.shape[-2:] != pred.shape[-2:]:  # pragma: no cover - guards a torchmetrics behaviour change
+        raise RuntimeError(
+            f"unexpected SSIM map shape {tuple(ssim_map.shape)} for images of shape {tuple(pred.shape)}"
+        )
+    return ssim_map[..., pad:-pad, pad:-pad].mean(dim=(1, 2, 3))
+
+
+# --------------------------------------------------------------------------- #
+# Speech
+# --------------------------------------------------------------------------- #
+def si_snr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Scale-invariant signal-to-noise ratio (dB), one value per waveform.
+
+    Both signals are made zero-mean; with ``s`` the projection of ``pred`` on
+    ``target`` and ``e = pred - s``, ``SI-SNR = 10 log10(|s|^2 / |e|^2)``.
+    Invariant to rescaling ``pred`` by any positive factor.
+
+    Args:
+        pred: ``(B, L)`` or ``(B, 1, L)`` waveforms, floating point, any
+            amplitude range, ``L >= 2``.
+        target: reference waveforms, same shape, dtype and device.
+
+    Returns:
+        ``(B,)`` tensor on the input device.
+
+    Raises:
+        ValueError: non-tensor, non-floating dtype, non-finite values, wrong
+            number of dimensions, more than one channel, or mismatched
+            shapes/dtypes/devices.
+    """
+    pred, target = _check_waveform_pair(pred, target)
+    tmf = _torchmetrics_functional()
+    return tmf.audio.scale_invariant_signal_noise_ratio(pred, target)
+
+
+def _per_item(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    fn: Callable[["np.ndarray", "np.ndarray"], float],
+) -> torch.Tensor:
+    """Apply a numpy ``fn(target_1d, pred_1d) -> float`` to each batch item."""
+    pred_np = pred.detach().to("cpu", torch.float64).numpy()
+    target_np = target.detach().to("cpu", torch.float64).numpy()
+    values = [float(fn(t, p)) for p, t in zip(pred_np, target_np)]
+    return torch.tensor(values, dtype=pred.dtype, device=pred.device)
+
+
+def pesq_wb(pred: torch.Tensor, target: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+    """Wideband PESQ (ITU-T P.862.2, MOS-LQO), one value per waveform.
+
+    Needs the optional ``pesq`` package (``pip install
+    restoregrad_adapter[speech-metrics]``). Computed item by item on CPU.
+
+    Args:
+        pred: ``(B, L)`` or ``(B, 1, L)`` degraded/restored speech, floating
+            point, nominally in ``[-1, 1]`` (PESQ aligns levels itself).
+        target: clean reference speech, same shape, dtype and device.
+        sample_rate: must be 16000 (wideband PESQ is defined at 16 kHz).
+
+    Returns:
+        ``(B,)`` tensor on the input device, same dtype, roughly in
+        ``[1.04, 4.64]``.
+
+    Raises:
+        ValueError: invalid inputs (see :func:`si_snr`) or a sample rate other
+            than 16000.
+        ImportError: ``pesq`` is not installed.
+        pesq.PesqError: the reference contains no detectable speech, or the
+            signals are too short (raised by ``pesq`` itself).
+    """
+    pred, target = _check_waveform_pair(pred, target)
+    _check_sample_rate(sample_rate)
+    if sample_rate != _PESQ_WB_SAMPLE_RATE:
+        raise ValueError(
+            f"`sample_rate` must be {_PESQ_WB_SAMPLE_RATE} for wideband PESQ, got {sample_rate}; "
+            "resample the signals first"
+        )
+    try:
+        from pesq import pesq as _pesq
+    except ImportError as err:
+        raise ImportError(
+            f"pesq_wb needs the optional `pesq` package: {_SPEECH_EXTRA_HINT}"
+        ) from err
+    return _per_item(pred, target, lambda ref, deg: _pesq(sample_rate, ref, deg, "wb"))
+
+
+def stoi(pred: torch.Tensor, target: torch.Tensor, sample_rate: int = 16000) -> torch.Tensor:
+    """Short-time objective intelligibility (Taal et al. 2011), one value per waveform.
+
+    Needs the optional ``pystoi`` package (``pip install
+    restoregrad_adapter[speech-metrics]``). Computed item by item on CPU;
+    ``pystoi`` resamples internally to 10 kHz, so any positive sample rate is
+    accepted.
+
+    Args:
+        pred: ``(B, L)`` or ``(B, 1, L)`` degraded/restored speech, floating
+            point, nominally in ``[-1, 1]``.
+        target: clean reference speech, same shape, dtype and device.
+        sample_rate: sample rate of both signals in Hz (positive int).
+
+    Returns:
+        ``(B,)`` tensor on the input device, same dtype, in about ``[0, 1]``
+        (1 for identical signals).
+
+    Raises:
+        ValueError: invalid inputs (see :func:`si_snr`) or a non-positive
+            sample rate.
+        ImportError: ``pystoi`` is not installed.
+    """
+    pred, target = _check_waveform_pair(pred, target)
+    _check_sample_rate(sample_rate)
+    try:
+        from pystoi import stoi as _stoi
+    except ImportError as err:
+        raise ImportError(
+            f"stoi needs the optional `pystoi` package: {_SPEECH_EXTRA_HINT}"
+        ) from err
+    return _per_item(pred, target, lambda ref, deg: _stoi(ref, deg, sample_rate, extended=False))
+
+
+# --------------------------------------------------------------------------- #
+# `evaluate` integration
+# --------------------------------------------------------------------------- #
+def evaluate_module_path(name: str) -> str:
+    """Folder of a bundled ``evaluate`` metric module, for ``evaluate.load``.
+
+    Example:
+        >>> import evaluate  # doctest: +SKIP
+        >>> metric = evaluate.load(evaluate_module_path("psnr_y"))  # doctest: +SKIP
+
+    Args:
+        name: one of :data:`EVALUATE_MODULES` (``"psnr_y"``, ``"si_snr"``).
+
+    Returns:
+        Absolute path of ``restoregrad_adapter/evaluate_metrics/<name>``.
+
+    Raises:
+        ValueError: unknown ``name``.
+    """
+    if name not in EVALUATE_MODULES:
+        raise ValueError(f"`name` must be one of {list(EVALUATE_MODULES)}, got {name!r}")
+    return str(Path(__file__).resolve().parent / "evaluate_metrics" / name)
