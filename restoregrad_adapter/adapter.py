@@ -147,8 +147,6 @@ class RestoreGrad(nn.Module):
             raise ValueError(f"`mode` must be one of {MODES}, got {value!r}.")
         if value in ("restoregrad", "restoregrad_no_posterior") and self.prior_net is None:
             raise ValueError(f"mode {value!r} needs a `prior_net`; pass one or use mode 'priorgrad' or 'ddpm'.")
-        if value == "restoregrad" and self.posterior_net is None:
-            raise ValueError("mode 'restoregrad' needs a `posterior_net`; pass one or use 'restoregrad_no_posterior'.")
         self._mode = value
 
     @property
@@ -201,6 +199,9 @@ class RestoreGrad(nn.Module):
         """
         self._check_pair(x0, y)
         self._check_condition(y)
+        if self._mode == "restoregrad" and self.posterior_net is None:
+            raise ValueError("training in mode 'restoregrad' needs a `posterior_net` (an adapter loaded for restoration "
+                             "only has none); pass one, or train in mode 'restoregrad_no_posterior'.")
         batch = x0.shape[0]
         T = self.scheduler.config.num_train_timesteps
         if noise is None:
@@ -234,6 +235,35 @@ class RestoreGrad(nn.Module):
     def forward(self, x0: torch.Tensor, y: torch.Tensor, **kwargs) -> RestoreGradLossOutput:
         """Same as :meth:`training_loss` (so DDP and Accelerate can wrap the adapter)."""
         return self.training_loss(x0, y, **kwargs)
+
+    # ------------------------------------------------------------------ saving and loading
+    def save_pretrained(self, save_directory, include_posterior: bool = True, **metadata):
+        """Save to a folder: config, Prior Net, Posterior Net (optional), scheduler, denoiser, model card.
+
+        ``metadata``: ``base_model``, ``base_model_revision``, ``training_data``, ``metrics``.
+        See :mod:`restoregrad_adapter.hub` for the layout.
+        """
+        from .hub import save_pretrained
+
+        return save_pretrained(self, save_directory, include_posterior=include_posterior, **metadata)
+
+    @classmethod
+    def from_pretrained(cls, pretrained, denoiser=None, revision: str | None = None, **kwargs) -> "RestoreGrad":
+        """Load an adapter from a folder or a Hugging Face Hub repo id (``"org/name"``).
+
+        ``denoiser`` is the model object to load the denoiser's weights into (your own model, built
+        as for training); not needed when the denoiser was saved in diffusers format. Other keyword
+        arguments: ``cache_dir``, ``token``, ``local_files_only``, ``mode``, ``load_posterior``.
+        """
+        from .hub import from_pretrained
+
+        return from_pretrained(cls, pretrained, denoiser=denoiser, revision=revision, **kwargs)
+
+    def push_to_hub(self, repo_id: str, **kwargs) -> str:
+        """Upload the adapter to the Hugging Face Hub (see :func:`restoregrad_adapter.hub.push_to_hub`)."""
+        from .hub import push_to_hub
+
+        return push_to_hub(self, repo_id, **kwargs)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()

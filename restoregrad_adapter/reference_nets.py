@@ -22,6 +22,8 @@ from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
 from torch import Tensor, nn
 
 __all__ = ["DiffWaveDenoiser", "WeatherUNet", "sinusoidal_embedding"]
@@ -204,7 +206,7 @@ class DiffWaveResidualBlock(nn.Module):
         return (x + residual) / math.sqrt(2.0), skip
 
 
-class DiffWaveDenoiser(nn.Module):
+class DiffWaveDenoiser(ModelMixin, ConfigMixin):
     """Small DiffWave-style denoiser with CDiffuSE's call signature.
 
     ``forward(audio, spectrogram, diffusion_step)``:
@@ -234,6 +236,7 @@ class DiffWaveDenoiser(nn.Module):
 
     sinusoid_dim: int = 128
 
+    @register_to_config
     def __init__(
         self,
         residual_channels: int = 64,
@@ -438,7 +441,7 @@ class _Level(nn.Module):
         self.has_resample = False
 
 
-class WeatherUNet(nn.Module):
+class WeatherUNet(ModelMixin, ConfigMixin):
     """DDPM-style UNet with WeatherDiff's call signature.
 
     ``forward(x, t) -> eps``:
@@ -472,6 +475,7 @@ class WeatherUNet(nn.Module):
     ``norm_out``, ``conv_out``; ``up`` is indexed by level, as ``down``.
     """
 
+    @register_to_config
     def __init__(
         self,
         in_channels: int = 6,

@@ -267,7 +267,7 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
     with pytest.raises(ValueError, match="noise"):
         adapter.training_loss(x0, y, noise=torch.randn(2, 1, 10))
     with pytest.raises(ValueError, match="posterior_net"):
-        RestoreGrad(TinyConvDenoiser(), PriorNet(dims=1, in_channels=1), None, mode="restoregrad")
+        RestoreGrad(TinyConvDenoiser(), PriorNet(dims=1, in_channels=1), None, mode="restoregrad").training_loss(x0, y)
     with pytest.raises(ValueError, match="prior_net"):
         RestoreGrad(TinyConvDenoiser(), None, None, mode="restoregrad_no_posterior")
     with pytest.raises(ValueError, match="denoiser"):
