@@ -1,0 +1,356 @@
+"""The ``restoregrad`` command: restore files with a trained adapter, evaluate, show the learned prior.
+
+    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR
+    restoregrad evaluate --pred DIR --ref DIR
+    restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
+
+Images (PNG, JPEG, ...) of any size are restored from overlapping patches; WAV files with fast
+sampling. An adapter whose denoiser was saved as a plain state dict needs the model object:
+``--model-factory package.module:function`` names a function (in your code) that builds it.
+Outputs are written atomically: a temporary name, then a rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".flac")
+
+
+class CommandError(Exception):
+    """A user-facing error: printed without a traceback, exit status 2."""
+
+
+# ---------------------------------------------------------------------- files
+def _kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    if suffix in AUDIO_EXTENSIONS:
+        return "waveform"
+    raise CommandError(f"{path}: unsupported file type {suffix!r}; expected an image ({', '.join(IMAGE_EXTENSIONS)}) "
+                       f"or audio ({', '.join(AUDIO_EXTENSIONS)}).")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """HxWx3 float32 in [0, 1]."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as error:
+        raise CommandError(f"{path}: cannot read the image ({error}).") from None
+
+
+def read_audio(path: Path) -> tuple[np.ndarray, int]:
+    """A mono waveform (float32) and its sample rate."""
+    import soundfile
+
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (RuntimeError, OSError) as error:
+        raise CommandError(f"{path}: cannot read the audio file ({error}).") from None
+    if audio.shape[1] != 1:
+        raise CommandError(f"{path}: has {audio.shape[1]} channels; the adapter restores mono audio "
+                           "(mix down first, e.g. `sox in.wav -c 1 out.wav`).")
+    return audio[:, 0], rate
+
+
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    return Path(tmp)
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    from PIL import Image
+
+    tmp = _atomic_target(path)
+    try:
+        Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp, format=_pil_format(path))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _pil_format(path: Path) -> str:
+    return {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
+            ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
+
+
+def write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
+    import soundfile
+
+    tmp = _atomic_target(path)
+    try:
+        soundfile.write(str(tmp), audio, rate, subtype="PCM_16" if path.suffix.lower() == ".wav" else None)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    tmp = _atomic_target(path)
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- adapters
+def _model_from_factory(spec: str | None):
+    if spec is None:
+        return None
+    module_name, _, function = spec.partition(":")
+    if not module_name or not function:
+        raise CommandError(f"--model-factory {spec!r} must look like package.module:function.")
+    sys.path.insert(0, os.getcwd())
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as error:
+        raise CommandError(f"--model-factory {spec!r}: {error}") from None
+    return factory()
+
+
+def load_adapter(spec: str, model_factory: str | None, device: str):
+    from .adapter import RestoreGrad
+
+    try:
+        adapter = RestoreGrad.from_pretrained(spec, denoiser=_model_from_factory(model_factory), load_posterior=False)
+    except (ValueError, OSError) as error:
+        raise CommandError(f"cannot load adapter {spec!r}: {error}") from None
+    return adapter.to(device).eval()
+
+
+def _patch_size(adapter) -> int:
+    config = adapter.hub_config
+    if config["integration"] == "weatherdiff":
+        return int(config["integration_kwargs"].get("patch_size", 64))
+    size = getattr(getattr(getattr(adapter.denoiser, "model", None), "config", None), "sample_size", None)
+    return int(size if isinstance(size, int) else 64)
+
+
+def _check_kind(adapter, path: Path) -> str:
+    kind = _kind(path)
+    expected = adapter.hub_config.get("signal_kind")
+    if kind != expected:
+        raise CommandError(f"{path}: the adapter restores {expected}s, not {kind}s.")
+    return kind
+
+
+def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
+    """The restored signal (HxWx3 in [0, 1], or a waveform) and its sample rate (audio)."""
+    device = next(adapter.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    if _check_kind(adapter, path) == "image":
+        from .integrations.weatherdiff import restore_image
+
+        image = read_image(path)
+        channels = adapter.hub_config.get("channels", 3)
+        if channels != 3:
+            raise CommandError(f"{path}: the adapter is for {channels}-channel images; RGB files give 3 channels.")
+        y = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
+        patch = _patch_size(adapter)
+        restored = restore_image(adapter, y, patch_size=patch, stride=args.stride or max(1, patch // 4),
+                                 num_inference_steps=args.steps, eta=args.eta, generator=generator,
+                                 patch_batch_size=args.patch_batch_size, progress=not args.quiet)
+        return ((restored[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy(), None
+
+    audio, rate = read_audio(path)
+    expected_rate = adapter.hub_config.get("sample_rate") or 16000
+    if rate != expected_rate:
+        raise CommandError(f"{path}: sample rate {rate} Hz, but the adapter was trained at {expected_rate} Hz; "
+                           f"resample first (e.g. `sox {path.name} -r {expected_rate} out.wav`).")
+    hop = 256
+    length = len(audio)
+    padded = np.pad(audio, (0, (-length) % hop))  # CDiffuSE works on whole STFT frames
+    y = torch.from_numpy(padded)[None, None].to(device)
+    restored = adapter.restore(y, generator=generator, progress=not args.quiet)
+    return restored[0, 0, :length].cpu().numpy(), rate
+
+
+def command_restore(args) -> None:
+    adapter = load_adapter(args.adapter, args.model_factory, args.device)
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"-o {out} exists and is not a folder.")
+    inputs = [Path(p) for p in args.inputs]
+    for path in inputs:
+        if not path.is_file():
+            raise CommandError(f"{path}: no such file.")
+        _check_kind(adapter, path)
+    for path in inputs:
+        restored, rate = restore_file(adapter, path, args)
+        target = out / path.name
+        if rate is None:
+            write_image(target.with_suffix(".png") if target.suffix.lower() in (".jpg", ".jpeg") else target, restored)
+        else:
+            write_audio(target.with_suffix(".wav"), restored, rate)
+        print(f"{path} -> {target}")
+
+
+# ---------------------------------------------------------------------- evaluate
+def _match(pred_dir: Path, ref_dir: Path) -> list[tuple[Path, Path]]:
+    for name, folder in (("--pred", pred_dir), ("--ref", ref_dir)):
+        if not folder.is_dir():
+            raise CommandError(f"{name} {folder} is not a folder.")
+    refs = {p.stem: p for p in ref_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS + AUDIO_EXTENSIONS}
+    pairs = [(p, refs[p.stem]) for p in sorted(pred_dir.iterdir()) if p.stem in refs
+             and p.suffix.lower() in IMAGE_EXTENSIONS + AUDIO_EXTENSIONS]
+    if not pairs:
+        raise CommandError(f"no files in {pred_dir} have a reference of the same name in {ref_dir}.")
+    return pairs
+
+
+def evaluate_pairs(pairs: list[tuple[Path, Path]]) -> list[dict]:
+    from . import metrics
+
+    rows = []
+    for pred_path, ref_path in pairs:
+        kind = _kind(pred_path)
+        if kind != _kind(ref_path):
+            raise CommandError(f"{pred_path} and {ref_path} are not the same kind of file.")
+        row = {"file": pred_path.name}
+        if kind == "image":
+            pred, ref = read_image(pred_path), read_image(ref_path)
+            if pred.shape != ref.shape:
+                raise CommandError(f"{pred_path.name}: size {pred.shape[:2]} differs from the reference's {ref.shape[:2]}.")
+            p, r = (torch.from_numpy(a).permute(2, 0, 1)[None] for a in (pred, ref))
+            row["PSNR_Y"] = metrics.psnr_y(p, r).item()
+            row["SSIM_Y"] = metrics.ssim_y(p, r).item() if min(p.shape[-2:]) >= 11 else float("nan")
+        else:
+            (pred, rate), (ref, ref_rate) = read_audio(pred_path), read_audio(ref_path)
+            if rate != ref_rate or len(pred) != len(ref):
+                raise CommandError(f"{pred_path.name}: {len(pred)} samples at {rate} Hz, but the reference has "
+                                   f"{len(ref)} at {ref_rate} Hz.")
+            p, r = torch.from_numpy(pred)[None], torch.from_numpy(ref)[None]
+            row["SI-SNR"] = metrics.si_snr(p, r).item()
+            for name, fn in (("PESQ", metrics.pesq_wb), ("STOI", metrics.stoi)):
+                try:
+                    row[name] = fn(p, r, sample_rate=rate).item()
+                except (ImportError, ValueError):
+                    pass  # optional packages, or PESQ at a rate other than 16 kHz
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    columns = ["file"] + sorted({k for row in rows for k in row} - {"file"})
+    means = {c: np.nanmean([r[c] for r in rows if c in r]) for c in columns[1:]}
+    body = [[r["file"]] + [f"{r[c]:.4f}" if c in r else "-" for c in columns[1:]] for r in rows]
+    body.append(["mean"] + [f"{means[c]:.4f}" for c in columns[1:]])
+    widths = [max(len(str(x)) for x in col) for col in zip(columns, *body)]
+    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(b) for b in body])
+
+
+def command_evaluate(args) -> None:
+    rows = evaluate_pairs(_match(Path(args.pred), Path(args.ref)))
+    print(format_table(rows))
+
+
+# ---------------------------------------------------------------------- show-prior
+def command_show_prior(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    adapter = load_adapter(args.adapter, args.model_factory, args.device)
+    path = Path(args.input)
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file.")
+    device = next(adapter.parameters()).device
+    if _check_kind(adapter, path) == "image":
+        image = read_image(path)
+        y = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
+        with torch.no_grad():
+            sigma = adapter.prior_std(y)[0].mean(0).cpu().numpy()
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        axes[0].imshow(image)
+        axes[0].set_title(path.name)
+        shown = axes[1].imshow(sigma, cmap="magma")
+        axes[1].set_title("learned prior sigma (mean over channels)")
+        fig.colorbar(shown, ax=axes[1], fraction=0.046)
+        for ax in axes:
+            ax.axis("off")
+    else:
+        audio, rate = read_audio(path)
+        y = torch.from_numpy(audio)[None, None].to(device)
+        with torch.no_grad():
+            sigma = adapter.prior_std(y)[0, 0].cpu().numpy()
+        time_axis = np.arange(len(audio)) / rate
+        fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
+        axes[0].plot(time_axis, audio, linewidth=0.4)
+        axes[0].set_title(path.name)
+        axes[1].plot(time_axis, sigma, color="tab:red", linewidth=0.6)
+        axes[1].set_title("learned prior sigma")
+        axes[1].set_xlabel("time (s)")
+    save_figure(fig, Path(args.output))
+    print(f"wrote {args.output}")
+
+
+# ---------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="restoregrad", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def adapter_arguments(p):
+        p.add_argument("--adapter", required=True, help="an adapter folder or a Hub repo id (org/name)")
+        p.add_argument("--model-factory", default=None,
+                       help="package.module:function building the denoiser model, for adapters saved as state dicts")
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+    restore = sub.add_parser("restore", help="restore image or WAV files")
+    adapter_arguments(restore)
+    restore.add_argument("inputs", nargs="+", metavar="INPUT")
+    restore.add_argument("-o", "--output", required=True, help="output folder")
+    restore.add_argument("--steps", type=int, default=10, help="sampling steps for images")
+    restore.add_argument("--eta", type=float, default=0.0, help="DDIM eta for images")
+    restore.add_argument("--stride", type=int, default=None, help="patch stride for images (default patch / 4)")
+    restore.add_argument("--patch-batch-size", type=int, default=64)
+    restore.add_argument("--seed", type=int, default=0)
+    restore.add_argument("--quiet", action="store_true", help="no progress bars")
+    restore.set_defaults(run=command_restore)
+
+    evaluate = sub.add_parser("evaluate", help="metrics of restored files against references of the same name")
+    evaluate.add_argument("--pred", required=True)
+    evaluate.add_argument("--ref", required=True)
+    evaluate.set_defaults(run=command_evaluate)
+
+    show = sub.add_parser("show-prior", help="a PNG of the input beside its learned prior sigma map")
+    adapter_arguments(show)
+    show.add_argument("input", metavar="INPUT")
+    show.add_argument("-o", "--output", required=True, help="PNG file")
+    show.set_defaults(run=command_show_prior)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except CommandError as error:
+        print(f"restoregrad {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
