@@ -220,9 +220,11 @@ class RestoreGrad(nn.Module):
         posterior_std = self.posterior_net(x0, y) if self._mode == "restoregrad" else None
         noise_std = posterior_std if posterior_std is not None else prior_std
         eps = noise_std * noise  # reparameterised: gradients reach the encoder through eps
-        x_t = self.add_noise(x0.float(), y, eps, timesteps)
-        eps_pred = self.denoiser(x_t, y, timesteps)
-        return self.loss_fn(eps_pred, eps, x0, prior_std, posterior_std, self.scheduler.alpha_bar_T,
+        x0 = x0.float()
+        x_t = self.add_noise(x0, y, eps, timesteps)
+        target = self.noise_target(x0, y, eps, timesteps)
+        prediction = self.denoiser(x_t, y, timesteps)
+        return self.loss_fn(prediction, target, x0, prior_std, posterior_std, self.scheduler.alpha_bar_T,
                             learned_prior=self.learned_prior)
 
     def add_noise(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -231,6 +233,13 @@ class RestoreGrad(nn.Module):
         Integrations whose forward process also mixes in ``y`` (CDiffuSE) override this.
         """
         return self.scheduler.add_noise(x0, eps, timesteps)
+
+    def noise_target(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """What the denoiser learns to predict: the added noise ``eps`` (Algorithm 1, step 3).
+
+        Integrations whose network predicts another combination (CDiffuSE) override this.
+        """
+        return eps
 
     def forward(self, x0: torch.Tensor, y: torch.Tensor, **kwargs) -> RestoreGradLossOutput:
         """Same as :meth:`training_loss` (so DDP and Accelerate can wrap the adapter)."""

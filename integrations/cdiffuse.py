@@ -1,0 +1,575 @@
+"""CDiffuSE (Lu et al., "Conditional Diffusion Probabilistic Model for Speech Enhancement",
+ICASSP 2022, arXiv:2202.05256) with RestoreGrad's learned prior.
+
+CDiffuSE is a DiffWave network ``model(audio[B, L], spectrogram[B, 513, L // 256], step[B])``
+conditioned on the noisy speech's log-magnitude spectrogram, trained with a *conditional* forward
+process whose mean drifts from the clean speech ``x0`` towards the noisy speech ``y``. This module
+provides
+
+- :func:`log_magnitude_spectrogram`: CDiffuSE's conditioner, computed in torch;
+- :class:`CDiffuSEDenoiser` / :func:`wrap`: the user's model object as ``eps(x_t, y, t)`` on
+  ``(B, 1, L)`` waveforms;
+- :func:`forward_coefficients`, :func:`reverse_schedule`: the conditional forward process and the
+  coefficients of its reverse process, for full and fast (DiffWave-style) sampling;
+- :class:`CDiffuSERestoreGrad`: a :class:`~restoregrad_adapter.RestoreGrad` that trains and samples
+  with CDiffuSE's conditional process, its Gaussian noise drawn from the learned prior;
+- :func:`load_checkpoint`: loads an original CDiffuSE checkpoint without unpickling arbitrary objects.
+
+The math (paper Sec. 3; t = 1..T, ``alpha_t = 1 - beta_t``, ``abar_t = alpha_1 ... alpha_t``, and a
+diagonal covariance ``Sigma = diag(sigma**2)`` that is ``I`` in the paper and the learned prior here):
+
+- forward marginal ``q(x_t | x0, y) = N((1 - m_t) sqrt(abar_t) x0 + m_t sqrt(abar_t) y, delta_t Sigma)``
+  with ``m_t = sqrt((1 - abar_t) / sqrt(abar_t))`` and ``delta_t = (1 - abar_t) - m_t^2 abar_t``
+  (paper eq. 9; the released code writes it as ``1 - (1 + m_t^2) abar_t``);
+- prior ``p(x_T | y) = N(sqrt(abar_T) y, delta_T Sigma)`` (paper eq. 10);
+- the network predicts the *combined* noise ``C_t = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)
+  = (m_t sqrt(abar_t) (y - x0) + sqrt(delta_t) eps) / sqrt(1 - abar_t)`` (paper Algorithm 1);
+- reverse step ``x_{t-1} = c1 x_t + c2 y - c3 C_hat + sqrt(delta_bar_t) sigma z`` (paper Sec. 3.3,
+  Algorithm 2), coefficients derived in :func:`reverse_schedule`.
+
+With ``sigma = 1`` (mode ``"ddpm"``) the forward process, the training target and every reverse
+coefficient equal the paper's and the released code's; :meth:`CDiffuSERestoreGrad.restore`'s flags
+reproduce the rest of the released inference recipe (start from ``y``, clipping, final mix).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from torch import nn
+
+from restoregrad_adapter.adapter import RestoreGrad
+from restoregrad_adapter.loss import RestoreGradLoss
+from restoregrad_adapter.scheduler import (
+    FAST_INFERENCE_BETAS_6,
+    LearnedPriorScheduler,
+    check_prior_std,
+    fractional_timesteps,
+)
+
+__all__ = [
+    "N_FFT",
+    "HOP_LENGTH",
+    "N_FREQ",
+    "NOISY_MIX_WEIGHT",
+    "log_magnitude_spectrogram",
+    "CDiffuSEDenoiser",
+    "wrap",
+    "cdiffuse_scheduler",
+    "interpolation_ratio",
+    "forward_coefficients",
+    "CDiffuSESchedule",
+    "reverse_schedule",
+    "CDiffuSERestoreGrad",
+    "load_checkpoint",
+]
+
+#: STFT of CDiffuSE's conditioner: 1024-point FFT and Hamming window, hop 256 (16 kHz audio).
+N_FFT = 1024
+HOP_LENGTH = 256
+N_FREQ = N_FFT // 2 + 1
+#: CDiffuSE's training schedule: ``beta = linspace(1e-4, 0.035, 50)``.
+TRAINING_BETA_START = 1e-4
+TRAINING_BETA_END = 0.035
+NUM_TRAINING_STEPS = 50
+#: Weight of the noisy input in the released inference code's final mix ``(1 - w) x_0 + w y``.
+NOISY_MIX_WEIGHT = 0.2
+
+
+# ---------------------------------------------------------------------- the conditioner
+def log_magnitude_spectrogram(
+    audio: torch.Tensor, peak_normalize: bool = False, pad_mode: str = "reflect"
+) -> torch.Tensor:
+    """CDiffuSE's conditioner ``log1p(|STFT(audio)|)``: ``(B, L)`` or ``(B, 1, L)`` -> ``(B, 513, L // 256)``.
+
+    A centred STFT with a 1024-point FFT, a 1024-sample *symmetric* Hamming window (the original
+    preprocessing passes ``scipy.signal.hamming`` to ``librosa.stft``, which calls it with its
+    default ``sym=True``), hop 256, no normalisation, the first 513 bins.
+
+    Frames: a centred STFT of ``L = 256 F`` samples has ``F + 1`` frames, frame ``k`` centred on
+    sample ``256 k``. The original pairs spectrogram frame ``k`` with samples ``[256 k, 256 (k + 1))``
+    (its training crops take frames ``[s, e)`` with samples ``[256 s, 256 e)``), so frame ``F``,
+    centred on the sample just past the end, conditions nothing and is dropped: the output has
+    ``F = L // 256`` frames, as the DiffWave model expects.
+
+    Args:
+        audio: waveforms, ``L`` a positive multiple of 256 (and above 512 for reflect padding).
+        peak_normalize: divide each waveform by its peak magnitude first, as the original
+            preprocessing does (an all-zero waveform is left as it is).
+        pad_mode: padding of the centred STFT; ``"reflect"`` (torch's and, at the time of the
+            original code, librosa's default) or ``"constant"`` (zeros, librosa >= 0.10).
+    """
+    if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
+        got = audio.dtype if isinstance(audio, torch.Tensor) else type(audio).__name__
+        raise ValueError(f"`audio` must be a floating-point tensor, got {got}.")
+    if audio.ndim == 3 and audio.shape[1] == 1:
+        audio = audio[:, 0]
+    if audio.ndim != 2:
+        raise ValueError(f"`audio` must have shape (B, L) or (B, 1, L), got {tuple(audio.shape)}.")
+    length = audio.shape[-1]
+    if length == 0 or length % HOP_LENGTH:
+        raise ValueError(f"`audio` length {length} must be a positive multiple of {HOP_LENGTH} (L = 256 x frames); "
+                         "crop or zero-pad it.")
+    if pad_mode == "reflect" and length <= N_FFT // 2:
+        raise ValueError(f"`audio` length {length} is too short for reflect padding (needs more than {N_FFT // 2} "
+                         "samples); pass pad_mode='constant' or a longer signal.")
+    if pad_mode not in ("reflect", "constant"):
+        raise ValueError(f"`pad_mode` must be 'reflect' or 'constant', got {pad_mode!r}.")
+    x = audio if audio.dtype in (torch.float32, torch.float64) else audio.float()
+    if peak_normalize:
+        peak = x.abs().amax(dim=-1, keepdim=True)
+        x = x / torch.where(peak > 0, peak, torch.ones_like(peak))
+    window = torch.hamming_window(N_FFT, periodic=False, dtype=x.dtype, device=x.device)
+    spec = torch.stft(x, N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT, window=window, center=True,
+                      pad_mode=pad_mode, normalized=False, onesided=True, return_complex=True)
+    return torch.log1p(spec.abs())[..., : length // HOP_LENGTH]
+
+
+# ---------------------------------------------------------------------- the denoiser
+class CDiffuSEDenoiser(nn.Module):
+    """``eps(x_t, y, t) = model(x_t[:, 0], log_magnitude_spectrogram(y), t)`` on ``(B, 1, L)`` waveforms.
+
+    The user's CDiffuSE model is used as it is (anything called as
+    ``model(audio[B, L], spectrogram[B, 513, L // 256], diffusion_step[B])`` and returning
+    ``[B, 1, L]`` or ``[B, L]``); it is registered as ``self.model`` so it trains with the adapter.
+    The conditioner is the *noisy* signal's spectrogram, recomputed from ``y`` in torch.
+
+    Args:
+        model: the CDiffuSE (DiffWave) network.
+        peak_normalize: peak-normalise ``y`` before its spectrogram, as the original preprocessing
+            does for every utterance (keep True for original checkpoints).
+    """
+
+    def __init__(self, model: Callable, peak_normalize: bool = True):
+        super().__init__()
+        if not callable(model):
+            raise ValueError(f"`model` must be callable as model(audio, spectrogram, diffusion_step), "
+                             f"got {type(model).__name__}.")
+        self.model = model
+        self.peak_normalize = bool(peak_normalize)
+
+    def spectrogram(self, y: torch.Tensor) -> torch.Tensor:
+        """The conditioner of ``y`` ``(B, 1, L)``: ``(B, 513, L // 256)``."""
+        return log_magnitude_spectrogram(y, peak_normalize=self.peak_normalize)
+
+    def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x_t, y``: ``(B, 1, L)``; ``t``: ``(B,)`` training steps (0-based, fractional allowed) -> ``(B, 1, L)``."""
+        for name, tensor in (("x_t", x_t), ("y", y)):
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3 or tensor.shape[1] != 1:
+                shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"`{name}` must be a waveform batch of shape (B, 1, L), got {shape}.")
+        if x_t.shape != y.shape:
+            raise ValueError(f"`x_t` {tuple(x_t.shape)} and `y` {tuple(y.shape)} must have the same shape.")
+        parameter = next(iter(self.model.parameters()), None) if isinstance(self.model, nn.Module) else None
+        dtype = parameter.dtype if parameter is not None else x_t.dtype
+        spectrogram = self.spectrogram(y).to(dtype)
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            t = t.to(dtype)  # fractional steps in the network's precision (CDiffuSE interpolates its table)
+        out = self.model(x_t[:, 0].to(dtype), spectrogram, t)
+        if isinstance(out, torch.Tensor) and out.ndim == 2:
+            out = out.unsqueeze(1)
+        if not isinstance(out, torch.Tensor) or out.shape != x_t.shape:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the model returned {shape}; expected the noise of `x_t`, shape "
+                             f"{tuple(x_t.shape)} (or {(x_t.shape[0], x_t.shape[2])}).")
+        return out
+
+
+def wrap(model: Callable, peak_normalize: bool = True) -> CDiffuSEDenoiser:
+    """Turn a CDiffuSE model object into a RestoreGrad denoiser ``eps(x_t, y, t)``."""
+    return CDiffuSEDenoiser(model, peak_normalize=peak_normalize)
+
+
+# ---------------------------------------------------------------------- the schedules
+def cdiffuse_scheduler() -> LearnedPriorScheduler:
+    """CDiffuSE's training schedule: 50 steps, ``beta = linspace(1e-4, 0.035, 50)``."""
+    return LearnedPriorScheduler(num_train_timesteps=NUM_TRAINING_STEPS, beta_start=TRAINING_BETA_START,
+                                 beta_end=TRAINING_BETA_END)
+
+
+def _as_betas(name: str, betas) -> torch.Tensor:
+    values = torch.as_tensor(np.asarray(betas, dtype=np.float64))
+    if values.ndim != 1 or len(values) == 0 or not bool(((values > 0) & (values < 1)).all()):
+        raise ValueError(f"`{name}` must be a non-empty 1-D sequence of values in (0, 1), got {betas!r}.")
+    return values
+
+
+def interpolation_ratio(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """``m_t = sqrt(min((1 - abar_t) / sqrt(abar_t), 1))`` (float64).
+
+    The paper's ``m_t = sqrt((1 - abar_t) / sqrt(abar_t))`` grows from 0 towards 1; like the
+    released inference code we cap it at 1 (reached only once ``abar_t < 0.382``, never with
+    CDiffuSE's schedules), so the mean never overshoots ``sqrt(abar_t) y``.
+    """
+    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    return ((1 - abar) / abar.sqrt()).clamp(max=1.0).sqrt()
+
+
+def _variance(abar: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    # delta_t = (1 - abar_t) - m_t^2 abar_t (eq. 9), clamped at 0 as in the released code (it is
+    # only negative for m_t = 1 with abar_t > 1/2, which reverse_schedule refuses).
+    return ((1 - abar) - m**2 * abar).clamp(min=0.0)
+
+
+def forward_coefficients(alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The conditional forward marginal ``x_t = a_t x0 + b_t y + s_t eps``, ``eps ~ N(0, Sigma)``.
+
+    Returns float64 ``(a_t, b_t, s_t) = ((1 - m_t) sqrt(abar_t), m_t sqrt(abar_t), sqrt(delta_t))``
+    for every entry of ``alphas_cumprod`` (paper eq. 9 and the marginal above it).
+    """
+    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+    m = interpolation_ratio(abar)
+    return (1 - m) * abar.sqrt(), m * abar.sqrt(), _variance(abar, m).sqrt()
+
+
+@dataclass(frozen=True)
+class CDiffuSESchedule:
+    """The coefficients of CDiffuSE's reverse chain (float64 tensors of length N, the number of steps).
+
+    Entry ``n`` (0-based) belongs to the paper's step ``t = n + 1``, the update ``x_t -> x_{t-1}``:
+    ``x_{t-1} = c1[n] x_t + c2[n] y - c3[n] C_hat + sqrt(delta_bar[n]) sigma z`` with the model
+    evaluated at the fractional training step ``timesteps[n]``. The chain runs n = N-1, ..., 0.
+
+    Attributes:
+        betas, alphas_cumprod: the sampling schedule (training or inference betas).
+        m, delta: ``m_t`` and ``delta_t`` of the sampling schedule, with ``m_N = 1``.
+        c1, c2, c3, delta_bar: the reverse-step coefficients; ``c2[0] = delta_bar[0] = 0``.
+        timesteps: the 0-based fractional training step with the same ``sqrt(abar)`` as each
+            sampling step (integers 0..T-1 for full sampling).
+    """
+
+    betas: torch.Tensor
+    alphas_cumprod: torch.Tensor
+    m: torch.Tensor
+    delta: torch.Tensor
+    c1: torch.Tensor
+    c2: torch.Tensor
+    c3: torch.Tensor
+    delta_bar: torch.Tensor
+    timesteps: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.betas)
+
+
+def reverse_schedule(training_betas: Sequence[float] | torch.Tensor,
+                     inference_betas: Sequence[float] | None = None) -> CDiffuSESchedule:
+    """Coefficients of CDiffuSE's reverse process for full (``inference_betas=None``) or fast sampling.
+
+    Derivation (paper Sec. 3.3; t = 1..N over the sampling schedule, ``m_0 = delta_0 = 0``,
+    ``abar_0 = 1``, ``r_t = (1 - m_t) / (1 - m_{t-1})``), per element with variances in units of
+    ``sigma^2``:
+
+    1. Consecutive marginals are joined by ``q(x_t | x_{t-1}, y) = N(r_t sqrt(alpha_t) x_{t-1} +
+       (m_t - r_t m_{t-1}) sqrt(abar_t) y, delta_{t|t-1})``, ``delta_{t|t-1} = delta_t -
+       r_t^2 alpha_t delta_{t-1}``: substituting ``x_{t-1}``'s marginal gives ``x_t``'s.
+    2. Bayes on these two Gaussians: ``q(x_{t-1} | x_t, x0, y)`` has variance
+       ``delta_bar_t = delta_{t|t-1} delta_{t-1} / delta_t`` (eq. 17; the paper prints the ratio
+       inverted, a typo its authors confirmed; the released code has this form) and mean
+       ``c_xt x_t + c_yt y + c_x0 x0`` with ``c_xt = r_t sqrt(alpha_t) delta_{t-1} / delta_t``,
+       ``c_yt = (m_{t-1} delta_t - m_t r_t alpha_t delta_{t-1}) sqrt(abar_{t-1}) / delta_t`` and
+       ``c_x0 = (1 - m_{t-1}) sqrt(abar_{t-1}) delta_{t|t-1} / delta_t``.
+    3. The network predicts ``C_t`` with ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) C_t``
+       (Algorithm 1); substituting ``x0 = (x_t - sqrt(1 - abar_t) C_hat) / sqrt(abar_t)`` moves
+       ``c_x0 / sqrt(abar_t) = (1 - m_{t-1}) delta_{t|t-1} / (delta_t sqrt(alpha_t))`` onto ``x_t``:
+
+       ``c1 = r_t sqrt(alpha_t) delta_{t-1} / delta_t + (1 - m_{t-1}) delta_{t|t-1} / (delta_t sqrt(alpha_t))``
+       ``c2 = c_yt``
+       ``c3 = (1 - m_{t-1}) delta_{t|t-1} sqrt(1 - abar_t) / (delta_t sqrt(alpha_t))``
+
+       At t = 1 (``m_0 = delta_0 = 0``) this is DDPM's last step: ``c1 = 1 / sqrt(alpha_1)``,
+       ``c3 = beta_1 / (sqrt(alpha_1) sqrt(1 - abar_1))``, ``c2 = delta_bar_1 = 0``.
+
+    Fast sampling replaces the training betas by ``inference_betas`` (e.g.
+    ``FAST_INFERENCE_BETAS_6``) in all of the above, and evaluates the model at the fractional
+    training step whose ``sqrt(abar)`` matches (:func:`~restoregrad_adapter.scheduler.fractional_timesteps`).
+    As in the released code the top step uses ``m_N = 1`` (so ``q(x_N | x0, y) = p(x_N | y)``, the
+    prior of eq. 10) and ``m_t`` is capped at 1.
+
+    Raises:
+        ValueError: when the sampling schedule ends at ``abar_N >= 1/2`` (then ``delta_N = 0``) or
+            reaches ``m_t = 1`` before its last step (``r_{t+1}`` would divide by zero).
+    """
+    train = _as_betas("training_betas", training_betas)
+    betas = train if inference_betas is None else _as_betas("inference_betas", inference_betas)
+    alphas = 1 - betas
+    abar = torch.cumprod(alphas, dim=0)
+    m = interpolation_ratio(abar)
+    m[-1] = 1.0
+    delta = _variance(abar, m)
+    if delta[-1] <= 0:
+        raise ValueError(f"the sampling schedule ends at alpha_bar = {abar[-1].item():.4f} >= 1/2, where "
+                         "delta_N = 1 - 2 alpha_bar_N vanishes; use betas that reach alpha_bar_N < 1/2 "
+                         "(CDiffuSE's end near 0.41-0.49).")
+    if len(m) > 1 and bool((m[:-1] >= 1).any()):
+        raise ValueError("the sampling schedule reaches alpha_bar < 0.382 (m_t = 1) before its last step, where "
+                         "CDiffuSE's reverse coefficients are undefined; use fewer or smaller betas.")
+    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    m_prev, delta_prev = torch.cat([zero, m[:-1]]), torch.cat([zero, delta[:-1]])
+    abar_prev = torch.cat([one, abar[:-1]])
+
+    ratio = (1 - m) / (1 - m_prev)
+    delta_cond = delta - ratio**2 * alphas * delta_prev
+    c1 = ratio * alphas.sqrt() * delta_prev / delta + (1 - m_prev) * delta_cond / (delta * alphas.sqrt())
+    c2 = (m_prev * delta - m * ratio * alphas * delta_prev) * abar_prev.sqrt() / delta
+    c3 = (1 - m_prev) * delta_cond * (1 - abar).sqrt() / (delta * alphas.sqrt())
+    delta_bar = delta_cond * delta_prev / delta
+    timesteps = fractional_timesteps(torch.cumprod(1 - train, dim=0), abar)
+    return CDiffuSESchedule(betas=betas, alphas_cumprod=abar, m=m, delta=delta, c1=c1, c2=c2, c3=c3,
+                            delta_bar=delta_bar, timesteps=timesteps)
+
+
+# ---------------------------------------------------------------------- the adapter
+class CDiffuSERestoreGrad(RestoreGrad):
+    """RestoreGrad with CDiffuSE's conditional diffusion (training and sampling).
+
+    Training (:meth:`training_loss`, paper Algorithm 1 with RestoreGrad's eq. 10): ``eps = sigma * z``
+    with ``sigma`` the Posterior Net's map (the Prior Net's without one; the energy prior in mode
+    ``"priorgrad"``; 1 in mode ``"ddpm"``), ``x_t = (1 - m_t) sqrt(abar_t) x0 + m_t sqrt(abar_t) y +
+    sqrt(delta_t) eps`` (:meth:`add_noise`), and the denoiser learns the combined noise
+    ``C_t = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)`` (:meth:`noise_target`). The loss terms are
+    RestoreGrad's, with ``C_t`` as the denoising target: ``L_DM = mean((C_t - C_hat)^2 / sigma^2)``,
+    the Mahalanobis form of the ELBO term (the reverse posterior's covariance is
+    ``delta_bar_t Sigma``); the released code uses an L1 loss with ``sigma = 1``.
+
+    Sampling (:meth:`restore`): ``x_N ~ N(sqrt(abar_N) y, delta_N Sigma_prior)`` (eq. 10), then
+    ``x_{t-1} = c1 x_t + c2 y - c3 C_hat + sqrt(delta_bar_t) sigma_prior z`` (no noise at the last
+    step), fast by default (``FAST_INFERENCE_BETAS_6``).
+
+    Build it with :meth:`from_model` (CDiffuSE's 50-step schedule, Prior and Posterior Nets), or as
+    any :class:`~restoregrad_adapter.RestoreGrad` (``with_encoders`` etc.).
+    """
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Callable,
+        size: str = "base",
+        mode: str = "restoregrad",
+        eta: float = 0.1,
+        lam: float = 0.5,
+        sigma_min: float = 0.1,
+        peak_normalize: bool = True,
+        scheduler: LearnedPriorScheduler | None = None,
+        **kwargs,
+    ) -> "CDiffuSERestoreGrad":
+        """Wrap a CDiffuSE model object and build 1-D Prior and Posterior Nets of ``size``.
+
+        Args:
+            model: the CDiffuSE network (or a :class:`CDiffuSEDenoiser` around it).
+            size: ``"tiny"``, ``"base"`` (the paper's) or ``"large"`` encoders.
+            mode: ``"restoregrad"``, ``"restoregrad_no_posterior"``, ``"priorgrad"`` or ``"ddpm"``.
+            eta, lam: weights of the latent-regulariser and prior-matching terms (paper: 0.1, 0.5).
+            sigma_min: the encoders' floor on sigma.
+            peak_normalize: see :class:`CDiffuSEDenoiser`.
+            scheduler: the training schedule (default :func:`cdiffuse_scheduler`).
+            kwargs: passed to :class:`~restoregrad_adapter.RestoreGrad` (e.g. ``handcrafted_prior``).
+        """
+        denoiser = model if isinstance(model, CDiffuSEDenoiser) else CDiffuSEDenoiser(model, peak_normalize)
+        return cls.with_encoders(denoiser, dims=1, in_channels=1, size=size, sigma_min=sigma_min, mode=mode,
+                                 scheduler=scheduler if scheduler is not None else cdiffuse_scheduler(),
+                                 loss=RestoreGradLoss(eta=eta, lam=lam), **kwargs)
+
+    # ------------------------------------------------------------------ schedule
+    def training_betas(self) -> torch.Tensor:
+        """The training betas in float64 (recomputed from the config for a linear schedule)."""
+        config = self.scheduler.config
+        if config.trained_betas is None and config.beta_schedule == "linear" and not config.rescale_betas_zero_snr:
+            return torch.from_numpy(np.linspace(config.beta_start, config.beta_end, config.num_train_timesteps))
+        return self.scheduler.betas.double()
+
+    def reverse_schedule(self, inference_betas: Sequence[float] | None = FAST_INFERENCE_BETAS_6) -> CDiffuSESchedule:
+        """:func:`reverse_schedule` for this adapter's training schedule."""
+        return reverse_schedule(self.training_betas(), inference_betas)
+
+    def _forward_terms(self, timesteps: torch.Tensor, like: torch.Tensor):
+        if timesteps.ndim != 1 or timesteps.is_floating_point():
+            raise ValueError(f"`timesteps` must be an integer tensor of shape (B,), got {timesteps.dtype} of "
+                             f"shape {tuple(timesteps.shape)}.")
+        abar = torch.cumprod(1 - self.training_betas(), dim=0)
+        index = timesteps.detach().cpu().long()
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        a, b, s = (c[index].to(device=like.device, dtype=like.dtype).view(shape) for c in forward_coefficients(abar))
+        return a, b, s, (1 - abar[index]).sqrt().to(device=like.device, dtype=like.dtype).view(shape)
+
+    # ------------------------------------------------------------------ training
+    def add_noise(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """CDiffuSE's forward process ``x_t = (1 - m_t) sqrt(abar_t) x0 + m_t sqrt(abar_t) y + sqrt(delta_t) eps``.
+
+        ``eps`` is already drawn from the prior (``sigma * z``); ``timesteps``: ``(B,)`` 0-based training steps.
+        """
+        a, b, s, _ = self._forward_terms(timesteps, x0)
+        return a * x0 + b * y.to(x0.dtype) + s * eps
+
+    def noise_target(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
+                     timesteps: torch.Tensor) -> torch.Tensor:
+        """The combined noise ``C_t = (m_t sqrt(abar_t) (y - x0) + sqrt(delta_t) eps) / sqrt(1 - abar_t)``.
+
+        Equal to ``(x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t)`` for ``x_t = add_noise(x0, y, eps, t)``:
+        the network's target (paper Algorithm 1).
+        """
+        _, b, s, scale = self._forward_terms(timesteps, x0)
+        return (b * (y.to(x0.dtype) - x0) + s * eps) / scale
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def restore(
+        self,
+        y: torch.Tensor,
+        inference_betas: Sequence[float] | None = FAST_INFERENCE_BETAS_6,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        mix_noisy: bool | float = False,
+        *,
+        initial: str = "prior",
+        clamp: bool = False,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Enhance ``y`` with CDiffuSE's reverse process from the learned prior.
+
+        Args:
+            y: noisy waveforms ``(B, 1, L)`` (``L`` a multiple of 256 for the CDiffuSE denoiser).
+            inference_betas: fast-sampling schedule (default ``FAST_INFERENCE_BETAS_6``;
+                ``FAST_INFERENCE_BETAS_3`` also works); None runs all training steps.
+            generator: source of ``x_N`` and of every step's fresh noise.
+            progress: show a progress bar.
+            mix_noisy: the released code's final mix ``(1 - w) x_0 + w y``: True for its
+                ``w = 0.2``, or a weight in [0, 1]; False (default) returns ``x_0`` itself.
+            initial: ``"prior"`` draws ``x_N = sqrt(abar_N) y + sqrt(delta_N) sigma_prior z``
+                (eq. 10 with the learned covariance); ``"noisy"`` starts from ``x_N = y`` as the
+                released inference code does.
+            clamp: clip to [-1, 1] after every step, as the released code does.
+            callback: called as ``callback(t, x_t)`` with the initial sample (``t = N``) and after
+                every step (``t = N-1, ..., 0``; ``x_0`` before the mix).
+
+        Returns:
+            The enhanced waveforms, ``y``'s shape, in ``y``'s precision (at least float32).
+        """
+        self._check_condition(y)
+        if initial not in ("prior", "noisy"):
+            raise ValueError(f"`initial` must be 'prior' or 'noisy', got {initial!r}.")
+        weight = NOISY_MIX_WEIGHT if mix_noisy is True else float(mix_noisy)
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"`mix_noisy` must be a bool or a weight in [0, 1], got {mix_noisy!r}.")
+        schedule = self.reverse_schedule(inference_betas)
+        dtype = torch.promote_types(y.dtype, torch.float32)
+        y = y.to(dtype)
+        sigma = self.prior_std(y.float())  # the encoders run in float32
+        check_prior_std(sigma, y)
+        sigma = sigma.to(dtype)
+
+        def fresh_noise() -> torch.Tensor:
+            return sigma * randn_tensor(y.shape, generator=generator, device=y.device, dtype=dtype)
+
+        N = len(schedule)
+        if initial == "prior":
+            x = schedule.alphas_cumprod[-1].sqrt().item() * y + schedule.delta[-1].sqrt().item() * fresh_noise()
+        else:
+            x = y.clone()
+        if clamp:
+            x = x.clamp(-1.0, 1.0)
+        if callback is not None:
+            callback(N, x)
+        steps = range(N - 1, -1, -1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            steps = tqdm(steps, desc="restoring", unit="step")
+        for n in steps:
+            t = torch.full((y.shape[0],), schedule.timesteps[n].item(), dtype=dtype, device=y.device)
+            prediction = self.denoiser(x, y, t)
+            if prediction.shape != x.shape:
+                raise ValueError(f"the denoiser returned shape {tuple(prediction.shape)}, expected {tuple(x.shape)}.")
+            x = schedule.c1[n].item() * x + schedule.c2[n].item() * y - schedule.c3[n].item() * prediction.to(dtype)
+            if n > 0:
+                x = x + schedule.delta_bar[n].sqrt().item() * fresh_noise()
+            if clamp:
+                x = x.clamp(-1.0, 1.0)
+            if callback is not None:
+                callback(n, x)
+        if weight:
+            x = (1 - weight) * x + weight * y
+            if clamp:
+                x = x.clamp(-1.0, 1.0)
+        return x
+
+
+# ---------------------------------------------------------------------- checkpoints
+def _preview(keys, limit: int = 8) -> str:
+    keys = list(keys)
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def load_checkpoint(model: nn.Module, path) -> int | None:
+    """Load an original CDiffuSE checkpoint into ``model`` (strictly) and return its training step.
+
+    The file is what CDiffuSE's learner saves, ``torch.save({"step": int, "model": state_dict,
+    "optimizer": ..., "params": ..., "scaler": ...})``; only ``"model"`` is used. It is read with
+    ``torch.load(path, map_location="cpu", weights_only=True)``, so tensors and plain containers
+    load and arbitrary pickled objects are refused.
+
+    Args:
+        model: the CDiffuSE network, or a :class:`CDiffuSEDenoiser` / :class:`CDiffuSERestoreGrad`
+            around it (its network is loaded).
+        path: the checkpoint file (e.g. ``weights-<step>.pt``).
+
+    Returns:
+        The checkpoint's ``"step"`` as an int, or None when it has none.
+
+    Raises:
+        ValueError: the file holds objects ``weights_only`` refuses, is not a dict with a
+            ``"model"`` state dict, or its keys or shapes do not match ``model``'s.
+    """
+    target = model
+    if isinstance(target, RestoreGrad):
+        target = target.denoiser
+    if isinstance(target, CDiffuSEDenoiser):
+        target = target.model
+    if not isinstance(target, nn.Module):
+        raise ValueError(f"`model` must be an nn.Module (the CDiffuSE network), got {type(target).__name__}.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line),
+                      str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)
+        raise ValueError(
+            f"{path} could not be read as a weights-only checkpoint ({detail}). Expected a CDiffuSE checkpoint, "
+            "a dict of tensors and plain values such as {'step': int, 'model': state_dict, 'optimizer': ...}; "
+            "files holding other pickled Python objects are refused because unpickling them can run arbitrary code."
+        ) from err
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{path} holds a {type(checkpoint).__name__}; expected a CDiffuSE checkpoint dict "
+                         "{'step': int, 'model': state_dict, ...}.")
+    if "model" not in checkpoint:
+        raise ValueError(f"{path} has no 'model' entry (its keys: {_preview(checkpoint.keys())}); expected a CDiffuSE "
+                         "checkpoint dict {'step': int, 'model': state_dict, ...}.")
+    state = checkpoint["model"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: the 'model' entry must be a state dict (parameter names -> tensors), "
+                         f"got {type(state).__name__}.")
+    expected = set(target.state_dict().keys())
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {_preview(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {_preview(unexpected)}")
+        raise ValueError(f"{path} does not match the model's parameters ({'; '.join(parts)}). Build the model with "
+                         "the checkpoint's configuration (residual_layers, residual_channels, n_mels = 513, ...).")
+    try:
+        target.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not match the model's parameter shapes: {err}") from err
+    step = checkpoint.get("step")
+    if isinstance(step, torch.Tensor):
+        step = step.item()
+    return None if step is None else int(step)
