@@ -19,7 +19,6 @@ training step whose ``sqrt(abar)`` matches each inference step.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, Sequence
 

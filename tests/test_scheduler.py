@@ -2,7 +2,6 @@
 when no prior is given, Algorithm 2 in closed form with one, fast sampling, and whitening."""
 
 import inspect
-import math
 
 import numpy as np
 import pytest

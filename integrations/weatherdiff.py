@@ -1,0 +1,561 @@
+"""WeatherDiff (Ozdenizci & Legenstein, TPAMI 2023) models as RestoreGrad denoisers.
+
+WeatherDiff conditions a DDPM UNet by channel concatenation, ``model(cat([y, x_t], 1), t) -> eps``,
+trains it on random ``p x p`` crops (p = 64, 16 crops per image, images in [-1, 1]) and restores
+whole images of any size with an *overlapping-patch* DDIM sampler: at every step the image is cut
+into ``p x p`` patches on a grid of stride ``r`` (16), the model predicts the noise of every
+patch, and the estimates are averaged per pixel.
+
+This module provides
+
+- :class:`WeatherDiffDenoiser` / :func:`wrap`: the user's model object as ``eps(x_t, y, t)``;
+- :func:`random_patch_pairs` (and :func:`antithetic_timesteps`): WeatherDiff's training crops;
+- :func:`restore_image`: the overlapping-patch DDIM sampler, sampling RestoreGrad's learned prior
+  (one standard-deviation map for the whole image) by whitening a stock ``DDIMScheduler``;
+- :func:`load_checkpoint`: loads an original WeatherDiff checkpoint (EMA or raw weights) without
+  unpickling arbitrary objects.
+
+All images are ``(B, C, H, W)`` tensors in [-1, 1] (WeatherDiff's ``2 * x - 1``), the degraded
+condition ``y`` included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "WeatherDiffDenoiser",
+    "wrap",
+    "random_patch_pairs",
+    "antithetic_timesteps",
+    "grid_positions",
+    "overlap_counts",
+    "sampling_timesteps",
+    "ddim_scheduler",
+    "averaged_patch_eps",
+    "restore_image",
+    "load_checkpoint",
+]
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+    return value
+
+
+def _check_image(name: str, tensor) -> None:
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}.")
+    if tensor.ndim != 4:
+        raise ValueError(f"`{name}` must have shape (B, C, H, W), got {tuple(tensor.shape)}.")
+    if not tensor.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+
+
+# ---------------------------------------------------------------------- the denoiser
+class WeatherDiffDenoiser(nn.Module):
+    """``eps(x_t, y, t) = model(cat([y, x_t], 1), t.float())`` on ``p x p`` patches.
+
+    WeatherDiff's UNet sees the degraded patch first and the noisy patch second, and takes the
+    timestep as a float tensor ``(B,)``. Its attention resolutions fix the input size, so the
+    wrapper accepts patches of exactly ``patch_size`` only; whole images go through
+    :func:`restore_image`, training data through :func:`random_patch_pairs`.
+
+    Args:
+        model: the user's WeatherDiff model (any callable with that signature; an ``nn.Module`` is
+            registered so its parameters train with the adapter).
+        patch_size: the side p of the square patches the model was built for (WeatherDiff: 64).
+    """
+
+    def __init__(self, model, patch_size: int = 64):
+        super().__init__()
+        if not callable(model):
+            raise ValueError(f"`model` must be callable as model(cat([y, x_t], 1), t), got {type(model).__name__}.")
+        self.model = model
+        self.patch_size = _check_positive_int("patch_size", patch_size)
+
+    def _model_dtype(self) -> torch.dtype | None:
+        parameters = getattr(self.model, "parameters", None)
+        if parameters is None:
+            return None
+        first = next(iter(parameters()), None)
+        return None if first is None else first.dtype
+
+    def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``x_t``, ``y``: ``(B, C, p, p)``; ``t``: ``(B,)`` (or 0-d) training steps -> ``eps`` ``(B, C, p, p)``."""
+        for name, tensor in (("x_t", x_t), ("y", y)):
+            if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
+                raise ValueError(f"`{name}` must be a (B, C, H, W) tensor, got "
+                                 f"{tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__}.")
+        p = self.patch_size
+        if tuple(x_t.shape[-2:]) != (p, p):
+            raise ValueError(f"`x_t` has spatial size {tuple(x_t.shape[-2:])}, but the WeatherDiff model takes "
+                             f"{p} x {p} patches (patch_size={p}); restore whole images with `restore_image` and "
+                             "train on crops from `random_patch_pairs`.")
+        if x_t.shape[0] != y.shape[0] or x_t.shape[2:] != y.shape[2:]:
+            raise ValueError(f"`x_t` {tuple(x_t.shape)} and `y` {tuple(y.shape)} must share batch and spatial sizes.")
+        if not isinstance(t, torch.Tensor):
+            t = torch.as_tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        if t.shape != (x_t.shape[0],):
+            raise ValueError(f"`t` must have shape ({x_t.shape[0]},) or be 0-d, got {tuple(t.shape)}.")
+        inputs = torch.cat([y, x_t], dim=1)
+        dtype = self._model_dtype()
+        if dtype is not None:
+            inputs = inputs.to(dtype)
+        eps = self.model(inputs, t.float())
+        if not isinstance(eps, torch.Tensor) or eps.shape != x_t.shape:
+            got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
+            raise ValueError(f"the model returned {got}; expected noise of `x_t`'s shape {tuple(x_t.shape)}.")
+        return eps
+
+
+def wrap(model, patch_size: int = 64) -> WeatherDiffDenoiser:
+    """Turn a WeatherDiff model (``model(cat([y, x_t], 1), t) -> eps``) into a RestoreGrad denoiser."""
+    return WeatherDiffDenoiser(model, patch_size=patch_size)
+
+
+# ---------------------------------------------------------------------- training data
+def random_patch_pairs(
+    x0: torch.Tensor,
+    y: torch.Tensor,
+    patch_size: int = 64,
+    patches_per_image: int = 16,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Aligned random ``p x p`` crops of clean and degraded images (WeatherDiff's training data).
+
+    WeatherDiff draws ``n`` crop corners per image pair, uniformly over all positions that fit
+    (n = 16 for p = 64, n = 8 for p = 128), and crops both images at the same corners.
+
+    Args:
+        x0: clean images ``(B, C, H, W)`` in [-1, 1], ``H, W >= patch_size``.
+        y: degraded images, same shape.
+        patch_size: p.
+        patches_per_image: n.
+        generator: source of the crop corners.
+
+    Returns:
+        ``(x0_patches, y_patches)``, each ``(B * n, C, p, p)``; the n crops of image b are rows
+        ``b * n .. b * n + n - 1``.
+    """
+    _check_image("x0", x0)
+    _check_image("y", y)
+    if x0.shape != y.shape:
+        raise ValueError(f"`x0` and `y` must have the same shape, got {tuple(x0.shape)} and {tuple(y.shape)}.")
+    p = _check_positive_int("patch_size", patch_size)
+    n = _check_positive_int("patches_per_image", patches_per_image)
+    batch, _, height, width = x0.shape
+    if height < p or width < p:
+        raise ValueError(f"the images ({height} x {width}) are smaller than `patch_size` = {p}; training crops "
+                         "must fit inside the image (resize or pad the images first).")
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    rows = torch.randint(0, height - p + 1, (batch, n), generator=generator, device=gen_device).tolist()
+    cols = torch.randint(0, width - p + 1, (batch, n), generator=generator, device=gen_device).tolist()
+    corners = [(b, i, j) for b in range(batch) for i, j in zip(rows[b], cols[b])]
+    x0_patches = torch.stack([x0[b, :, i:i + p, j:j + p] for b, i, j in corners])
+    y_patches = torch.stack([y[b, :, i:i + p, j:j + p] for b, i, j in corners])
+    return x0_patches, y_patches
+
+
+def antithetic_timesteps(
+    batch_size: int,
+    num_train_timesteps: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """WeatherDiff's antithetic timestep draw: ``t`` for the first half, ``T - 1 - t`` for the rest.
+
+    ``t ~ U{0..T-1}`` for ``batch_size // 2 + 1`` examples, concatenated with their mirror images
+    and cut to ``batch_size``. Each ``t`` stays uniform; pairs are anti-correlated, which lowers
+    the variance of the batch loss. Pass the result as ``timesteps=`` to ``training_loss``.
+
+    Returns:
+        An int64 tensor ``(batch_size,)`` with values in ``[0, T)``.
+    """
+    _check_positive_int("batch_size", batch_size)
+    T = _check_positive_int("num_train_timesteps", num_train_timesteps)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    t = torch.randint(0, T, (batch_size // 2 + 1,), generator=generator, device=gen_device)
+    t = torch.cat([t, T - 1 - t])[:batch_size]
+    return t.to(device) if device is not None else t
+
+
+# ---------------------------------------------------------------------- the patch grid
+def grid_positions(size: int, patch_size: int, stride: int) -> list[int]:
+    """Start offsets of the patches along one axis of length ``size >= patch_size``.
+
+    WeatherDiff's grid ``0, r, 2r, ... <= size - p``, plus a last patch flush with the border,
+    ``size - p``, whenever the grid stops short of it, so every pixel is covered.
+    """
+    size = _check_positive_int("size", size)
+    p = _check_positive_int("patch_size", patch_size)
+    r = _check_positive_int("stride", stride)
+    if size < p:
+        raise ValueError(f"`size` = {size} is smaller than `patch_size` = {p}; pad the image first.")
+    positions = list(range(0, size - p + 1, r))
+    if positions[-1] != size - p:
+        positions.append(size - p)
+    return positions
+
+
+def overlap_counts(height: int, width: int, patch_size: int, stride: int) -> torch.Tensor:
+    """How many grid patches cover each pixel: a ``(height, width)`` float tensor (all >= 1)."""
+    counts = torch.zeros(height, width)
+    for i in grid_positions(height, patch_size, stride):
+        for j in grid_positions(width, patch_size, stride):
+            counts[i:i + patch_size, j:j + patch_size] += 1
+    return counts
+
+
+# ---------------------------------------------------------------------- the sampler
+def sampling_timesteps(num_train_timesteps: int, num_inference_steps: int) -> list[int]:
+    """WeatherDiff's DDIM timesteps, descending: ``reversed(range(0, T, T // S))``.
+
+    When S divides T this is diffusers' "leading" spacing (S steps); otherwise, as in the original,
+    the sequence has ``ceil(T / (T // S))`` steps, which may be more than S.
+    """
+    T = _check_positive_int("num_train_timesteps", num_train_timesteps)
+    S = _check_positive_int("num_inference_steps", num_inference_steps)
+    if S > T:
+        raise ValueError(f"`num_inference_steps` = {S} exceeds the {T} training steps.")
+    return list(reversed(range(0, T, T // S)))
+
+
+def ddim_scheduler(scheduler):
+    """The ``diffusers.DDIMScheduler`` of WeatherDiff's sampler for a ``LearnedPriorScheduler``.
+
+    Built from ``scheduler.config`` with ``clip_sample=False`` (the original never clips the x_0
+    estimate, and whitening needs it off), ``set_alpha_to_one=True`` (the last step goes to
+    ``abar = 1``, as the original's ``compute_alpha(b, -1)``), "leading" spacing, no offset.
+    Training schedules that DDIM cannot build by name are passed as ``trained_betas``; either way
+    the DDIM ``alphas_cumprod`` equal the scheduler's exactly.
+    """
+    from diffusers import DDIMScheduler
+
+    config = scheduler.config
+    if config.get("prediction_type", "epsilon") != "epsilon":
+        raise ValueError("WeatherDiff's sampler needs an epsilon-prediction schedule, got "
+                         f"prediction_type={config.get('prediction_type')!r}.")
+    kwargs = dict(
+        num_train_timesteps=config.num_train_timesteps,
+        beta_start=config.beta_start,
+        beta_end=config.beta_end,
+        beta_schedule=config.beta_schedule,
+        trained_betas=config.get("trained_betas"),
+        rescale_betas_zero_snr=config.get("rescale_betas_zero_snr", False),
+        clip_sample=False,
+        thresholding=False,
+        set_alpha_to_one=True,
+        steps_offset=0,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    ddim = None
+    if kwargs["trained_betas"] is not None or kwargs["beta_schedule"] in ("linear", "scaled_linear",
+                                                                         "squaredcos_cap_v2"):
+        ddim = DDIMScheduler(**kwargs)
+    reference = scheduler.alphas_cumprod.cpu()
+    if ddim is None or not torch.equal(ddim.alphas_cumprod.cpu(), reference):
+        kwargs.update(trained_betas=scheduler.betas.cpu().tolist(), rescale_betas_zero_snr=False)
+        ddim = DDIMScheduler(**kwargs)
+    if not torch.equal(ddim.alphas_cumprod.cpu(), reference):  # pragma: no cover - defensive
+        raise ValueError("could not build a DDIMScheduler with the scheduler's alphas_cumprod.")
+    return ddim
+
+
+def _reflect_pad_to(y: torch.Tensor, size: int) -> torch.Tensor:
+    """Pad ``y`` at the bottom and right by reflection until both sides are at least ``size``.
+
+    Reflection needs the pad to be smaller than the side, so very small images are reflected
+    repeatedly; a side of one pixel is repeated.
+    """
+    while y.shape[-2] < size or y.shape[-1] < size:
+        height, width = y.shape[-2:]
+        pad_h = 0 if height >= size else (size - height if height == 1 else min(size - height, height - 1))
+        pad_w = 0 if width >= size else (size - width if width == 1 else min(size - width, width - 1))
+        if pad_h:
+            y = F.pad(y, (0, 0, 0, pad_h), mode="replicate" if height == 1 else "reflect")
+        if pad_w:
+            y = F.pad(y, (0, pad_w, 0, 0), mode="replicate" if width == 1 else "reflect")
+    return y
+
+
+def _corners(height: int, width: int, patch_size: int, stride: int) -> list[tuple[int, int]]:
+    rows = grid_positions(height, patch_size, stride)
+    cols = grid_positions(width, patch_size, stride)
+    return [(i, j) for i in rows for j in cols]
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    # float64 makes the sum of identical float32 estimates, and its division by their count, exact.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _averaged_eps(denoiser, x_t, y, t, corners, patch_size, patch_batch_size, counts) -> torch.Tensor:
+    """The per-pixel mean of the patch noise estimates (see :func:`averaged_patch_eps`)."""
+    p = patch_size
+    batch = x_t.shape[0]
+    total = torch.zeros(x_t.shape, dtype=_accumulator_dtype(x_t.device), device=x_t.device)
+    jobs = [(b, i, j) for b in range(batch) for i, j in corners]
+    t = torch.as_tensor(t, device=x_t.device)
+    for start in range(0, len(jobs), patch_batch_size):
+        chunk = jobs[start:start + patch_batch_size]
+        x_patches = torch.stack([x_t[b, :, i:i + p, j:j + p] for b, i, j in chunk])
+        y_patches = torch.stack([y[b, :, i:i + p, j:j + p] for b, i, j in chunk])
+        eps = denoiser(x_patches, y_patches, t.expand(len(chunk)))
+        if eps.shape != x_patches.shape:
+            raise ValueError(f"the denoiser returned {tuple(eps.shape)} for patches of shape "
+                             f"{tuple(x_patches.shape)}.")
+        eps = eps.to(total.dtype)
+        for k, (b, i, j) in enumerate(chunk):
+            total[b, :, i:i + p, j:j + p] += eps[k]
+    return (total / counts.to(total.dtype)).to(x_t.dtype)
+
+
+def _check_patch_arguments(patch_size, stride, patch_batch_size) -> None:
+    _check_positive_int("patch_size", patch_size)
+    _check_positive_int("stride", stride)
+    _check_positive_int("patch_batch_size", patch_batch_size)
+    if stride > patch_size:
+        raise ValueError(f"`stride` = {stride} exceeds `patch_size` = {patch_size}; the patches would leave gaps.")
+
+
+def averaged_patch_eps(
+    denoiser,
+    x_t: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor | int,
+    patch_size: int = 64,
+    stride: int = 16,
+    patch_batch_size: int = 64,
+) -> torch.Tensor:
+    """WeatherDiff's whole-image noise estimate from overlapping patches.
+
+    ``eps(x_t)[pixel] = sum over patches P covering the pixel of denoiser(x_t[P], y[P], t)[pixel]
+    / (number of such patches)``, with the patches of :func:`grid_positions` in both directions.
+    The denoiser sees at most ``patch_batch_size`` patches at a time (memory is bounded by the
+    patch batch, not by the image); the estimates are summed into one full-size accumulator.
+
+    Args:
+        denoiser: ``eps(x_t, y, t)`` on ``(n, C, p, p)`` patches (e.g. :class:`WeatherDiffDenoiser`).
+        x_t, y: ``(B, C, H, W)`` with ``H, W >= patch_size`` (pad smaller images first).
+        t: the training step (a 0-d tensor or int), given to every patch.
+
+    Returns:
+        The averaged estimate, ``x_t``'s shape and dtype.
+    """
+    _check_image("x_t", x_t)
+    _check_image("y", y)
+    if x_t.shape[0] != y.shape[0] or x_t.shape[2:] != y.shape[2:]:
+        raise ValueError(f"`x_t` {tuple(x_t.shape)} and `y` {tuple(y.shape)} must share batch and spatial sizes.")
+    _check_patch_arguments(patch_size, stride, patch_batch_size)
+    height, width = x_t.shape[-2:]
+    if height < patch_size or width < patch_size:
+        raise ValueError(f"the image ({height} x {width}) is smaller than `patch_size` = {patch_size}; pad it first "
+                         "(restore_image does).")
+    counts = overlap_counts(height, width, patch_size, stride).to(x_t.device)
+    assert bool((counts > 0).all()), "every pixel must be covered by a patch"
+    return _averaged_eps(denoiser, x_t, y, t, _corners(height, width, patch_size, stride), patch_size,
+                         patch_batch_size, counts)
+
+
+@torch.no_grad()
+def restore_image(
+    adapter,
+    y: torch.Tensor,
+    patch_size: int = 64,
+    stride: int = 16,
+    num_inference_steps: int = 10,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    patch_batch_size: int = 64,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Restore whole images of any size with WeatherDiff's overlapping-patch DDIM sampler.
+
+    The learned prior is one standard-deviation map for the whole image, ``sigma =
+    adapter.prior_std(y)`` (the Prior Net is fully convolutional). With ``u = x / sigma`` the
+    sampler is WeatherDiff's DDIM in u-space (DESIGN.md, "Whitening"): ``x_T = sigma * z``; at each
+    step ``t -> t'`` of :func:`sampling_timesteps`, with ``eps`` the per-pixel mean of the patch
+    estimates (:func:`averaged_patch_eps`),
+
+        x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)                 (no clipping)
+        c1     = eta * sqrt((1 - abar_t') / (1 - abar_t) * (1 - abar_t / abar_t'))
+        x_t'   = sqrt(abar_t') x0_hat + sqrt(1 - abar_t' - c1^2) eps + c1 * sigma * z
+
+    with ``abar_t' = 1`` after the last step. It runs through ``whitened_step`` with the
+    ``DDIMScheduler`` of :func:`ddim_scheduler`.
+
+    Images smaller than the patch are padded by reflection (bottom and right) and the padding is
+    cropped from the result; the Prior Net sees the padded image.
+
+    Args:
+        adapter: a :class:`~restoregrad_adapter.RestoreGrad` whose denoiser takes ``p x p`` patches
+            (e.g. ``wrap(model, patch_size)``); call ``adapter.eval()`` first.
+        y: degraded images ``(B, C, H, W)`` in [-1, 1], any ``H, W``.
+        patch_size: p (WeatherDiff: 64).
+        stride: grid stride r (WeatherDiff: 16; smaller is slower and slightly better).
+        num_inference_steps: S (WeatherDiff's evaluation: 25; the RestoreGrad paper: 10).
+        eta: DDIM's eta (WeatherDiff: 0, deterministic given ``generator``).
+        generator: source of ``x_T`` and, for ``eta > 0``, of every step's fresh noise.
+        patch_batch_size: patches per denoiser call (WeatherDiff: 64).
+        progress: show a progress bar over the steps.
+
+    Returns:
+        The restored images, ``y``'s shape, float32, in [-1, 1] up to the model's error (not
+        clamped: map to [0, 1] with ``((x + 1) / 2).clamp(0, 1)``).
+    """
+    from restoregrad_adapter.scheduler import (check_prior_std, scale_model_input_whitened, whitened_initial_sample,
+                                               whitened_step)
+
+    for attribute in ("denoiser", "prior_std", "scheduler"):
+        if not hasattr(adapter, attribute):
+            raise ValueError(f"`adapter` must be a RestoreGrad adapter (it has no `{attribute}`), got "
+                             f"{type(adapter).__name__}.")
+    _check_image("y", y)
+    _check_patch_arguments(patch_size, stride, patch_batch_size)
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < float("inf"):
+        raise ValueError(f"`eta` must be a finite number >= 0, got {eta!r}.")
+    denoiser_size = getattr(adapter.denoiser, "patch_size", None)
+    if denoiser_size is not None and denoiser_size != patch_size:
+        raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = {denoiser_size}.")
+
+    height, width = y.shape[-2:]
+    y_full = _reflect_pad_to(y.float(), patch_size)
+    sigma = adapter.prior_std(y_full).float()  # one prior for the whole (padded) image
+    check_prior_std(sigma, y_full, name="adapter.prior_std(y)")
+    sigma = sigma.expand(y_full.shape)
+
+    scheduler = ddim_scheduler(adapter.scheduler)
+    steps = sampling_timesteps(scheduler.config.num_train_timesteps, num_inference_steps)
+    # DDIM's step goes from t to t - T // S, the original's spacing; only the list may be longer.
+    scheduler.set_timesteps(num_inference_steps, device=y.device)
+    scheduler.timesteps = torch.tensor(steps, dtype=torch.int64, device=y.device)
+
+    corners = _corners(y_full.shape[-2], y_full.shape[-1], patch_size, stride)
+    counts = overlap_counts(y_full.shape[-2], y_full.shape[-1], patch_size, stride).to(y.device)
+    assert bool((counts > 0).all()), "every pixel must be covered by a patch"
+
+    x = whitened_initial_sample(scheduler, sigma, generator=generator)
+    timesteps: Iterable = scheduler.timesteps
+    if progress:
+        from tqdm.auto import tqdm
+
+        timesteps = tqdm(timesteps, desc="restoring", unit="step")
+    for t in timesteps:
+        model_input = scale_model_input_whitened(scheduler, x, t, sigma)
+        eps = _averaged_eps(adapter.denoiser, model_input, y_full, t, corners, patch_size, patch_batch_size, counts)
+        x = whitened_step(scheduler, eps.float(), t, x, sigma, eta=float(eta), generator=generator).prev_sample
+    return x[..., :height, :width]
+
+
+# ---------------------------------------------------------------------- checkpoints
+_MODULE_PREFIX = "module."
+
+
+def _strip_prefix(state: dict, what: str) -> dict[str, torch.Tensor]:
+    if not isinstance(state, dict):
+        raise ValueError(f"the checkpoint's `{what}` must be a dict of tensors, got {type(state).__name__}.")
+    out = {}
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise ValueError(f"the checkpoint's `{what}` has a non-string key {key!r}.")
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"the checkpoint's `{what}[{key!r}]` is a {type(value).__name__}, not a tensor.")
+        out[key[len(_MODULE_PREFIX):] if key.startswith(_MODULE_PREFIX) else key] = value
+    return out
+
+
+def _name_keys(keys: Iterable[str], limit: int = 8) -> str:
+    keys = sorted(keys)
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def _read_checkpoint(path) -> dict:
+    try:
+        # WeatherDiff stores its argparse.Namespace arguments and config next to the weights. That one
+        # class is allowed (it only sets attributes); anything else that is not a tensor or a plain
+        # container is refused by the weights-only unpickler.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise ValueError(
+            f"{os.fspath(path)!r} contains pickled objects other than tensors, plain containers and "
+            f"argparse.Namespace ({detail}); they are not unpickled, as that could run arbitrary code. If you "
+            "trust the file, convert it once: `ckpt = torch.load(path, weights_only=False); torch.save("
+            "{'state_dict': ckpt['state_dict'], 'ema_helper': ckpt['ema_helper']}, new_path)`."
+        ) from None
+
+
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, ema: bool = True) -> nn.Module:
+    """Load an original WeatherDiff checkpoint into ``model`` (strict).
+
+    WeatherDiff saves ``{'epoch', 'step', 'state_dict', 'optimizer', 'ema_helper', 'params',
+    'config'}`` with ``torch.save``: ``state_dict`` comes from an ``nn.DataParallel`` (keys
+    prefixed ``module.``), ``ema_helper`` is its EMAHelper's shadow dict (the trainable parameters
+    only, named without the prefix), ``params`` and ``config`` are ``argparse.Namespace`` objects.
+    The file is read with ``weights_only=True``, allowing ``argparse.Namespace`` and nothing else.
+
+    With ``ema=True`` the weights are ``state_dict`` with every parameter replaced by its EMA
+    shadow (what the original's evaluation uses: ``load_state_dict`` then ``ema_helper.ema``);
+    with ``ema=False`` the raw ``state_dict``.
+
+    Args:
+        model: the user's WeatherDiff model (any ``nn.Module`` with the checkpoint's parameter names).
+        path: the ``.pth.tar`` file.
+        ema: use the EMA weights.
+
+    Returns:
+        ``model``, with the weights loaded.
+
+    Raises:
+        ValueError: missing entries, key or shape mismatches (named), non-tensor weights, or
+            pickled objects that are not tensors, plain containers or ``argparse.Namespace``.
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"`model` must be an nn.Module, got {type(model).__name__}.")
+    checkpoint = _read_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{os.fspath(path)!r} is not a WeatherDiff checkpoint: no 'state_dict' entry (found {found}).")
+    state = _strip_prefix(checkpoint["state_dict"], "state_dict")
+
+    target = model.state_dict()
+    if ema:
+        if "ema_helper" not in checkpoint:
+            raise ValueError(f"{os.fspath(path)!r} has no 'ema_helper' entry (EMA weights); load it with ema=False.")
+        shadow = _strip_prefix(checkpoint["ema_helper"], "ema_helper")
+        trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+        missing, unexpected = trainable - set(shadow), set(shadow) - set(target)
+        if missing or unexpected:
+            parts = ([f"missing EMA weights for {_name_keys(missing)}"] if missing else []) + (
+                [f"unexpected EMA weights {_name_keys(unexpected)}"] if unexpected else [])
+            raise ValueError(f"the checkpoint's 'ema_helper' does not match the model: {'; '.join(parts)}.")
+        state = {**state, **shadow}
+
+    missing, unexpected = set(target) - set(state), set(state) - set(target)
+    if missing or unexpected:
+        parts = ([f"missing {_name_keys(missing)}"] if missing else []) + (
+            [f"unexpected {_name_keys(unexpected)}"] if unexpected else [])
+        raise ValueError(f"the checkpoint's weights do not match the model: {'; '.join(parts)}.")
+    wrong = [f"{k!r} {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in target.items()
+             if state[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"shape mismatch between checkpoint and model: {', '.join(wrong[:8])}"
+                         + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "") + ".")
+    model.load_state_dict(state, strict=True)
+    return model
