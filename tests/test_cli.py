@@ -1,0 +1,105 @@
+"""The restoregrad command: restore, evaluate and show-prior round trips on generated files."""
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from restoregrad_adapter import RestoreGrad
+from restoregrad_adapter.cli import main
+from restoregrad_adapter.integrations import cdiffuse, weatherdiff
+from restoregrad_adapter.reference_nets import DiffWaveDenoiser, WeatherUNet
+
+
+@pytest.fixture(scope="module")
+def image_adapter(tmp_path_factory):
+    torch.manual_seed(0)
+    unet = WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=16)
+    adapter = RestoreGrad.with_encoders(weatherdiff.wrap(unet, patch_size=16), dims=2, in_channels=3, size="tiny")
+    torch.nn.init.normal_(adapter.prior_net.encoder.head.weight, std=0.05)
+    return adapter.save_pretrained(tmp_path_factory.mktemp("adapters") / "image")
+
+
+@pytest.fixture(scope="module")
+def speech_adapter(tmp_path_factory):
+    torch.manual_seed(0)
+    model = DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32)
+    adapter = cdiffuse.CDiffuSERestoreGrad.from_model(model, size="tiny")
+    return adapter.save_pretrained(tmp_path_factory.mktemp("adapters") / "speech", sample_rate=16000)
+
+
+def write_png(path, height, width, seed=0):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def test_restore_images_of_any_size_and_evaluate(image_adapter, tmp_path, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_png(inputs / "a.png", 23, 37, seed=1)
+    write_png(inputs / "b.png", 16, 16, seed=2)
+    out = tmp_path / "out"
+    assert main(["restore", "--adapter", str(image_adapter), str(inputs / "a.png"), str(inputs / "b.png"),
+                 "-o", str(out), "--steps", "2", "--quiet"]) == 0
+    for name, size in (("a.png", (37, 23)), ("b.png", (16, 16))):
+        restored = Image.open(out / name)
+        assert restored.size == size and restored.mode == "RGB"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+    # evaluate: a file against itself is perfect SSIM; a table with a mean row
+    assert main(["evaluate", "--pred", str(out), "--ref", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "PSNR_Y" in table and "SSIM_Y" in table and "mean" in table and "a.png" in table
+    assert main(["evaluate", "--pred", str(out), "--ref", str(inputs)]) == 0
+    values = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("a.png")]
+    restored = np.asarray(Image.open(out / "a.png"), dtype=np.float64) / 255
+    reference = np.asarray(Image.open(inputs / "a.png"), dtype=np.float64) / 255
+    weights = np.array([65.481, 128.553, 24.966]) / 255
+    mse = (((restored - reference) @ weights) ** 2).mean()
+    assert float(values[0][1]) == pytest.approx(10 * np.log10(1 / mse), abs=1e-3)
+
+
+def test_restore_and_show_prior_for_speech(speech_adapter, tmp_path):
+    rng = np.random.default_rng(0)
+    audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(3000) / 16000) + 0.05 * rng.standard_normal(3000))
+    soundfile.write(tmp_path / "noisy.wav", audio.astype(np.float32), 16000)
+    out = tmp_path / "out"
+    assert main(["restore", "--adapter", str(speech_adapter), str(tmp_path / "noisy.wav"), "-o", str(out),
+                 "--quiet"]) == 0
+    restored, rate = soundfile.read(out / "noisy.wav")
+    assert rate == 16000 and restored.shape == (3000,) and np.isfinite(restored).all()
+    png = tmp_path / "prior.png"
+    assert main(["show-prior", "--adapter", str(speech_adapter), str(tmp_path / "noisy.wav"), "-o", str(png)]) == 0
+    assert Image.open(png).size[0] > 100
+
+
+def test_show_prior_for_an_image(image_adapter, tmp_path):
+    write_png(tmp_path / "x.png", 30, 40)
+    assert main(["show-prior", "--adapter", str(image_adapter), str(tmp_path / "x.png"), "-o",
+                 str(tmp_path / "p.png")]) == 0
+    assert Image.open(tmp_path / "p.png").format == "PNG"
+
+
+def test_clear_errors(image_adapter, speech_adapter, tmp_path, capsys):
+    def error(argv):
+        assert main(argv) == 2
+        return capsys.readouterr().err
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert "cannot read the image" in error(["restore", "--adapter", str(image_adapter), str(tmp_path / "broken.png"),
+                                             "-o", str(tmp_path / "o")])
+    assert "no such file" in error(["restore", "--adapter", str(image_adapter), str(tmp_path / "none.png"),
+                                    "-o", str(tmp_path / "o")])
+    assert "cannot load adapter" in error(["restore", "--adapter", str(tmp_path / "missing"),
+                                           str(tmp_path / "broken.png"), "-o", str(tmp_path / "o")])
+    soundfile.write(tmp_path / "low.wav", np.zeros(4000, dtype=np.float32), 8000)
+    assert "sample rate 8000 Hz" in error(["restore", "--adapter", str(speech_adapter), str(tmp_path / "low.wav"),
+                                           "-o", str(tmp_path / "o"), "--quiet"])
+    soundfile.write(tmp_path / "stereo.wav", np.zeros((4000, 2), dtype=np.float32), 16000)
+    assert "2 channels" in error(["restore", "--adapter", str(speech_adapter), str(tmp_path / "stereo.wav"),
+                                  "-o", str(tmp_path / "o"), "--quiet"])
+    assert "restores waveforms, not images" in error(["restore", "--adapter", str(speech_adapter),
+                                                      str(tmp_path / "broken.png"), "-o", str(tmp_path / "o")])
+    assert "is not a folder" in error(["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path)])
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -1,0 +1,130 @@
+"""The Accelerate training scripts run end to end on CPU in a tiny configuration, resume exactly,
+and train on two processes."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_WEATHER = ["--train_batch_size", "2", "--builtin_size", "40", "--patch_size", "16", "--num_validation_images",
+                "1", "--num_inference_steps", "2", "--num_train_timesteps", "50", "--stride", "8", "--report_to",
+                "none", "--max_validation_size", "40"]
+
+
+def run(command, env_extra=None, timeout=600):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out.stdout + out.stderr
+
+
+def train_records(folder):
+    with open(folder / "metrics.jsonl") as f:
+        return [r for r in map(json.loads, f) if r["kind"] == "train"]
+
+
+def test_train_weather_writes_checkpoints_pictures_and_adapter(tmp_path):
+    out = tmp_path / "run"
+    log = run([sys.executable, "examples/train_weather.py", *TINY_WEATHER, "--max_train_steps", "3",
+               "--checkpointing_steps", "2", "--validation_steps", "2", "--output_dir", str(out)])
+    assert "validation PSNR(Y)" in log and "saved the trained adapter" in log
+    assert (out / "checkpoint-2").is_dir() and (out / "checkpoint-3").is_dir()
+    pictures = sorted(p.name for p in (out / "validation").glob("*.png"))
+    assert pictures == ["step-000000.png", "step-000002.png", "step-000003.png"]
+    assert Image.open(out / "training_curves.png").size[0] > 300
+    assert (out / "adapter" / "restoregrad_config.json").is_file()
+    records = train_records(out)
+    assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)
+
+    from restoregrad_adapter import RestoreGrad
+
+    adapter = RestoreGrad.from_pretrained(out / "adapter")
+    assert adapter.hub_config["integration"] == "weatherdiff" and adapter.hub_config["metrics"]["psnr_y"] > 0
+
+
+def test_resuming_continues_with_the_same_losses(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = [sys.executable, "examples/train_weather.py", *TINY_WEATHER, "--checkpointing_steps", "2",
+              "--validation_steps", "100"]
+    run(common + ["--max_train_steps", "4", "--output_dir", str(straight)])
+    run(common + ["--max_train_steps", "2", "--output_dir", str(resumed)])
+    log = run(common + ["--max_train_steps", "4", "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in log and "checkpoint-2" in log
+    a, b = train_records(straight), train_records(resumed)
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for x, y in zip(a, b):
+        assert x == y  # bit-identical loss terms
+
+
+def test_two_process_cpu_training_saves_one_adapter(tmp_path):
+    out = tmp_path / "ddp"
+    # `accelerate launch --cpu --num_processes 2` starts several CPU processes only through MPI; torchrun's
+    # launcher (--multi_gpu) with ACCELERATE_USE_CPU starts them without it, on the gloo backend.
+    log = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "examples/train_weather.py", *TINY_WEATHER, "--max_train_steps", "2", "--checkpointing_steps", "2",
+               "--validation_steps", "100", "--mode", "restoregrad_no_posterior", "--output_dir", str(out)],
+              env_extra={"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"})
+    assert "on 2 process(es)" in log
+    assert (out / "adapter" / "restoregrad_config.json").is_file()
+    assert len(list(tmp_path.glob("ddp/adapter*"))) == 1
+    assert [r["step"] for r in train_records(out)] == [1, 2]
+
+
+def test_train_weather_reads_a_raindrop_style_folder(tmp_path):
+    data = tmp_path / "raindrop"
+    for split in ("input", "gt"):
+        (data / split).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        clean = rng.integers(0, 256, (24, 30, 3), dtype=np.uint8)
+        Image.fromarray(clean).save(data / "gt" / f"{i}_clean.png")
+        Image.fromarray(np.clip(clean.astype(int) + 40, 0, 255).astype(np.uint8)).save(data / "input" / f"{i}_rain.png")
+    out = tmp_path / "run"
+    log = run([sys.executable, "examples/train_weather.py", *TINY_WEATHER, "--train_data_dir", str(data),
+               "--max_train_steps", "1", "--validation_steps", "1", "--checkpointing_steps", "1",
+               "--output_dir", str(out)])
+    assert "2 pairs from" in log
+    shutil.rmtree(out)
+
+
+TINY_SPEECH = ["--train_batch_size", "2", "--segment_length", "1024", "--builtin_utterances", "4",
+               "--num_validation_utterances", "1", "--validation_seconds", "0.5", "--encoder_size", "tiny",
+               "--report_to", "none"]
+
+
+def test_train_speech_writes_checkpoints_pictures_wavs_and_adapter(tmp_path):
+    out = tmp_path / "speech"
+    log = run([sys.executable, "examples/train_speech.py", *TINY_SPEECH, "--max_train_steps", "2",
+               "--checkpointing_steps", "2", "--validation_steps", "2", "--output_dir", str(out)])
+    assert "validation SI-SNR" in log and "saved the trained adapter" in log
+    assert (out / "checkpoint-2").is_dir()
+    assert (out / "validation" / "step-000002.png").is_file()
+    assert (out / "validation" / "step-000002-0-restored.wav").is_file()
+    from restoregrad_adapter import RestoreGrad
+
+    adapter = RestoreGrad.from_pretrained(out / "adapter")
+    assert type(adapter).__name__ == "CDiffuSERestoreGrad" and adapter.hub_config["sample_rate"] == 16000
+
+
+def test_train_speech_reads_paired_folders_and_resamples(tmp_path):
+    import soundfile
+
+    clean_dir, noisy_dir = tmp_path / "clean", tmp_path / "noisy"
+    clean_dir.mkdir(), noisy_dir.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        clean = 0.3 * np.sin(2 * np.pi * 200 * np.arange(8000) / 8000 * (1 + i / 10)).astype(np.float32)
+        soundfile.write(clean_dir / f"u{i}.wav", clean, 8000)  # 8 kHz: resampled to 16 kHz
+        soundfile.write(noisy_dir / f"u{i}.wav", clean + 0.05 * rng.standard_normal(8000).astype(np.float32), 8000)
+    out = tmp_path / "run"
+    log = run([sys.executable, "examples/train_speech.py", *TINY_SPEECH, "--clean_dir", str(clean_dir), "--noisy_dir",
+               str(noisy_dir), "--max_train_steps", "1", "--validation_steps", "1", "--checkpointing_steps", "1",
+               "--output_dir", str(out)])
+    assert "2 pairs from" in log and (out / "adapter").is_dir()
