@@ -27,6 +27,7 @@ _EXPORTS = {
     "RestoreGrad": "adapter",
     "MODES": "adapter",
     "energy_prior": "adapter",
+    "RestoreGradPipeline": "pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -16,6 +16,10 @@ def test_python_snippets_run_as_written(page, tmp_path, monkeypatch):
     if page.name != "benchmarks.md":
         assert blocks, f"{page.name} has no python snippet"
     monkeypatch.chdir(tmp_path)
+    # A custom pipeline loaded by a snippet is copied into diffusers' modules cache: keep it in tmp_path.
+    from diffusers.utils import dynamic_modules_utils
+
+    monkeypatch.setattr(dynamic_modules_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
     namespace = {"__name__": "__docs__"}
     for i, block in enumerate(blocks):
         exec(compile(block, f"{page.name}[block {i}]", "exec"), namespace)

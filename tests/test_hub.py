@@ -43,7 +43,7 @@ def test_diffusers_adapter_round_trip_is_bit_identical(tmp_path):
     adapter = diffusers_adapter()
     folder = adapter.save_pretrained(tmp_path / "adapter", base_model="org/unconditional", base_model_revision="abc123",
                                      training_data="synthetic rain", metrics={"psnr_y": 25.5})
-    expected = {CONFIG_NAME, "README.md", "prior_net", "posterior_net", "scheduler", "denoiser"}
+    expected = {CONFIG_NAME, "README.md", "model_index.json", "prior_net", "posterior_net", "scheduler", "denoiser"}
     assert {p.name for p in folder.iterdir()} == expected
     assert (folder / "scheduler" / "scheduler_config.json").is_file()
     assert (folder / "denoiser" / "diffusion_pytorch_model.safetensors").is_file()
@@ -182,7 +182,7 @@ def test_push_to_hub_uploads_exactly_the_adapter_files(tmp_path):
     assert create_repo.call_args.kwargs["private"] is True
     assert url.endswith("/commit/1") and uploaded["repo_id"] == "me/restoregrad-rain"
     assert uploaded["files"] == sorted([
-        "README.md", CONFIG_NAME,
+        "README.md", CONFIG_NAME, "model_index.json",
         "denoiser/config.json", "denoiser/diffusion_pytorch_model.safetensors",
         "posterior_net/config.json", "posterior_net/diffusion_pytorch_model.safetensors",
         "prior_net/config.json", "prior_net/diffusion_pytorch_model.safetensors",
