@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EVALUATE_MODULES",
     "evaluate_module_path",
+    "fid",
     "pesq_wb",
     "psnr_y",
     "rgb_to_y",
@@ -381,6 +382,47 @@ def stoi(pred: torch.Tensor, target: torch.Tensor, sample_rate: int = 16000) -> 
             f"stoi needs the optional `pystoi` package: {_SPEECH_EXTRA_HINT}"
         ) from err
     return _per_item(pred, target, lambda ref, deg: _stoi(ref, deg, sample_rate, extended=False))
+
+
+# --------------------------------------------------------------------------- #
+# Distribution metrics with a backbone the user supplies
+# --------------------------------------------------------------------------- #
+def fid(pred: torch.Tensor, target: torch.Tensor, feature_extractor: torch.nn.Module,
+        batch_size: int = 64) -> float:
+    """Fréchet distance between the feature distributions of restored and reference images.
+
+    The backbone is the user's: ``feature_extractor`` maps ``(B, 3, H, W)`` images in [0, 1] to
+    ``(B, D)`` features (for the usual FID, Inception-v3's 2048 pool features with weights the user
+    has loaded). Nothing is downloaded. torchmetrics does the math:
+    ``|mu_p - mu_r|^2 + tr(S_p + S_r - 2 (S_p S_r)^(1/2))``.
+
+    Args:
+        pred: restored images ``(N, 3, H, W)`` in [0, 1]; N >= 2.
+        target: reference images ``(M, 3, H', W')`` in [0, 1]; M >= 2.
+        feature_extractor: an ``nn.Module`` giving ``(B, D)`` features.
+        batch_size: images per forward pass.
+    """
+    if not isinstance(feature_extractor, torch.nn.Module):
+        raise ValueError("`feature_extractor` must be an nn.Module mapping (B, 3, H, W) images to (B, D) features "
+                         f"(e.g. Inception-v3 with your weights), got {type(feature_extractor).__name__}.")
+    for name, images in (("pred", pred), ("target", target)):
+        x = _check_tensor(images, name)
+        _check_image(x, name)
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 2:
+            raise ValueError(f"`{name}` must have shape (N, 3, H, W) with N >= 2, got {tuple(x.shape)}.")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}.")
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError as err:  # pragma: no cover - torchmetrics is a dependency of the metrics extra
+        raise ImportError("fid needs torchmetrics: pip install restoregrad_adapter[metrics]") from err
+    metric = FrechetInceptionDistance(feature=feature_extractor, normalize=True, reset_real_features=True,
+                                      input_img_size=tuple(target.shape[1:])).to(pred.device)
+    metric = metric.double()
+    for images, real in ((target, True), (pred, False)):
+        for start in range(0, images.shape[0], batch_size):
+            metric.update(images[start:start + batch_size], real=real)
+    return float(metric.compute())
 
 
 # --------------------------------------------------------------------------- #

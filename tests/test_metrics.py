@@ -403,3 +403,40 @@ def test_evaluate_si_snr_offline(offline: Path) -> None:
     result = module.compute(predictions=[p.numpy() for p, _, _ in items], references=[t.tolist() for _, t, _ in items])
     assert result["si_snr_per_item"] == pytest.approx([5.0, 15.0], abs=1e-6)
     assert result["si_snr"] == pytest.approx(10.0, abs=1e-6)
+
+
+# --------------------------------------------------------------------------- FID with a user backbone
+class _MeanColourFeatures(torch.nn.Module):
+    """A tiny stand-in backbone: per-image channel means and standard deviations (6 features)."""
+
+    def forward(self, x):
+        x = x.double()
+        return torch.cat([x.mean((2, 3)), x.std((2, 3))], dim=1)
+
+
+def _frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The closed form, written independently with scipy."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+def test_fid_with_a_user_backbone_matches_the_closed_form():
+    from restoregrad_adapter.metrics import fid
+
+    generator = torch.Generator().manual_seed(0)
+    pred = torch.rand(40, 3, 16, 16, generator=generator) * 0.8
+    target = torch.rand(30, 3, 16, 16, generator=generator)
+    backbone = _MeanColourFeatures()
+    expected = _frechet_distance(backbone(pred).numpy(), backbone(target).numpy())
+    assert fid(pred, target, backbone, batch_size=7) == pytest.approx(expected, rel=1e-5, abs=1e-8)
+    assert fid(target, target, backbone) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="feature_extractor"):
+        fid(pred, target, "inception")
+    with pytest.raises(ValueError, match="pred"):
+        fid(pred[:1], target, backbone)
+    with pytest.raises(ValueError, match="target"):
+        fid(pred, target * 2, backbone)
