@@ -121,26 +121,15 @@ def normalize_level(noisy: np.ndarray, clean: np.ndarray, peak: float = 0.95):
     return (noisy, clean) if top == 0 else (noisy * (peak / top), clean * (peak / top))
 
 
-class PairSource:
-    """Indexable (noisy, clean) 16 kHz float32 waveforms, loaded lazily, level-normalised, cached."""
+def aligned_pair(noisy: np.ndarray, clean: np.ndarray):
+    """Cut a pair to its common length, then level-normalise it."""
+    length = min(len(noisy), len(clean))
+    return normalize_level(noisy[:length], clean[:length])
 
-    def __init__(self, items, loader):
-        self.items, self.cache = items, {}
-        self.loader = lambda item: normalize_level(*loader(item))
 
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        if index not in self.cache:
-            if len(self.cache) > 512:
-                self.cache.clear()
-            noisy, clean = self.loader(self.items[index])
-            if len(noisy) != len(clean):
-                length = min(len(noisy), len(clean))
-                noisy, clean = noisy[:length], clean[:length]
-            self.cache[index] = (noisy, clean)
-        return self.cache[index]
+def speech_source(items, loader) -> common.PairSource:
+    """(noisy, clean) 16 kHz float32 waveforms, loaded lazily, aligned, level-normalised, cached."""
+    return common.PairSource(items, lambda item: aligned_pair(*loader(item)), cache_size=512)
 
 
 def build_sources(args):
@@ -152,8 +141,8 @@ def build_sources(args):
         root = Path(args.data_dir)
         train = paired_files(root / "clean_trainset_28spk_wav", root / "noisy_trainset_28spk_wav")
         test = paired_files(root / "clean_testset_wav", root / "noisy_testset_wav")
-        validation = [normalize_level(*load_files(p)) for p in test[: args.num_validation_utterances]]
-        return PairSource(train, load_files), validation, f"VoiceBank+DEMAND: {len(train)} training pairs"
+        validation = [aligned_pair(*load_files(p)) for p in test[: args.num_validation_utterances]]
+        return speech_source(train, load_files), validation, f"VoiceBank+DEMAND: {len(train)} training pairs"
     if args.clean_dir:
         pairs = paired_files(args.clean_dir, args.noisy_dir)
         if args.validation_clean_dir:
@@ -161,7 +150,7 @@ def build_sources(args):
         else:
             count = min(args.num_validation_utterances, len(pairs) - 1)
             held, pairs = pairs[len(pairs) - count:], pairs[: len(pairs) - count]
-        return (PairSource(pairs, load_files), [normalize_level(*load_files(p)) for p in held],
+        return (speech_source(pairs, load_files), [aligned_pair(*load_files(p)) for p in held],
                 f"{len(pairs)} pairs from {args.clean_dir} and {args.noisy_dir}")
     if args.dataset_name:
         import datasets
@@ -178,8 +167,8 @@ def build_sources(args):
             return read_wav(pick(row[args.noisy_column])), read_wav(pick(row[args.clean_column]))
 
         count = min(args.num_validation_utterances, len(ds) - 1)
-        validation = [normalize_level(*load_row(i)) for i in range(len(ds) - count, len(ds))]
-        return (PairSource(list(range(len(ds) - count)), load_row), validation,
+        validation = [aligned_pair(*load_row(i)) for i in range(len(ds) - count, len(ds))]
+        return (speech_source(list(range(len(ds) - count)), load_row), validation,
                 f"dataset {args.dataset_name} ({len(ds) - count} training pairs)")
 
     from examples.data.speech import builtin_speech_pairs
@@ -188,14 +177,14 @@ def build_sources(args):
     held = builtin_speech_pairs("validation", num_utterances=args.num_validation_utterances,
                                 seconds=args.validation_seconds, seed=args.seed)
     held = [normalize_level(noisy, clean) for noisy, clean in held]
-    return (PairSource(train, lambda pair: pair), held,
+    return (speech_source(train, lambda pair: pair), held,
             f"built-in: {len(train)} synthetic utterances with noise at 0-15 dB SNR, {len(held)} held out")
 
 
 class SegmentDataset(torch.utils.data.Dataset):
     """Example i: a random ``segment_length`` crop of a random pair, drawn from (seed, i) only."""
 
-    def __init__(self, source: PairSource, segment_length: int, seed: int):
+    def __init__(self, source: common.PairSource, segment_length: int, seed: int):
         self.source, self.segment_length, self.seed = source, segment_length, seed
 
     def __len__(self):

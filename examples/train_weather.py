@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import sys
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -160,19 +159,6 @@ def pairs_from_dir(path: str, clean_column: str) -> list[tuple[str, str]]:
     return pairs
 
 
-class PairSource:
-    """Indexable (degraded, clean) HxWx3 float32 pairs in [0, 1], from memory, files or `datasets`."""
-
-    def __init__(self, items, loader):
-        self.items, self.loader = items, loader
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, index):
-        return self.loader(self.items[index])
-
-
 def _load_file_pair(pair):
     return load_image(pair[0]), load_image(pair[1])
 
@@ -203,7 +189,7 @@ def build_sources(args):
             held = min(args.num_validation_images, len(ds) - 1)
             validation = [load_row(i) for i in range(len(ds) - held, len(ds))]
             train_items = list(range(len(ds) - held))
-        return PairSource(train_items, load_row), validation, f"dataset {args.dataset_name}"
+        return common.PairSource(train_items, load_row), validation, f"dataset {args.dataset_name}"
 
     if args.train_data_dir:
         pairs = pairs_from_dir(args.train_data_dir, args.clean_column)
@@ -212,9 +198,9 @@ def build_sources(args):
         else:
             held = min(args.num_validation_images, len(pairs) - 1)
             validation_pairs, pairs = pairs[len(pairs) - held:], pairs[: len(pairs) - held]
-        cached = lru_cache(maxsize=256)(_load_file_pair)
         validation = [_load_file_pair(p) for p in validation_pairs]
-        return PairSource(pairs, cached), validation, f"{len(pairs)} pairs from {args.train_data_dir}"
+        return (common.PairSource(pairs, _load_file_pair, cache_size=256), validation,
+                f"{len(pairs)} pairs from {args.train_data_dir}")
 
     from examples.data.weather import builtin_weather_pairs
 
@@ -227,7 +213,7 @@ def build_sources(args):
             chosen.append((degraded, clean))
             seen_kinds.add(kind)
             seen_names.add(name)
-    source = PairSource([(d, c) for d, c, _, _ in train], lambda pair: pair)
+    source = common.PairSource([(d, c) for d, c, _, _ in train], lambda pair: pair)
     return source, chosen, (f"built-in: {len(train)} degraded photos (rain, snow, raindrops drawn in code), "
                             f"{len(chosen)} held-out photos")
 
@@ -252,7 +238,7 @@ def downscale(image: np.ndarray, longest: int) -> np.ndarray:
 class PatchDataset(torch.utils.data.Dataset):
     """Example i: an aligned random patch of a random pair, both drawn from (seed, i) only."""
 
-    def __init__(self, source: PairSource, patch_size: int, seed: int):
+    def __init__(self, source: common.PairSource, patch_size: int, seed: int):
         self.source, self.patch_size, self.seed = source, patch_size, seed
 
     def __len__(self):

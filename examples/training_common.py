@@ -124,6 +124,30 @@ class StepBatchSampler(torch.utils.data.Sampler):
         return max(0, self.stop - self.start)
 
 
+class PairSource:
+    """Indexable (degraded, clean) pairs: ``loader(items[i])``, with an optional LRU cache."""
+
+    def __init__(self, items, loader, cache_size: int = 0):
+        from collections import OrderedDict
+
+        self.items, self.loader, self.cache_size = items, loader, cache_size
+        self.cache: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        if index in self.cache:
+            self.cache.move_to_end(index)
+            return self.cache[index]
+        pair = self.loader(self.items[index])
+        if self.cache_size > 0:
+            self.cache[index] = pair
+            if len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        return pair
+
+
 # ---------------------------------------------------------------------- checkpoints
 def find_checkpoint(output_dir: str, value: str | None) -> str | None:
     """The checkpoint folder to resume from: a path, or the newest ``checkpoint-N`` for 'latest'."""
