@@ -22,6 +22,7 @@ condition ``y`` included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
 from typing import Iterable
@@ -95,8 +96,8 @@ class WeatherDiffDenoiser(nn.Module):
         """``x_t``, ``y``: ``(B, C, p, p)``; ``t``: ``(B,)`` (or 0-d) training steps -> ``eps`` ``(B, C, p, p)``."""
         for name, tensor in (("x_t", x_t), ("y", y)):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4:
-                raise ValueError(f"`{name}` must be a (B, C, H, W) tensor, got "
-                                 f"{tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__}.")
+                got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+                raise ValueError(f"`{name}` must be a (B, C, H, W) tensor, got {got}.")
         p = self.patch_size
         if tuple(x_t.shape[-2:]) != (p, p):
             raise ValueError(f"`x_t` has spatial size {tuple(x_t.shape[-2:])}, but the WeatherDiff model takes "
@@ -489,7 +490,8 @@ def _read_checkpoint(path) -> dict:
         # WeatherDiff stores its argparse.Namespace arguments and config next to the weights. That one
         # class is allowed (it only sets attributes); anything else that is not a tensor or a plain
         # container is refused by the weights-only unpickler.
-        with torch.serialization.safe_globals([argparse.Namespace]):
+        allow = getattr(torch.serialization, "safe_globals", None)
+        with allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
