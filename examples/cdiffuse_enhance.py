@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from examples.data.speech import builtin_speech_pairs  # noqa: E402
+from examples.training_common import save_figure as write_png  # noqa: E402
 from restoregrad_adapter import FAST_INFERENCE_BETAS_6  # noqa: E402
 from restoregrad_adapter.integrations.cdiffuse import (  # noqa: E402
     HOP_LENGTH,
@@ -123,10 +124,7 @@ def save_figure(path: str, noisy, enhanced, clean, sigma) -> None:
     axes[3, 1].set_ylabel("mean sigma per frame")
     axes[3, 1].set_title("learned sigma against the clean speech level")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    write_png(fig, path, dpi=80)
 
 
 def main(argv=None):

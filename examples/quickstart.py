@@ -25,6 +25,7 @@ from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from examples.data.weather import builtin_weather_pairs  # noqa: E402
+from examples.training_common import save_figure as write_png  # noqa: E402
 from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss  # noqa: E402
 from restoregrad_adapter.integrations.diffusers import wrap  # noqa: E402
 from restoregrad_adapter.metrics import psnr_y  # noqa: E402
@@ -71,10 +72,7 @@ def save_figure(path, degraded, restored, clean, sigma, titles):
         for ax in axes[r]:
             ax.axis("off")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    os.replace(tmp, path)
+    write_png(fig, path, dpi=80)
 
 
 def main(argv=None):

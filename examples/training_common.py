@@ -202,12 +202,12 @@ class JsonLog:
             f.write(json.dumps(record) + "\n")
 
 
-def save_figure(fig, path: str) -> None:
+def save_figure(fig, path: str, dpi: int = 90) -> None:
     """Save a matplotlib figure atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt
 
     tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     os.replace(tmp, path)
 

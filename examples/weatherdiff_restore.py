@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tqdm.auto import tqdm  # noqa: E402
 
+from examples.training_common import save_figure as write_png  # noqa: E402
 from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss  # noqa: E402
 from restoregrad_adapter.integrations.weatherdiff import (  # noqa: E402
     antithetic_timesteps,
@@ -130,10 +131,7 @@ def save_figure(path, degraded, restored, clean, sigma, title):
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    write_png(fig, path, dpi=90)
 
 
 def main(argv=None):

@@ -1,0 +1,13 @@
+"""Built-in example data generated in code (nothing downloaded)."""
+
+import numpy as np
+
+
+def check_rng(rng) -> np.random.Generator:
+    """Raise a ValueError unless ``rng`` is a ``numpy.random.Generator``."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            "rng must be a numpy.random.Generator "
+            f"(e.g. numpy.random.default_rng(0)), got {type(rng).__name__}"
+        )
+    return rng

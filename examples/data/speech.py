@@ -22,6 +22,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from examples.data import check_rng
+
 try:  # scipy ships with scikit-image; resample() has a numpy fallback
     from scipy import signal as _signal
 except ImportError:  # pragma: no cover - exercised only without scipy
@@ -93,13 +95,6 @@ def _check_rate(value, name: str) -> int:
     return rate
 
 
-def _check_rng(rng) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(
-            "rng must be a numpy.random.Generator "
-            f"(e.g. numpy.random.default_rng(0)), got {type(rng).__name__}"
-        )
-    return rng
 
 
 def _smooth(x: np.ndarray, width: int) -> np.ndarray:
@@ -255,7 +250,7 @@ def synth_speech(
     sample_rate = _check_rate(sample_rate, "sample_rate")
     if sample_rate < 4000:
         raise ValueError(f"sample_rate must be >= 4000 Hz, got {sample_rate!r}")
-    rng = _check_rng(rng)
+    rng = check_rng(rng)
     if f0_mean is None:
         f0_mean = rng.uniform(100.0, 210.0)
     else:
@@ -376,7 +371,7 @@ def noise(kind: str, num_samples: int, sample_rate: int,
     sr = _check_rate(sample_rate, "sample_rate")
     if sr < 4000:
         raise ValueError(f"sample_rate must be >= 4000 Hz, got {sample_rate!r}")
-    rng = _check_rng(rng)
+    rng = check_rng(rng)
     t = np.arange(n) / sr
 
     if kind == "white":

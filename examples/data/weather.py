@@ -29,6 +29,8 @@ import zlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from examples.data import check_rng
 from scipy import ndimage, signal
 
 __all__ = [
@@ -99,13 +101,6 @@ def _check_image(image) -> np.ndarray:
     return np.clip(arr.astype(np.float32), 0.0, 1.0)
 
 
-def _check_rng(rng) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(
-            "rng must be a numpy.random.Generator "
-            f"(e.g. numpy.random.default_rng(0)), got {type(rng).__name__}"
-        )
-    return rng
 
 
 def _pick(value, name: str, rng: np.random.Generator, low: float, high: float,
@@ -200,7 +195,7 @@ def add_rain_streaks(
         Strength of the grey rain veil in ``[0, 0.5]`` (default ``U(0, 0.15)``).
     """
     img = _check_image(image)
-    rng = _check_rng(rng)
+    rng = check_rng(rng)
     density = _pick(density, "density", rng, 0.006, 0.015, lo_ok=1e-6, hi_ok=0.05)
     angle_deg = _pick(angle, "angle", rng, -25.0, 25.0, lo_ok=-60.0, hi_ok=60.0)
     length = _pick(length, "length", rng, 0.05, 0.14, lo_ok=1e-4, hi_ok=0.5)
@@ -262,7 +257,7 @@ def add_snow(
         Strength of the white veil, in ``[0, 0.6]`` (default ``U(0.05, 0.2)``).
     """
     img = _check_image(image)
-    rng = _check_rng(rng)
+    rng = check_rng(rng)
     amount = _pick(amount, "amount", rng, 0.6, 1.6, lo_ok=1e-6, hi_ok=10.0)
     flake_size = _pick(flake_size, "flake_size", rng, 0.012, 0.025, lo_ok=1e-5, hi_ok=0.1)
     angle_deg = _pick(angle, "angle", rng, -30.0, 30.0, lo_ok=-60.0, hi_ok=60.0)
@@ -351,7 +346,7 @@ def add_raindrops(
         side, in ``[0, 0.05]`` (default ``U(0.004, 0.012)``).
     """
     img = _check_image(image)
-    rng = _check_rng(rng)
+    rng = check_rng(rng)
     h, w = img.shape[:2]
     shorter = min(h, w)
     if num_drops is None:
