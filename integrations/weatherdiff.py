@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import pickle
 from typing import Iterable
@@ -372,6 +373,21 @@ def averaged_patch_eps(
                          patch_batch_size, counts)
 
 
+def _check_same_training_schedule(scheduler, training_scheduler) -> None:
+    """A sampler must use the noise levels the denoiser was trained on."""
+    if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
+        raise ValueError(f"`scheduler` must be a diffusers scheduler, got {type(scheduler).__name__}.")
+    theirs = getattr(scheduler, "alphas_cumprod", None)
+    ours = training_scheduler.alphas_cumprod
+    if theirs is None or theirs.shape != ours.shape or not torch.allclose(theirs.double(), ours.double(),
+                                                                             rtol=1e-6, atol=0):
+        raise ValueError(f"`scheduler` ({type(scheduler).__name__}) must have the adapter's training schedule "
+                         "(the same alphas_cumprod); build it with `.from_config(adapter.scheduler.config)`.")
+    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
+        raise ValueError("`scheduler` must use prediction_type='epsilon', the denoiser's output, got "
+                         f"{scheduler.config.get('prediction_type')!r}.")
+
+
 @torch.no_grad()
 def restore_image(
     adapter,
@@ -383,6 +399,7 @@ def restore_image(
     generator: torch.Generator | None = None,
     patch_batch_size: int = 64,
     progress: bool = True,
+    scheduler=None,
 ) -> torch.Tensor:
     """Restore whole images of any size with WeatherDiff's overlapping-patch DDIM sampler.
 
@@ -413,6 +430,11 @@ def restore_image(
         generator: source of ``x_T`` and, for ``eta > 0``, of every step's fresh noise.
         patch_batch_size: patches per denoiser call (WeatherDiff: 64).
         progress: show a progress bar over the steps.
+        scheduler: any other diffusers scheduler to sample with (DDPM, DPM-Solver++, UniPC, ...),
+            whitened the same way; it is configured with ``set_timesteps(num_inference_steps)``
+            (its own spacing), must use the adapter's training ``alphas_cumprod`` and have sample
+            clipping and thresholding off. ``eta`` is then only accepted when its ``step`` takes one.
+            Default: WeatherDiff's DDIM above.
 
     Returns:
         The restored images, ``y``'s shape, float32, in [-1, 1] up to the model's error (not
@@ -439,11 +461,26 @@ def restore_image(
     check_prior_std(sigma, y_full, name="adapter.prior_std(y)")
     sigma = sigma.expand(y_full.shape)
 
-    scheduler = ddim_scheduler(adapter.scheduler)
-    steps = sampling_timesteps(scheduler.config.num_train_timesteps, num_inference_steps)
-    # DDIM's step goes from t to t - T // S, the original's spacing; only the list may be longer.
-    scheduler.set_timesteps(num_inference_steps, device=y.device)
-    scheduler.timesteps = torch.tensor(steps, dtype=torch.int64, device=y.device)
+    step_kwargs = {}
+    if scheduler is None:
+        scheduler = ddim_scheduler(adapter.scheduler)
+        steps = sampling_timesteps(scheduler.config.num_train_timesteps, num_inference_steps)
+        # DDIM's step goes from t to t - T // S, the original's spacing; only the list may be longer.
+        scheduler.set_timesteps(num_inference_steps, device=y.device)
+        scheduler.timesteps = torch.tensor(steps, dtype=torch.int64, device=y.device)
+        step_kwargs["eta"] = float(eta)
+    else:
+        _check_same_training_schedule(scheduler, adapter.scheduler)
+        _check_positive_int("num_inference_steps", num_inference_steps)
+        accepted = inspect.signature(scheduler.step).parameters
+        if "eta" in accepted:
+            step_kwargs["eta"] = float(eta)
+        elif eta != 0:
+            raise ValueError(f"`eta` = {eta} needs a scheduler whose `step` takes eta (DDIM); "
+                             f"{type(scheduler).__name__}.step does not.")
+        scheduler.set_timesteps(num_inference_steps, device=y.device)
+    if "generator" in inspect.signature(scheduler.step).parameters:
+        step_kwargs["generator"] = generator
 
     corners = _corners(y_full.shape[-2], y_full.shape[-1], patch_size, stride)
     counts = overlap_counts(y_full.shape[-2], y_full.shape[-1], patch_size, stride).to(y.device)
@@ -458,7 +495,7 @@ def restore_image(
     for t in timesteps:
         model_input = scale_model_input_whitened(scheduler, x, t, sigma)
         eps = _averaged_eps(adapter.denoiser, model_input, y_full, t, corners, patch_size, patch_batch_size, counts)
-        x = whitened_step(scheduler, eps.float(), t, x, sigma, eta=float(eta), generator=generator).prev_sample
+        x = whitened_step(scheduler, eps.float(), t, x, sigma, **step_kwargs).prev_sample
     return x[..., :height, :width]
 
 

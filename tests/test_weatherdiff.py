@@ -204,6 +204,59 @@ def test_patch_sampler_equals_whole_image_sampling_for_a_pointwise_denoiser(eta)
     torch.testing.assert_close(patched, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("name", ["DDPMScheduler", "DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_patch_sampler_with_any_scheduler_equals_whole_image_sampling(name):
+    import diffusers
+
+    adapter = make_adapter(Pointwise(), T=50)
+    y = image((1, 3, 24, 40), 12)
+    options = dict(clip_sample=False)  # keyword overrides: from_config drops keys that were defaults
+    if name == "DPMSolverMultistepScheduler":
+        options["algorithm_type"] = "dpmsolver++"
+
+    def build():
+        return getattr(diffusers, name).from_config(adapter.scheduler.config, **options)
+
+    patched = restore_image(adapter, y, patch_size=16, stride=8, num_inference_steps=6,
+                            generator=torch.Generator().manual_seed(5), progress=False, scheduler=build())
+    whole = adapter.restore(y, num_inference_steps=6, generator=torch.Generator().manual_seed(5), scheduler=build())
+    assert torch.equal(patched, whole)
+    assert patched.shape == y.shape and torch.isfinite(patched).all()
+
+
+def test_patch_sampler_given_weatherdiffs_ddim_is_the_default():
+    adapter = make_adapter(wrap(tiny_unet(16), patch_size=16))
+    y = image((1, 3, 24, 24), 13)
+    default = restore_image(adapter, y, patch_size=16, stride=8, num_inference_steps=10, eta=0.5,
+                            generator=torch.Generator().manual_seed(2), progress=False)
+    given = restore_image(adapter, y, patch_size=16, stride=8, num_inference_steps=10, eta=0.5,
+                          generator=torch.Generator().manual_seed(2), progress=False,
+                          scheduler=ddim_scheduler(adapter.scheduler))
+    assert torch.equal(default, given)  # S divides T: "leading" spacing is the original's sequence
+
+
+def test_patch_sampler_scheduler_errors():
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    adapter = make_adapter(Pointwise(), T=50)
+    y = image((1, 3, 16, 16))
+    config = adapter.scheduler.config
+    with pytest.raises(ValueError, match="eta"):
+        restore_image(adapter, y, patch_size=16, eta=0.5, progress=False,
+                      scheduler=DPMSolverMultistepScheduler.from_config(config))
+    with pytest.raises(ValueError, match="training schedule"):
+        restore_image(adapter, y, patch_size=16, progress=False,
+                      scheduler=DDPMScheduler.from_config(config, num_train_timesteps=60, clip_sample=False))
+    with pytest.raises(ValueError, match="epsilon"):
+        restore_image(adapter, y, patch_size=16, progress=False,
+                      scheduler=DDPMScheduler.from_config(config, prediction_type="v_prediction", clip_sample=False))
+    with pytest.raises(ValueError, match="clip"):
+        restore_image(adapter, y, patch_size=16, progress=False,
+                      scheduler=DDPMScheduler.from_config(config, clip_sample=True))
+    with pytest.raises(ValueError, match="diffusers scheduler"):
+        restore_image(adapter, y, patch_size=16, progress=False, scheduler="ddim")
+
+
 def test_closed_form_with_the_originals_longer_sequence():
     adapter = make_adapter(Pointwise(), T=50)
     y = image((1, 3, 24, 30), 7)
