@@ -293,14 +293,50 @@ def finite(x: float) -> bool:
     return isinstance(x, float) and math.isfinite(x)
 
 
+# ---------------------------------------------------------------------- parallel runs
+# Runs are independent, so ``--workers`` processes (each with its share of the threads) train them
+# side by side; a run's result depends only on (mode, seed, lr), not on which process ran it.
+_WORKER_TASK = None
+
+
+def build_task(args):
+    return SpeechTask(args) if args.task == "speech" else ImageTask(args)
+
+
+def _init_worker(args, threads: int) -> None:
+    global _WORKER_TASK
+    torch.set_num_threads(threads)
+    _WORKER_TASK = build_task(args)
+
+
+def _run_in_worker(job: tuple, args) -> dict:
+    mode, seed, lr = job
+    return train_curve(_WORKER_TASK, mode, seed, lr, args)
+
+
+def run_jobs(task, jobs: list[tuple], args) -> list[dict]:
+    """Train every (mode, seed, lr) of ``jobs``; results in the same order."""
+    workers = min(args.workers, len(jobs))
+    if workers <= 1:
+        return [train_curve(task, mode, seed, lr, args) for mode, seed, lr in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (args.threads or torch.get_num_threads()) // workers)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(args, threads)) as pool:
+        futures = [pool.submit(_run_in_worker, job, args) for job in jobs]
+        return [future.result() for future in futures]
+
+
 def choose_learning_rates(task, args, key: str) -> tuple[dict, dict]:
     """Seed 0 of every (mode, lr); each mode's best lr by final held-out quality (same rule for all modes)."""
     seed0 = args.seeds[0]
-    search, chosen = {}, {}
+    jobs = [(mode, seed0, lr) for mode in MODES for lr in args.learning_rates]
+    search, chosen = {mode: {} for mode in MODES}, {}
+    for (mode, _, lr), run in zip(jobs, run_jobs(task, jobs, args)):
+        search[mode][repr(lr)] = run
     for mode in MODES:
-        search[mode] = {}
-        for lr in args.learning_rates:
-            search[mode][repr(lr)] = train_curve(task, mode, seed0, lr, args)
         finals = {lr: search[mode][repr(lr)]["metrics"][key][-1] for lr in args.learning_rates}
         scored = {lr: v for lr, v in finals.items() if finite(v)}
         chosen[mode] = max(scored, key=scored.get) if scored else args.learning_rates[0]
@@ -390,7 +426,10 @@ def parse_args(argv=None):
     parser.add_argument("--data_dir", default=None, help="VoiceBank+DEMAND (speech) or RainDrop-style (image) folder")
     parser.add_argument("--num_train", type=int, default=None, help="training utterances / images (default 32 / all)")
     parser.add_argument("--num_eval", type=int, default=None, help="held-out utterances / images (default 4 / 6)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads in all (default: torch's)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs trained side by side in separate processes, sharing the threads "
+                             "(default: the number of CPUs, at most 4; smoke 1)")
     parser.add_argument("--output_dir", default="outputs/benchmarks")
     g = parser.add_argument_group("speech")
     g.add_argument("--residual_channels", type=int, default=None, help="DiffWave channels (default 16; smoke 8)")
@@ -428,7 +467,9 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if smoke:
         args.pesq = False  # PESQ needs speech-like signals of some length; the smoke test checks the pipeline
-    for name in ("steps", "eval_every", "batch_size", "num_train", "num_eval", "crop_frames", "eval_frames",
+    if args.workers is None:
+        args.workers = 1 if smoke else max(1, min(4, os.cpu_count() or 1))
+    for name in ("workers", "steps", "eval_every", "batch_size", "num_train", "num_eval", "crop_frames", "eval_frames",
                  "patch_size", "stride", "sampling_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer")
@@ -445,7 +486,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    task = SpeechTask(args) if args.task == "speech" else ImageTask(args)
+    task = build_task(args)
     if args.task == "speech" and args.pesq:
         import importlib.util
 
@@ -457,9 +498,9 @@ def main(argv=None) -> dict:
 
     chosen, search = choose_learning_rates(task, args, key)
     curves = {mode: [search[mode][repr(chosen[mode])]] for mode in MODES}  # seed 0 at its chosen lr is reused
-    for seed in args.seeds[1:]:
-        for mode in MODES:
-            curves[mode].append(train_curve(task, mode, seed, chosen[mode], args))
+    jobs = [(mode, seed, chosen[mode]) for seed in args.seeds[1:] for mode in MODES]
+    for (mode, _, _), run in zip(jobs, run_jobs(task, jobs, args)):
+        curves[mode].append(run)
 
     steps = curves["ddpm"][0]["steps"]
     metric_keys = list(curves["ddpm"][0]["metrics"].keys())
@@ -470,7 +511,8 @@ def main(argv=None) -> dict:
         "data": task.description,
         "config": {k: v for k, v in vars(args).items()},
         "machine": {"device": f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})",
-                    "torch": torch.__version__, "smoke": args.smoke},
+                    "cpus": os.cpu_count(), "workers": args.workers, "torch": torch.__version__,
+                    "smoke": args.smoke},
         "parameters": {"denoiser": sum(p.numel() for p in adapter.denoiser.parameters()),
                        "encoders": sum(p.numel() for n in (adapter.prior_net, adapter.posterior_net)
                                        for p in n.parameters())},

@@ -48,3 +48,23 @@ def test_convergence_benchmark_smoke(tmp_path, task, metric):
     assert headline["modes"]["ddpm"]["reached"]  # its own final value, at the latest at the last step
     assert not list(tmp_path.glob("*.tmp*"))  # written atomically
     assert (tmp_path / f"convergence_{task}.png").stat().st_size > 1000
+
+
+def test_parallel_workers_give_the_same_runs_as_one_process(tmp_path):
+    """Runs are independent: two worker processes of one thread each reproduce a one-thread sequential run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    results = {}
+    for workers in (1, 2):
+        out_dir = tmp_path / f"workers{workers}"
+        out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--smoke",
+                              "--learning_rates", "1e-3", "3e-3", "--workers", str(workers),
+                              "--threads", str(workers), "--output_dir", str(out_dir)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[workers] = json.loads((out_dir / "convergence_speech.json").read_text())
+    assert results[2]["machine"]["workers"] == 2
+    for mode in MODES:
+        for lr, run in results[1]["learning_rate_search"][mode].items():
+            assert results[2]["learning_rate_search"][mode][lr]["curve"] == run["curve"]
+        assert results[2]["curves"][mode]["0"]["train_loss"] == results[1]["curves"][mode]["0"]["train_loss"]
+    assert results[2]["headline"] == results[1]["headline"]
