@@ -125,11 +125,14 @@ class SpeechTask:
         return torch.stack(clean)[:, None], torch.stack(noisy)[:, None]
 
     @torch.no_grad()
-    def evaluate(self, adapter, seed: int) -> dict:
+    def evaluate(self, adapter, seed: int, inference_betas=None) -> dict:
+        """Held-out quality with CDiffuSE's fast sampler (``inference_betas``, default the 6-step schedule)."""
         from restoregrad_adapter.metrics import pesq_wb, si_snr
+        from restoregrad_adapter.scheduler import FAST_INFERENCE_BETAS_6
 
         generator = torch.Generator().manual_seed(10_000 + seed)
-        enhanced = adapter.restore(self.eval_noisy, generator=generator).float()
+        betas = FAST_INFERENCE_BETAS_6 if inference_betas is None else inference_betas
+        enhanced = adapter.restore(self.eval_noisy, inference_betas=betas, generator=generator).float()
         result = {"si_snr": float(si_snr(enhanced[:, 0], self.eval_clean[:, 0]).mean())}
         if self.args.pesq:
             try:
@@ -224,17 +227,19 @@ class ImageTask:
         return torch.stack(clean), torch.stack(degraded)
 
     @torch.no_grad()
-    def evaluate(self, adapter, seed: int) -> dict:
+    def evaluate(self, adapter, seed: int, num_inference_steps: int | None = None, scheduler=None) -> dict:
+        """Held-out quality with WeatherDiff's patch sampler: its DDIM (eta 0), or ``scheduler`` whitened."""
         from restoregrad_adapter.integrations.weatherdiff import restore_image
         from restoregrad_adapter.metrics import psnr_y, ssim_y
 
         a = self.args
         generator = torch.Generator().manual_seed(10_000 + seed)
+        steps = a.sampling_steps if num_inference_steps is None else num_inference_steps
         psnrs, ssims = [], []
         for y, x0 in self.held_out:
             out = restore_image(adapter, y, patch_size=a.patch_size, stride=a.stride,
-                                num_inference_steps=a.sampling_steps, eta=0.0, generator=generator,
-                                progress=False).clamp(-1, 1)
+                                num_inference_steps=steps, eta=0.0, generator=generator,
+                                progress=False, scheduler=scheduler).clamp(-1, 1)
             pred, target = (out + 1) / 2, (x0 + 1) / 2
             psnrs.append(float(psnr_y(pred, target).mean()))
             ssims.append(float(ssim_y(pred, target).mean()))
@@ -249,8 +254,12 @@ class ImageTask:
 
 
 # ---------------------------------------------------------------------- training
-def train_curve(task, mode: str, seed: int, lr: float, args) -> dict:
-    """Train one (mode, seed, lr) run; the held-out metrics at step 0 and every eval_every steps."""
+def train_curve(task, mode: str, seed: int, lr: float, args, finish=None) -> dict:
+    """Train one (mode, seed, lr) run; the held-out metrics at step 0 and every eval_every steps.
+
+    ``finish(adapter)``, when given, runs on the trained adapter and its result is returned under
+    ``"finish"`` (the sampling benchmark evaluates its samplers there).
+    """
     adapter = task.build(seed)
     adapter.mode = mode
     optimizer = torch.optim.Adam(adapter.parameters(), lr=lr)  # unused encoders get no gradient: Adam skips them
@@ -286,7 +295,11 @@ def train_curve(task, mode: str, seed: int, lr: float, args) -> dict:
             losses.append(statistics.fmean(running))
             running = []
             record(step)
-    return {"steps": steps, "metrics": metrics, "train_loss": losses, "seconds": time.perf_counter() - start}
+    result = {"steps": steps, "metrics": metrics, "train_loss": losses, "seconds": time.perf_counter() - start}
+    if finish is not None:
+        adapter.eval()
+        result["finish"] = finish(adapter)
+    return result
 
 
 def finite(x: float) -> bool:

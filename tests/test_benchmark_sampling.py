@@ -1,0 +1,88 @@
+"""benchmarks/sampling.py: its fast-sampling schedules against CDiffuSE's published ones, and its
+seconds-long smoke configuration for both tasks (the numbers of a few training steps are not asserted)."""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("ddpm", "priorgrad", "restoregrad_no_posterior", "restoregrad")
+
+
+def load_sampling():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("sampling_benchmark", ROOT / "benchmarks" / "sampling.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_fast_schedules_are_cdiffuses_and_end_below_one_half():
+    from restoregrad_adapter.integrations.cdiffuse import reverse_schedule
+    from restoregrad_adapter.scheduler import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6
+
+    sampling = load_sampling()
+    assert sampling.fast_inference_betas(6) == FAST_INFERENCE_BETAS_6
+    assert sampling.fast_inference_betas(3) == FAST_INFERENCE_BETAS_3
+    assert sampling.fast_inference_betas(5) == FAST_INFERENCE_BETAS_6[1:]
+    assert sampling.fast_inference_betas(2) == pytest.approx((1 - 0.95 * 0.8, 0.35), abs=1e-12)
+    assert sampling.fast_inference_betas(1) == pytest.approx((1 - 0.95 * 0.8 * 0.65,), abs=1e-12)
+    for steps in range(1, 7):
+        betas = sampling.fast_inference_betas(steps)
+        assert len(betas) == steps
+        assert math.prod(1 - b for b in betas) < 0.5  # what CDiffuSE's reverse process needs
+        if steps <= 3:  # merged steps keep the 3-step schedule's final alpha_bar
+            assert math.prod(1 - b for b in betas) == pytest.approx(0.95 * 0.8 * 0.65, rel=1e-12)
+        training_betas = [1e-4 + (0.05 - 1e-4) * i / 49 for i in range(50)]  # CDiffuSE's training schedule
+        assert len(reverse_schedule(training_betas, betas)) == steps
+    for bad in (0, 7, 2.0, True):
+        with pytest.raises(ValueError, match="num_steps"):
+            sampling.fast_inference_betas(bad)
+
+
+@pytest.mark.parametrize("task, metric, samplers", [
+    ("speech", "si_snr", {mode: ["cdiffuse"] for mode in MODES}),
+    ("image", "psnr_y", {**{mode: ["ddim"] for mode in MODES}, "restoregrad": ["ddim", "ddpm", "dpmsolver++"]}),
+])
+def test_sampling_benchmark_smoke(tmp_path, task, metric, samplers):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "benchmarks/sampling.py", "--task", task, "--smoke",
+                          "--output_dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / f"sampling_{task}.json").read_text())
+    assert results["task"] == task and results["machine"]["smoke"] is True
+    grid = results["step_grid"]
+    assert grid == sorted(grid) and len(grid) >= 2
+    for mode in MODES:
+        assert sorted(results["summary"][mode]) == sorted(samplers[mode])
+        for sampler in samplers[mode]:
+            per_seed = results["raw"][mode][sampler]
+            assert set(per_seed) == {str(s) for s in results["seeds"]}
+            for values in per_seed.values():
+                assert set(values) == {str(s) for s in grid}
+                assert all(math.isfinite(v[metric]) for v in values.values())
+            assert len(results["summary"][mode][sampler][metric]["mean"]) == len(grid)
+    headline = results["headline"]
+    assert headline["reference_steps"] == grid[-1]
+    assert headline["target"] == results["summary"]["ddpm"][samplers["ddpm"][0]][metric]["mean"][-1]
+    assert headline["modes"]["ddpm"][samplers["ddpm"][0]]["reached"]  # at the latest at its own reference
+    assert not list(tmp_path.glob("*.tmp*"))
+    assert (tmp_path / f"sampling_{task}.png").stat().st_size > 1000
+
+
+def test_learning_rates_from_a_convergence_run_of_another_task_are_refused(tmp_path):
+    (tmp_path / "convergence_image.json").write_text(json.dumps({"task": "image", "chosen_learning_rates": {}}))
+    out = subprocess.run([sys.executable, "benchmarks/sampling.py", "--task", "speech", "--smoke",
+                          "--learning_rates_from", str(tmp_path / "convergence_image.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--learning_rates_from" in out.stderr and "'image'" in out.stderr
