@@ -112,7 +112,8 @@ class SpeechTask:
                                  residual_layers=self.args.residual_layers,
                                  dilation_cycle_length=min(10, self.args.residual_layers),
                                  embedding_dim=self.args.embedding_dim)
-        return CDiffuSERestoreGrad.from_model(model, size=self.args.encoder_size, eta=0.1, lam=0.5)  # paper's values
+        a = self.args
+        return CDiffuSERestoreGrad.from_model(model, size=a.encoder_size, eta=a.eta, lam=a.lam, sigma_min=a.sigma_min)
 
     def batch(self, generator: torch.Generator):
         picks = torch.randint(0, len(self.train), (self.args.batch_size,), generator=generator).tolist()
@@ -207,12 +208,11 @@ class ImageTask:
         torch.manual_seed(seed)  # the denoiser first: its weights depend on the seed only, never on the mode
         unet = WeatherUNet(in_channels=6, out_channels=3, ch=a.unet_ch, ch_mult=tuple(a.unet_ch_mult),
                            num_res_blocks=a.unet_blocks, attn_resolutions=(), image_size=a.patch_size)
-        prior = PriorNet(dims=2, in_channels=3, size=a.encoder_size)
-        posterior = PosteriorNet(dims=2, in_channels=3, size=a.encoder_size)
+        prior = PriorNet(dims=2, in_channels=3, size=a.encoder_size, sigma_min=a.sigma_min)
+        posterior = PosteriorNet(dims=2, in_channels=3, size=a.encoder_size, sigma_min=a.sigma_min)
         scheduler = LearnedPriorScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
-        # eta, lam: examples/train_weather.py's defaults, inside the paper's image ranges
         return RestoreGrad(wrap(unet, patch_size=a.patch_size), prior, posterior, scheduler=scheduler,
-                           loss=RestoreGradLoss(eta=0.01, lam=1.0))
+                           loss=RestoreGradLoss(eta=a.eta, lam=a.lam))
 
     def batch(self, generator: torch.Generator):
         p = self.args.patch_size
@@ -436,6 +436,11 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=None, help="(default speech 4 crops, image 8 patches)")
     parser.add_argument("--grad_clip", type=float, default=1.0, help="global gradient-norm clip, 0 for none")
     parser.add_argument("--encoder_size", choices=("tiny", "base", "large"), default="tiny")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="weight of the LR term (default: the paper's speech 0.1; images 0.01, as train_weather)")
+    parser.add_argument("--lam", type=float, default=None,
+                        help="weight of the PM term (default: the paper's speech 0.5; images 1.0, as train_weather)")
+    parser.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned std (paper: 0.1)")
     parser.add_argument("--data_dir", default=None, help="VoiceBank+DEMAND (speech) or RainDrop-style (image) folder")
     parser.add_argument("--num_train", type=int, default=None, help="training utterances / images (default 32 / all)")
     parser.add_argument("--num_eval", type=int, default=None, help="held-out utterances / images (default 4 / 6)")
@@ -473,6 +478,7 @@ def parse_args(argv=None):
         residual_channels=8 if smoke else 16, residual_layers=2 if smoke else 6, embedding_dim=32 if smoke else 64,
         crop_frames=4 if smoke else 8, eval_frames=4 if smoke else 32, seconds=0.25 if smoke else 1.0,
         patch_size=16 if smoke else 32, stride=8 if smoke else 16, sampling_steps=2 if smoke else 10,
+        eta=0.1 if speech else 0.01, lam=0.5 if speech else 1.0,
         image_size=24 if smoke else 64, variants=1 if smoke else 2, unet_ch=8 if smoke else 32, unet_ch_mult=[1, 2],
     )
     for key, value in defaults.items():
@@ -486,6 +492,10 @@ def parse_args(argv=None):
                  "patch_size", "stride", "sampling_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer")
+    for name in ("eta", "lam", "sigma_min"):
+        value = getattr(args, name)
+        if not (value >= 0 and math.isfinite(value)):
+            parser.error(f"--{name} must be a finite number >= 0")
     if speech and args.crop_frames < 3:
         parser.error("--crop_frames must be at least 3 (the conditioner's STFT needs more than 512 samples)")
     if any(not (lr > 0 and math.isfinite(lr)) for lr in args.learning_rates):
