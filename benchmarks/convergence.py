@@ -19,8 +19,8 @@ The headline: for each mode, the first evaluated step at which its mean quality 
 the standard DDPM's final mean quality, and the ratio (DDPM's step budget) / (that step), i.e. how
 many times fewer steps the mode needs; "not reached" when it never does.
 
-    python benchmarks/convergence.py --task speech            # about 15 min on a 2-core CPU
-    python benchmarks/convergence.py --task image
+    python benchmarks/convergence.py --task speech            # about 7 min on a 2-core CPU
+    python benchmarks/convergence.py --task image             # about 15 min
     python benchmarks/convergence.py --task speech --smoke    # seconds (what CI runs)
     python benchmarks/convergence.py --task speech --data_dir VoiceBank-DEMAND/ --steps 20000 ...
 
@@ -195,7 +195,8 @@ class ImageTask:
         from examples.data.weather import builtin_weather_pairs
 
         train = [(d, c) for d, c, _, _ in builtin_weather_pairs("train", size=size, variants=args.variants)]
-        held = [(d, c) for d, c, _, _ in builtin_weather_pairs("validation", size=size)][: args.num_eval]
+        # two degraded versions of each of the 9 held-out photos and 3 kinds: 18 images by default
+        held = [(d, c) for d, c, _, _ in builtin_weather_pairs("validation", size=size, variants=2)][: args.num_eval]
         return train, held, (f"built-in weather photos (rain, snow, raindrop) at {size} px: {len(train)} train, "
                              f"{len(held)} held-out images")
 
@@ -428,12 +429,12 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("speech", "image"), required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny nets, a few steps, 1 seed, 1 lr (seconds)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 150; smoke 4)")
-    parser.add_argument("--eval_every", type=int, default=None, help="(default 25; smoke 2)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default speech 150, image 2000; smoke 4)")
+    parser.add_argument("--eval_every", type=int, default=None, help="(default speech 25, image 250; smoke 2)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="(default 0 1 2; smoke 0)")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=None,
                         help="Adam grid shared by every mode (default 3e-4 1e-3 3e-3; smoke 1e-3)")
-    parser.add_argument("--batch_size", type=int, default=None, help="(default speech 4 crops, image 8 patches)")
+    parser.add_argument("--batch_size", type=int, default=None, help="(default speech 4 crops, image 16 patches)")
     parser.add_argument("--grad_clip", type=float, default=1.0, help="global gradient-norm clip, 0 for none")
     parser.add_argument("--encoder_size", choices=("tiny", "base", "large"), default="tiny")
     parser.add_argument("--eta", type=float, default=None,
@@ -443,7 +444,7 @@ def parse_args(argv=None):
     parser.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned std (paper: 0.1)")
     parser.add_argument("--data_dir", default=None, help="VoiceBank+DEMAND (speech) or RainDrop-style (image) folder")
     parser.add_argument("--num_train", type=int, default=None, help="training utterances / images (default 32 / all)")
-    parser.add_argument("--num_eval", type=int, default=None, help="held-out utterances / images (default 4 / 6)")
+    parser.add_argument("--num_eval", type=int, default=None, help="held-out utterances / images (default 4 / 18)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in all (default: torch's)")
     parser.add_argument("--workers", type=int, default=None,
                         help="runs trained side by side in separate processes, sharing the threads "
@@ -458,28 +459,28 @@ def parse_args(argv=None):
     g.add_argument("--seconds", type=float, default=None, help="built-in utterance length (default 1.0)")
     g.add_argument("--no_pesq", dest="pesq", action="store_false", help="skip PESQ even when installed")
     g = parser.add_argument_group("image")
-    g.add_argument("--patch_size", type=int, default=None, help="(default 32; smoke 16)")
-    g.add_argument("--stride", type=int, default=None, help="restoration patch stride (default 16; smoke 8)")
+    g.add_argument("--patch_size", type=int, default=None, help="(default 16)")
+    g.add_argument("--stride", type=int, default=None, help="restoration patch stride (default 8)")
     g.add_argument("--sampling_steps", type=int, default=None, help="DDIM steps of restoration (default 10)")
-    g.add_argument("--image_size", type=int, default=None, help="longest side of the images (default 64; smoke 24)")
+    g.add_argument("--image_size", type=int, default=None, help="longest side of the images (default 32; smoke 24)")
     g.add_argument("--variants", type=int, default=None, help="built-in degraded versions per photo (default 2)")
-    g.add_argument("--unet_ch", type=int, default=None, help="(default 32; smoke 8)")
+    g.add_argument("--unet_ch", type=int, default=None, help="(default 16; smoke 8)")
     g.add_argument("--unet_ch_mult", type=int, nargs="+", default=None, help="(default 1 2)")
     g.add_argument("--unet_blocks", type=int, default=1)
     args = parser.parse_args(argv)
 
     speech, smoke = args.task == "speech", args.smoke
     defaults = dict(
-        steps=4 if smoke else 150, eval_every=2 if smoke else 25, seeds=[0] if smoke else [0, 1, 2],
+        steps=4 if smoke else (150 if speech else 2000), eval_every=2 if smoke else (25 if speech else 250), seeds=[0] if smoke else [0, 1, 2],
         learning_rates=[1e-3] if smoke else [3e-4, 1e-3, 3e-3],
-        batch_size=(2 if smoke else 4) if speech else (2 if smoke else 8),
+        batch_size=(2 if smoke else 4) if speech else (2 if smoke else 16),
         num_train=(2 if smoke else 32) if speech else (10 ** 9),
-        num_eval=(1 if smoke else 4) if speech else (1 if smoke else 6),
+        num_eval=(1 if smoke else 4) if speech else (1 if smoke else 18),
         residual_channels=8 if smoke else 16, residual_layers=2 if smoke else 6, embedding_dim=32 if smoke else 64,
         crop_frames=4 if smoke else 8, eval_frames=4 if smoke else 32, seconds=0.25 if smoke else 1.0,
-        patch_size=16 if smoke else 32, stride=8 if smoke else 16, sampling_steps=2 if smoke else 10,
+        patch_size=16, stride=8, sampling_steps=2 if smoke else 10,
         eta=0.1 if speech else 0.01, lam=0.5 if speech else 1.0,
-        image_size=24 if smoke else 64, variants=1 if smoke else 2, unet_ch=8 if smoke else 32, unet_ch_mult=[1, 2],
+        image_size=24 if smoke else 32, variants=1 if smoke else 2, unet_ch=8 if smoke else 16, unet_ch_mult=[1, 2],
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
