@@ -255,6 +255,15 @@ class ImageTask:
 
 
 # ---------------------------------------------------------------------- training
+def evaluation_steps(args) -> set[int]:
+    """Every ``eval_every`` steps and the last; plus ``early_evals`` evenly spaced inside the first interval,
+    so that a mode reaching the target early is resolved (the speed-up measurable goes up that many times)."""
+    first = min(args.eval_every, args.steps)
+    early = {round(first * k / (args.early_evals + 1)) for k in range(1, args.early_evals + 1)}
+    return ({s for s in early if s > 0} | set(range(args.eval_every, args.steps + 1, args.eval_every))
+            | {args.steps})
+
+
 def train_curve(task, mode: str, seed: int, lr: float, args, finish=None) -> dict:
     """Train one (mode, seed, lr) run; the held-out metrics at step 0 and every eval_every steps.
 
@@ -267,6 +276,7 @@ def train_curve(task, mode: str, seed: int, lr: float, args, finish=None) -> dic
     data_gen = torch.Generator().manual_seed(seed)  # batches: the same in every mode
     noise_gen = torch.Generator().manual_seed(1_000 + seed)  # z and t: the same in every mode
     steps, metrics, losses = [], {}, []
+    eval_steps = evaluation_steps(args)
     start = time.perf_counter()
 
     def record(step):
@@ -292,7 +302,7 @@ def train_curve(task, mode: str, seed: int, lr: float, args, finish=None) -> dic
             torch.nn.utils.clip_grad_norm_(adapter.parameters(), args.grad_clip)
         optimizer.step()
         running.append(float(loss.detach()))
-        if step % args.eval_every == 0 or step == args.steps:
+        if step in eval_steps:
             losses.append(statistics.fmean(running))
             running = []
             record(step)
@@ -364,16 +374,23 @@ def summarize(curves: list[dict], key: str) -> dict:
             "max": values.max(0).tolist()}
 
 
-def headline(summary: dict, steps: list[int], key: str) -> dict:
-    """First step at which each mode's mean reaches DDPM's final mean; speed-up = DDPM's budget / that step."""
+def first_reach(steps: list[int], curve: list[float], target: float):
+    return next((s for s, v in zip(steps, curve) if math.isfinite(v) and v >= target), None)
+
+
+def headline(summary: dict, steps: list[int], key: str, curves: dict | None = None) -> dict:
+    """First step at which each mode's mean reaches DDPM's final mean; speed-up = DDPM's budget / that step.
+
+    With ``curves`` (mode -> seed -> run), also each seed's own first step and speed-up, for the spread.
+    Speed-ups are bounded by the evaluation grid: at most (budget / first evaluated step).
+    """
     target = summary["ddpm"][key]["mean"][-1]
     budget = steps[-1]
     out = {"metric": key, "target": target, "target_what": f"standard DDPM's final mean {key} at step {budget}",
-           "modes": {}}
+           "largest_measurable_speedup": budget / steps[1] if len(steps) > 1 else None, "modes": {}}
     first = {}
     for mode in MODES:
-        mean = summary[mode][key]["mean"]
-        first[mode] = next((s for s, v in zip(steps, mean) if math.isfinite(v) and v >= target), None)
+        first[mode] = first_reach(steps, summary[mode][key]["mean"], target)
     for mode in MODES:
         reached = first[mode]
         out["modes"][mode] = {
@@ -385,6 +402,14 @@ def headline(summary: dict, steps: list[int], key: str) -> dict:
             # the same against the first step at which DDPM's own mean curve gets there (<= the budget)
             "speedup_vs_ddpm_first_reach": (first["ddpm"] / reached) if reached and first["ddpm"] else None,
         }
+        if curves is not None:
+            per_seed = {seed: first_reach(steps, run["metrics"][key], target) for seed, run in curves[mode].items()}
+            speedups = [budget / s for s in per_seed.values() if s]  # None: not reached; 0: before training
+            out["modes"][mode]["per_seed_steps_to_reach"] = per_seed
+            out["modes"][mode]["per_seed_speedup"] = {seed: (budget / s if s else None) for seed, s in per_seed.items()}
+            out["modes"][mode]["seeds_reaching"] = sum(s is not None for s in per_seed.values())
+            out["modes"][mode]["speedup_min_median_max"] = (
+                [min(speedups), statistics.median(speedups), max(speedups)] if speedups else None)
     return out
 
 
@@ -428,9 +453,13 @@ def plot(results: dict, path: str) -> None:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", choices=("speech", "image"), required=True)
+    parser.add_argument("--summarize_only", metavar="JSON", default=None,
+                        help="recompute the summary, headline and plot of a finished run's JSON (no training)")
     parser.add_argument("--smoke", action="store_true", help="tiny nets, a few steps, 1 seed, 1 lr (seconds)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default speech 150, image 2000; smoke 4)")
     parser.add_argument("--eval_every", type=int, default=None, help="(default speech 25, image 250; smoke 2)")
+    parser.add_argument("--early_evals", type=int, default=None,
+                        help="extra evaluations evenly spaced inside the first eval_every steps (default 4; smoke 0)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="(default 0 1 2; smoke 0)")
     parser.add_argument("--learning_rates", type=float, nargs="+", default=None,
                         help="Adam grid shared by every mode (default 3e-4 1e-3 3e-3; smoke 1e-3)")
@@ -471,6 +500,7 @@ def parse_args(argv=None):
 
     speech, smoke = args.task == "speech", args.smoke
     defaults = dict(
+        early_evals=0 if smoke else 4,
         steps=4 if smoke else (150 if speech else 2000), eval_every=2 if smoke else (25 if speech else 250), seeds=[0] if smoke else [0, 1, 2],
         learning_rates=[1e-3] if smoke else [3e-4, 1e-3, 3e-3],
         batch_size=(2 if smoke else 4) if speech else (2 if smoke else 16),
@@ -487,6 +517,8 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if smoke:
         args.pesq = False  # PESQ needs speech-like signals of some length; the smoke test checks the pipeline
+    if args.early_evals < 0:
+        parser.error("--early_evals must be >= 0")
     if args.workers is None:
         args.workers = 1 if smoke else max(1, min(4, os.cpu_count() or 1))
     for name in ("workers", "steps", "eval_every", "batch_size", "num_train", "num_eval", "crop_frames", "eval_frames",
@@ -506,8 +538,58 @@ def parse_args(argv=None):
     return args
 
 
+def summarize_results(results: dict) -> dict:
+    """(Re)compute the summary over seeds and the headline from the raw per-seed curves."""
+    key = HEADLINE_METRIC[results["task"]]
+    curves = {mode: [results["curves"][mode][str(seed)] for seed in results["seeds"]] for mode in MODES}
+    metric_keys = list(curves["ddpm"][0]["metrics"].keys())
+    results["summary"] = {mode: {k: summarize(curves[mode], k) for k in metric_keys} for mode in MODES}
+    results["headline"] = headline(results["summary"], results["steps"], key, curves=results["curves"])
+    return results
+
+
+def write_results(results: dict, output_dir: str) -> str:
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, f"convergence_{results['task']}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
+    plot(results, os.path.join(output_dir, f"convergence_{results['task']}.png"))
+    return path
+
+
+def report(results: dict) -> None:
+    key = HEADLINE_METRIC[results["task"]]
+    h = results["headline"]
+    print(f"\nheld-out {key} of the degraded input: {results['input_quality'][key]:.3f}")
+    print(f"target: {h['target_what']} = {h['target']:.3f}")
+    for mode in MODES:
+        m = h["modes"][mode]
+        if not m["reached"]:
+            reach = "not reached"
+        elif m["speedup_vs_ddpm"] is None:
+            reach = "reached at step 0 (before training)"
+        else:
+            reach = f"reaches it at step {m['steps_to_reach_ddpm_final']} ({m['speedup_vs_ddpm']:.2f}x fewer steps)"
+        spread = m.get("speedup_min_median_max")
+        seeds = (f"; per seed {m['seeds_reaching']}/{len(results['seeds'])} reach it"
+                 + (f", {spread[0]:.2f}x-{spread[2]:.2f}x (median {spread[1]:.2f}x)" if spread else ""))
+        print(f"  {LABELS[mode]:30s} lr {results['chosen_learning_rates'][mode]:<8g} final {m['final_mean']:.3f} "
+              f"+- {m['final_std']:.3f}  {reach}{seeds}")
+    if h.get("largest_measurable_speedup"):
+        print(f"(with evaluations every {results['steps'][1]} steps, no speed-up above "
+              f"{h['largest_measurable_speedup']:.2f}x can be measured)")
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.summarize_only:
+        with open(args.summarize_only) as f:
+            results = summarize_results(json.load(f))
+        path = write_results(results, args.output_dir)
+        report(results)
+        print(f"wrote {path} and convergence_{results['task']}.png")
+        return results
     if args.threads:
         torch.set_num_threads(args.threads)
     task = build_task(args)
@@ -526,9 +608,6 @@ def main(argv=None) -> dict:
     for (mode, _, _), run in zip(jobs, run_jobs(task, jobs, args)):
         curves[mode].append(run)
 
-    steps = curves["ddpm"][0]["steps"]
-    metric_keys = list(curves["ddpm"][0]["metrics"].keys())
-    summary = {mode: {k: summarize(curves[mode], k) for k in metric_keys} for mode in MODES}
     adapter = task.build(args.seeds[0])
     results = {
         "task": args.task,
@@ -542,36 +621,17 @@ def main(argv=None) -> dict:
                                        for p in n.parameters())},
         "modes": list(MODES),
         "seeds": args.seeds,
-        "steps": steps,
+        "steps": curves["ddpm"][0]["steps"],
         "input_quality": task.input_quality(),
         "chosen_learning_rates": chosen,
         "learning_rate_search": {mode: {lr: {"final": run["metrics"][key][-1], "curve": run["metrics"][key]}
                                         for lr, run in runs.items()} for mode, runs in search.items()},
         "curves": {mode: {str(seed): run for seed, run in zip(args.seeds, curves[mode])} for mode in MODES},
-        "summary": summary,
-        "headline": headline(summary, steps, key),
-        "wall_seconds": time.perf_counter() - start,
     }
-    os.makedirs(args.output_dir, exist_ok=True)
-    path = os.path.join(args.output_dir, f"convergence_{args.task}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
-    plot(results, os.path.join(args.output_dir, f"convergence_{args.task}.png"))
-
-    h = results["headline"]
-    print(f"\nheld-out {key} of the degraded input: {results['input_quality'][key]:.3f}")
-    print(f"target: {h['target_what']} = {h['target']:.3f}")
-    for mode in MODES:
-        m = h["modes"][mode]
-        if not m["reached"]:
-            reach = "not reached"
-        elif m["speedup_vs_ddpm"] is None:
-            reach = "reached at step 0 (before training)"
-        else:
-            reach = f"reaches it at step {m['steps_to_reach_ddpm_final']} ({m['speedup_vs_ddpm']:.2f}x fewer steps)"
-        print(f"  {LABELS[mode]:30s} lr {chosen[mode]:<8g} final {m['final_mean']:.3f} +- {m['final_std']:.3f}  "
-              f"{reach}")
+    summarize_results(results)
+    results["wall_seconds"] = time.perf_counter() - start
+    path = write_results(results, args.output_dir)
+    report(results)
     print(f"wrote {path} and convergence_{args.task}.png ({results['wall_seconds']:.0f} s)")
     return results
 

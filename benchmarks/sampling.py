@@ -240,7 +240,7 @@ def parse_args(argv=None):
         if not (lr > 0 and math.isfinite(lr)):
             parser.error("--learning_rate must be a positive number")
         args.mode_learning_rates = {mode: lr for mode in MODES}
-    args.eval_every = args.steps  # only the final model is swept over S
+    args.eval_every, args.early_evals = args.steps, 0  # only the final model is swept over S
     return args
 
 

@@ -68,3 +68,42 @@ def test_parallel_workers_give_the_same_runs_as_one_process(tmp_path):
             assert results[2]["learning_rate_search"][mode][lr]["curve"] == run["curve"]
         assert results[2]["curves"][mode]["0"]["train_loss"] == results[1]["curves"][mode]["0"]["train_loss"]
     assert results[2]["headline"] == results[1]["headline"]
+
+
+def test_evaluation_steps_resolve_early_convergence():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import convergence
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    speech = convergence.parse_args(["--task", "speech"])
+    assert sorted(convergence.evaluation_steps(speech)) == [5, 10, 15, 20, 25, 50, 75, 100, 125, 150]
+    image = convergence.parse_args(["--task", "image", "--early_evals", "0", "--steps", "1100"])
+    assert sorted(convergence.evaluation_steps(image)) == [250, 500, 750, 1000, 1100]  # and always the last
+    short = convergence.parse_args(["--task", "speech", "--steps", "3", "--eval_every", "10", "--early_evals", "2"])
+    assert sorted(convergence.evaluation_steps(short)) == [1, 2, 3]
+
+
+def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--smoke", "--seeds", "0", "1",
+                          "--output_dir", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    saved = json.loads((tmp_path / "run" / "convergence_speech.json").read_text())
+    # Make seed 1 of RestoreGrad reach DDPM's final mean at the second evaluation, seed 0 at the last.
+    target = saved["headline"]["target"]
+    steps = saved["steps"]
+    saved["curves"]["restoregrad"]["0"]["metrics"]["si_snr"] = [target - 1] * (len(steps) - 1) + [target + 1]
+    saved["curves"]["restoregrad"]["1"]["metrics"]["si_snr"] = [target - 1] + [target + 1] * (len(steps) - 1)
+    (tmp_path / "edited.json").write_text(json.dumps(saved))
+    out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--summarize_only",
+                          str(tmp_path / "edited.json"), "--output_dir", str(tmp_path / "again")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    again = json.loads((tmp_path / "again" / "convergence_speech.json").read_text())
+    h = again["headline"]["modes"]["restoregrad"]
+    assert h["per_seed_steps_to_reach"] == {"0": steps[-1], "1": steps[1]}
+    assert h["speedup_min_median_max"] == [1.0, (1.0 + steps[-1] / steps[1]) / 2, steps[-1] / steps[1]]
+    assert again["headline"]["largest_measurable_speedup"] == steps[-1] / steps[1]
+    assert (tmp_path / "again" / "convergence_speech.png").stat().st_size > 1000
