@@ -333,24 +333,36 @@ def _init_worker(args, threads: int) -> None:
     _WORKER_TASK = build_task(args)
 
 
-def _run_in_worker(job: tuple, args) -> dict:
+def train_job(task, job: tuple, args) -> dict:
     mode, seed, lr = job
-    return train_curve(_WORKER_TASK, mode, seed, lr, args)
+    return train_curve(task, mode, seed, lr, args)
 
 
-def run_jobs(task, jobs: list[tuple], args) -> list[dict]:
-    """Train every (mode, seed, lr) of ``jobs``; results in the same order."""
+def _run_in_worker(run, job: tuple, args) -> dict:
+    return run(_WORKER_TASK, job, args)
+
+
+def run_jobs(task, jobs: list[tuple], args, run=train_job) -> list[dict]:
+    """``run(task, job, args)`` for every (mode, seed, lr) of ``jobs``; results in the same order.
+
+    ``run`` must be a module-level function (workers receive it by reference).
+    """
     workers = min(args.workers, len(jobs))
     if workers <= 1:
-        return [train_curve(task, mode, seed, lr, args) for mode, seed, lr in jobs]
+        return [run(task, job, args) for job in jobs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     threads = max(1, (args.threads or torch.get_num_threads()) // workers)
     with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_init_worker, initargs=(args, threads)) as pool:
-        futures = [pool.submit(_run_in_worker, job, args) for job in jobs]
+        futures = [pool.submit(_run_in_worker, run, job, args) for job in jobs]
         return [future.result() for future in futures]
+
+
+def machine_info(args) -> dict:
+    return {"device": f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})",
+            "cpus": os.cpu_count(), "workers": args.workers, "torch": torch.__version__, "smoke": args.smoke}
 
 
 def choose_learning_rates(task, args, key: str) -> tuple[dict, dict]:
@@ -517,6 +529,10 @@ def parse_args(argv=None):
             setattr(args, key, value)
     if smoke:
         args.pesq = False  # PESQ needs speech-like signals of some length; the smoke test checks the pipeline
+    elif speech and args.pesq:
+        import importlib.util
+
+        args.pesq = importlib.util.find_spec("pesq") is not None  # settled here, before runs go to workers
     if args.early_evals < 0:
         parser.error("--early_evals must be >= 0")
     if args.workers is None:
@@ -593,10 +609,6 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     task = build_task(args)
-    if args.task == "speech" and args.pesq:
-        import importlib.util
-
-        args.pesq = importlib.util.find_spec("pesq") is not None
     key = HEADLINE_METRIC[args.task]
     print(f"{args.task}: {task.description}; {args.steps} steps, eval every {args.eval_every}, seeds {args.seeds}, "
           f"learning rates {args.learning_rates}", flush=True)
@@ -613,9 +625,7 @@ def main(argv=None) -> dict:
         "task": args.task,
         "data": task.description,
         "config": {k: v for k, v in vars(args).items()},
-        "machine": {"device": f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})",
-                    "cpus": os.cpu_count(), "workers": args.workers, "torch": torch.__version__,
-                    "smoke": args.smoke},
+        "machine": machine_info(args),
         "parameters": {"denoiser": sum(p.numel() for p in adapter.denoiser.parameters()),
                        "encoders": sum(p.numel() for n in (adapter.prior_net, adapter.posterior_net)
                                        for p in n.parameters())},

@@ -34,7 +34,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 
@@ -111,36 +110,10 @@ class SamplingSweep:
         return out
 
 
-_WORKER_TASK = None
-
-
-def _init_worker(args, threads: int) -> None:
-    global _WORKER_TASK
-    torch.set_num_threads(threads)
-    _WORKER_TASK = convergence.build_task(args)
-
-
-def _train_and_sweep(task, job, args) -> dict:
+def train_and_sweep(task, job, args) -> dict:
+    """One training run (as in the convergence benchmark), then the sampling sweep of its final model."""
     mode, seed, lr = job
     return convergence.train_curve(task, mode, seed, lr, args, finish=SamplingSweep(task, mode, seed, args.step_grid))
-
-
-def _run_in_worker(job, args) -> dict:
-    return _train_and_sweep(_WORKER_TASK, job, args)
-
-
-def run_jobs(task, jobs, args) -> list[dict]:
-    workers = min(args.workers, len(jobs))
-    if workers <= 1:
-        return [_train_and_sweep(task, job, args) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    threads = max(1, (args.threads or torch.get_num_threads()) // workers)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init_worker, initargs=(args, threads)) as pool:
-        futures = [pool.submit(_run_in_worker, job, args) for job in jobs]
-        return [future.result() for future in futures]
 
 
 def fewest_steps(results: dict, key: str) -> dict:
@@ -249,17 +222,14 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     task = convergence.build_task(args)
-    if args.task == "speech" and args.pesq:
-        import importlib.util
-
-        args.pesq = importlib.util.find_spec("pesq") is not None
     key = HEADLINE_METRIC[args.task]
     print(f"{args.task}: {task.description}; {args.steps} training steps, seeds {args.seeds}, "
           f"learning rates {args.mode_learning_rates}, S in {args.step_grid}", flush=True)
     start = time.perf_counter()
 
     jobs = [(mode, seed, args.mode_learning_rates[mode]) for seed in args.seeds for mode in MODES]
-    runs = {(mode, seed): run for (mode, seed, _), run in zip(jobs, run_jobs(task, jobs, args))}
+    runs = {(mode, seed): run for (mode, seed, _), run
+            in zip(jobs, convergence.run_jobs(task, jobs, args, run=train_and_sweep))}
 
     raw, summary = {}, {}
     for mode in MODES:
@@ -277,9 +247,7 @@ def main(argv=None) -> dict:
         "task": args.task,
         "data": task.description,
         "config": {k: v for k, v in vars(args).items()},
-        "machine": {"device": f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})",
-                    "cpus": os.cpu_count(), "workers": args.workers, "torch": torch.__version__,
-                    "smoke": args.smoke},
+        "machine": convergence.machine_info(args),
         "modes": list(MODES),
         "seeds": args.seeds,
         "step_grid": args.step_grid,
