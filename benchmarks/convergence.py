@@ -145,10 +145,20 @@ class SpeechTask:
                 print(f"  pesq failed: {error}", flush=True)
         return result
 
+    @torch.no_grad()
+    def prior_std_stats(self, adapter) -> dict:
+        """Mean, min and max of the sampling prior's std over the held-out conditions (1 for DDPM)."""
+        return _std_stats([adapter.prior_std(self.eval_noisy)])
+
     def input_quality(self) -> dict:
         from restoregrad_adapter.metrics import si_snr
 
         return {"si_snr": float(si_snr(self.eval_noisy[:, 0], self.eval_clean[:, 0]).mean())}
+
+
+def _std_stats(maps: list[torch.Tensor]) -> dict:
+    values = torch.cat([m.detach().float().flatten() for m in maps])
+    return {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
 
 
 # ---------------------------------------------------------------------- images
@@ -246,6 +256,11 @@ class ImageTask:
             ssims.append(float(ssim_y(pred, target).mean()))
         return {"psnr_y": statistics.fmean(psnrs), "ssim_y": statistics.fmean(ssims)}
 
+    @torch.no_grad()
+    def prior_std_stats(self, adapter) -> dict:
+        """Mean, min and max of the sampling prior's std over the held-out images' pixels (1 for DDPM)."""
+        return _std_stats([adapter.prior_std(y) for y, _ in self.held_out])
+
     def input_quality(self) -> dict:
         from restoregrad_adapter.metrics import psnr_y, ssim_y
 
@@ -275,20 +290,23 @@ def train_curve(task, mode: str, seed: int, lr: float, args, finish=None) -> dic
     optimizer = torch.optim.Adam(adapter.parameters(), lr=lr)  # unused encoders get no gradient: Adam skips them
     data_gen = torch.Generator().manual_seed(seed)  # batches: the same in every mode
     noise_gen = torch.Generator().manual_seed(1_000 + seed)  # z and t: the same in every mode
-    steps, metrics, losses = [], {}, []
+    steps, metrics, losses, prior_std = [], {}, [], []
     eval_steps = evaluation_steps(args)
     start = time.perf_counter()
 
     def record(step):
         adapter.eval()
         values = task.evaluate(adapter, seed)
+        # Where the prior stands: a learned sigma that stays near 1 makes RestoreGrad a standard DDPM.
+        sigma = task.prior_std_stats(adapter)
         adapter.train()
         steps.append(step)
         for key, value in values.items():
             metrics.setdefault(key, []).append(value)
+        prior_std.append(sigma)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in values.items())
-        print(f"  {mode:25s} seed {seed} lr {lr:g} step {step:6d}: {shown}  ({time.perf_counter() - start:.0f} s)",
-              flush=True)
+        print(f"  {mode:25s} seed {seed} lr {lr:g} step {step:6d}: {shown}, prior sigma {sigma['mean']:.3f} "
+              f"[{sigma['min']:.3f}, {sigma['max']:.3f}]  ({time.perf_counter() - start:.0f} s)", flush=True)
 
     record(0)
     adapter.train()
@@ -306,7 +324,8 @@ def train_curve(task, mode: str, seed: int, lr: float, args, finish=None) -> dic
             losses.append(statistics.fmean(running))
             running = []
             record(step)
-    result = {"steps": steps, "metrics": metrics, "train_loss": losses, "seconds": time.perf_counter() - start}
+    result = {"steps": steps, "metrics": metrics, "prior_std": prior_std, "train_loss": losses,
+              "seconds": time.perf_counter() - start}
     if finish is not None:
         adapter.eval()
         result["finish"] = finish(adapter)
@@ -433,7 +452,9 @@ def plot(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     keys = list(results["summary"]["ddpm"].keys())
-    fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 4), squeeze=False)
+    sigma = results.get("prior_std_summary")
+    panels = len(keys) + (sigma is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     steps = results["steps"]
     for ax, key in zip(axes[0], keys):
         for mode in MODES:
@@ -450,6 +471,14 @@ def plot(results: dict, path: str) -> None:
                        label="DDPM final mean")
         ax.set_xlabel("training step")
         ax.set_ylabel(f"held-out {key}")
+        ax.grid(alpha=0.3)
+    if sigma is not None:
+        ax = axes[0][-1]
+        for mode in MODES:
+            ax.plot(steps, sigma[mode]["mean"], marker="o", markersize=3, label=LABELS[mode])
+        ax.axhline(1.0, color="gray", linestyle=":")
+        ax.set_xlabel("training step")
+        ax.set_ylabel("prior sigma, mean over held-out elements")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     seeds = results["seeds"]
@@ -560,6 +589,11 @@ def summarize_results(results: dict) -> dict:
     curves = {mode: [results["curves"][mode][str(seed)] for seed in results["seeds"]] for mode in MODES}
     metric_keys = list(curves["ddpm"][0]["metrics"].keys())
     results["summary"] = {mode: {k: summarize(curves[mode], k) for k in metric_keys} for mode in MODES}
+    results.pop("prior_std_summary", None)
+    if all("prior_std" in c for runs in curves.values() for c in runs):  # absent in runs saved before it was recorded
+        results["prior_std_summary"] = {
+            mode: summarize([{"metrics": {"mean": [s["mean"] for s in c["prior_std"]]}} for c in curves[mode]], "mean")
+            for mode in MODES}
     results["headline"] = headline(results["summary"], results["steps"], key, curves=results["curves"])
     return results
 

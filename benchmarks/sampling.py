@@ -253,7 +253,8 @@ def main(argv=None) -> dict:
         "step_grid": args.step_grid,
         "learning_rates": args.mode_learning_rates,
         "input_quality": task.input_quality(),
-        "training": {mode: {str(seed): {k: runs[(mode, seed)][k] for k in ("steps", "metrics", "train_loss", "seconds")}
+        "training": {mode: {str(seed): {k: runs[(mode, seed)][k]
+                                        for k in ("steps", "metrics", "prior_std", "train_loss", "seconds")}
                             for seed in args.seeds} for mode in MODES},
         "raw": raw,
         "summary": summary,

@@ -36,8 +36,20 @@ def test_convergence_benchmark_smoke(tmp_path, task, metric):
             assert len(run["metrics"][metric]) == len(steps)
             assert all(math.isfinite(v) for v in run["metrics"][metric])
             assert all(math.isfinite(v) for v in run["train_loss"])
+            # the prior's std on the held-out set at every evaluation: exactly 1 for DDPM, else positive,
+            # and for the learned prior never below its floor sigma_min
+            assert len(run["prior_std"]) == len(steps)
+            for sigma in run["prior_std"]:
+                assert sigma["min"] <= sigma["mean"] <= sigma["max"]
+                if mode == "ddpm":
+                    assert sigma == {"mean": 1.0, "min": 1.0, "max": 1.0}
+                else:
+                    assert sigma["min"] > 0
+                if mode.startswith("restoregrad"):
+                    assert sigma["min"] >= results["config"]["sigma_min"] - 1e-6
         summary = results["summary"][mode][metric]
         assert all(math.isfinite(v) for k in ("mean", "std", "min", "max") for v in summary[k])
+    assert results["prior_std_summary"]["ddpm"]["mean"] == [1.0] * len(steps)
     headline = results["headline"]
     assert headline["metric"] == metric and math.isfinite(headline["target"])
     assert headline["target"] == results["summary"]["ddpm"][metric]["mean"][-1]
@@ -107,3 +119,16 @@ def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
     assert h["speedup_min_median_max"] == [1.0, (1.0 + steps[-1] / steps[1]) / 2, steps[-1] / steps[1]]
     assert again["headline"]["largest_measurable_speedup"] == steps[-1] / steps[1]
     assert (tmp_path / "again" / "convergence_speech.png").stat().st_size > 1000
+    assert again["prior_std_summary"]["ddpm"]["mean"] == [1.0] * len(steps)
+
+    # A run saved before the prior's std was recorded is still summarised, without that summary.
+    for runs in saved["curves"].values():
+        for curve in runs.values():
+            del curve["prior_std"]
+    (tmp_path / "older.json").write_text(json.dumps(saved))
+    out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--summarize_only",
+                          str(tmp_path / "older.json"), "--output_dir", str(tmp_path / "older")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    older = json.loads((tmp_path / "older" / "convergence_speech.json").read_text())
+    assert "prior_std_summary" not in older and older["headline"] == again["headline"]
