@@ -34,6 +34,7 @@ learning rates, headline) and ``convergence_<task>.png`` to ``--output_dir``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -52,6 +53,24 @@ MODES = ("ddpm", "priorgrad", "restoregrad_no_posterior", "restoregrad")
 LABELS = {"ddpm": "standard DDPM", "priorgrad": "PriorGrad",
           "restoregrad_no_posterior": "RestoreGrad, no Posterior Net", "restoregrad": "RestoreGrad"}
 HEADLINE_METRIC = {"speech": "si_snr", "image": "psnr_y"}
+
+
+def mode_label(mode: str, config: dict) -> str:
+    """The mode's name in tables and plots; the fixed-prior slot names the prior it ran with."""
+    fixed = config.get("fixed_prior", "energy")
+    if mode == "priorgrad" and fixed != "energy":
+        return f"constant prior (sigma {float(fixed):g})"
+    return LABELS[mode]
+
+
+def constant_prior(y: torch.Tensor, value: float) -> torch.Tensor:
+    """A fixed prior with the same standard deviation ``value`` everywhere (an ablation of PriorGrad's)."""
+    return torch.full(y.shape, value, dtype=torch.float32, device=y.device)
+
+
+def handcrafted_prior(args):
+    """The fixed prior of mode "priorgrad": PriorGrad's energy prior (None: the adapter's default), or a constant."""
+    return None if args.fixed_prior == "energy" else functools.partial(constant_prior, value=float(args.fixed_prior))
 
 
 # ---------------------------------------------------------------------- speech
@@ -113,7 +132,8 @@ class SpeechTask:
                                  dilation_cycle_length=min(10, self.args.residual_layers),
                                  embedding_dim=self.args.embedding_dim)
         a = self.args
-        return CDiffuSERestoreGrad.from_model(model, size=a.encoder_size, eta=a.eta, lam=a.lam, sigma_min=a.sigma_min)
+        return CDiffuSERestoreGrad.from_model(model, size=a.encoder_size, eta=a.eta, lam=a.lam, sigma_min=a.sigma_min,
+                                              handcrafted_prior=handcrafted_prior(a))
 
     def batch(self, generator: torch.Generator):
         picks = torch.randint(0, len(self.train), (self.args.batch_size,), generator=generator).tolist()
@@ -223,7 +243,7 @@ class ImageTask:
         posterior = PosteriorNet(dims=2, in_channels=3, size=a.encoder_size, sigma_min=a.sigma_min)
         scheduler = LearnedPriorScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
         return RestoreGrad(wrap(unet, patch_size=a.patch_size), prior, posterior, scheduler=scheduler,
-                           loss=RestoreGradLoss(eta=a.eta, lam=a.lam))
+                           loss=RestoreGradLoss(eta=a.eta, lam=a.lam), handcrafted_prior=handcrafted_prior(a))
 
     def batch(self, generator: torch.Generator):
         p = self.args.patch_size
@@ -461,7 +481,7 @@ def plot(results: dict, path: str) -> None:
             s = results["summary"][mode][key]
             mean, low, high = (np.array(s[k]) for k in ("mean", "min", "max"))
             line, = ax.plot(steps, mean, marker="o", markersize=3,
-                            label=f"{LABELS[mode]} (lr {results['chosen_learning_rates'][mode]:g})")
+                            label=f"{mode_label(mode, results['config'])} (lr {results['chosen_learning_rates'][mode]:g})")
             if len(results["seeds"]) > 1:
                 ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
         if key in results["input_quality"]:
@@ -475,7 +495,7 @@ def plot(results: dict, path: str) -> None:
     if sigma is not None:
         ax = axes[0][-1]
         for mode in MODES:
-            ax.plot(steps, sigma[mode]["mean"], marker="o", markersize=3, label=LABELS[mode])
+            ax.plot(steps, sigma[mode]["mean"], marker="o", markersize=3, label=mode_label(mode, results["config"]))
         ax.axhline(1.0, color="gray", linestyle=":")
         ax.set_xlabel("training step")
         ax.set_ylabel("prior sigma, mean over held-out elements")
@@ -512,6 +532,9 @@ def parse_args(argv=None):
     parser.add_argument("--lam", type=float, default=None,
                         help="weight of the PM term (default: the paper's speech 0.5; images 1.0, as train_weather)")
     parser.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned std (paper: 0.1)")
+    parser.add_argument("--fixed_prior", default="energy",
+                        help="the fixed prior of mode 'priorgrad': 'energy' (PriorGrad's, the default) or a number, "
+                             "a constant std everywhere (an ablation: is it the learned map or its scale that helps?)")
     parser.add_argument("--data_dir", default=None, help="VoiceBank+DEMAND (speech) or RainDrop-style (image) folder")
     parser.add_argument("--num_train", type=int, default=None, help="training utterances / images (default 32 / all)")
     parser.add_argument("--num_eval", type=int, default=None, help="held-out utterances / images (default 4 / 18)")
@@ -570,6 +593,13 @@ def parse_args(argv=None):
                  "patch_size", "stride", "sampling_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be a positive integer")
+    if args.fixed_prior != "energy":
+        try:
+            constant = float(args.fixed_prior)
+        except ValueError:
+            constant = float("nan")
+        if not (constant > 0 and math.isfinite(constant)):
+            parser.error(f"--fixed_prior must be 'energy' or a positive number, got {args.fixed_prior!r}")
     for name in ("eta", "lam", "sigma_min"):
         value = getattr(args, name)
         if not (value >= 0 and math.isfinite(value)):
@@ -624,7 +654,7 @@ def report(results: dict) -> None:
         spread = m.get("speedup_min_median_max")
         seeds = (f"; per seed {m['seeds_reaching']}/{len(results['seeds'])} reach it"
                  + (f", {spread[0]:.2f}x-{spread[2]:.2f}x (median {spread[1]:.2f}x)" if spread else ""))
-        print(f"  {LABELS[mode]:30s} lr {results['chosen_learning_rates'][mode]:<8g} final {m['final_mean']:.3f} "
+        print(f"  {mode_label(mode, results['config']):30s} lr {results['chosen_learning_rates'][mode]:<8g} final {m['final_mean']:.3f} "
               f"+- {m['final_std']:.3f}  {reach}{seeds}")
     if h.get("largest_measurable_speedup"):
         print(f"(with evaluations every {results['steps'][1]} steps, no speed-up above "

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import convergence  # noqa: E402  (the tasks and the training loop are shared with the convergence benchmark)
-from convergence import HEADLINE_METRIC, LABELS, MODES  # noqa: E402
+from convergence import HEADLINE_METRIC, MODES, mode_label  # noqa: E402
 
 SPEECH_STEPS = (1, 2, 3, 4, 5, 6)
 IMAGE_STEPS = (2, 3, 4, 5, 6, 8, 10, 15, 20, 25)
@@ -151,7 +151,8 @@ def plot(results: dict, path: str) -> None:
         for mode in MODES:
             for sampler, summary in results["summary"][mode].items():
                 mean, low, high = (np.array(summary[key][k]) for k in ("mean", "min", "max"))
-                label = LABELS[mode] + ("" if sampler == first_sampler else f" via {sampler} (whitened)")
+                label = mode_label(mode, results["config"])
+                label += "" if sampler == first_sampler else f" via {sampler} (whitened)"
                 style = "-" if sampler == first_sampler else "--"
                 line, = ax.plot(grid, mean, style, marker="o", markersize=3, label=label)
                 if len(results["seeds"]) > 1:
@@ -275,7 +276,7 @@ def main(argv=None) -> dict:
         for sampler, m in h["modes"][mode].items():
             reach = (f"reaches it with S = {m['steps_to_reach']} ({m['fewer_steps']:.2f}x fewer steps)"
                      if m["reached"] else "not reached")
-            print(f"  {LABELS[mode]:30s} {sampler:12s} at S = {h['reference_steps']}: "
+            print(f"  {mode_label(mode, results['config']):30s} {sampler:12s} at S = {h['reference_steps']}: "
                   f"{m['at_reference_mean']:.3f} +- {m['at_reference_std']:.3f}; {reach}")
     print(f"wrote {path} and sampling_{args.task}.png ({results['wall_seconds']:.0f} s)")
     return results

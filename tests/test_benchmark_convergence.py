@@ -132,3 +132,30 @@ def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     older = json.loads((tmp_path / "older" / "convergence_speech.json").read_text())
     assert "prior_std_summary" not in older and older["headline"] == again["headline"]
+
+
+def test_fixed_prior_can_be_a_constant(tmp_path):
+    """The ablation of PriorGrad's slot: a constant sigma everywhere, recorded, named in the report."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "image", "--smoke", "--fixed_prior",
+                          "0.25", "--output_dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "constant prior (sigma 0.25)" in out.stdout
+    results = json.loads((tmp_path / "convergence_image.json").read_text())
+    assert results["config"]["fixed_prior"] == "0.25"
+    for sigma in results["curves"]["priorgrad"]["0"]["prior_std"]:
+        assert sigma == {"mean": 0.25, "min": 0.25, "max": 0.25}
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf"])
+def test_fixed_prior_refuses_what_is_not_energy_or_a_positive_number(value, capsys):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import convergence
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    with pytest.raises(SystemExit):
+        convergence.parse_args(["--task", "speech", "--fixed_prior", value])
+    assert "--fixed_prior must be 'energy' or a positive number" in capsys.readouterr().err
