@@ -86,3 +86,29 @@ def test_learning_rates_from_a_convergence_run_of_another_task_are_refused(tmp_p
                           "--learning_rates_from", str(tmp_path / "convergence_image.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--learning_rates_from" in out.stderr and "'image'" in out.stderr
+
+
+def test_headline_flags_quality_that_falls_with_more_steps():
+    """The fewest-S ratio is a speed-up only when quality rises with S; falling quality is flagged."""
+    sampling = load_sampling()
+
+    def results(ddpm_mean, std=0.1):
+        def entry(mean):
+            return {"psnr_y": {"mean": mean, "std": [std] * len(mean)}}
+
+        summary = {mode: {"ddim": entry(ddpm_mean)} for mode in MODES}
+        summary["restoregrad"]["ddim"] = entry([11.0, 12.0, 12.5, 12.6])
+        return {"task": "image", "step_grid": [2, 5, 10, 25], "summary": summary}
+
+    rising = sampling.fewest_steps(results([10.0, 11.0, 12.0, 12.5]), "psnr_y")
+    assert rising["target_is_saturated"] and rising["target"] == 12.5
+    rg = rising["modes"]["restoregrad"]["ddim"]
+    assert rg["steps_to_reach"] == 10 and rg["fewer_steps"] == 2.5
+    assert rg["best_steps"] == 25 and not rg["falls_with_steps"]
+
+    falling = sampling.fewest_steps(results([18.0, 13.0, 12.0, 11.5]), "psnr_y")
+    ddpm = falling["modes"]["ddpm"]["ddim"]
+    assert ddpm["best_steps"] == 2 and ddpm["best_mean"] == 18.0 and ddpm["falls_with_steps"]
+    assert not falling["target_is_saturated"]
+    # within the seeds' spread it is not called a fall
+    assert sampling.fewest_steps(results([12.0, 11.6, 11.7, 11.5], std=0.6), "psnr_y")["target_is_saturated"]
