@@ -108,12 +108,16 @@ def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
     steps = saved["steps"]
     saved["curves"]["restoregrad"]["0"]["metrics"]["si_snr"] = [target - 1] * (len(steps) - 1) + [target + 1]
     saved["curves"]["restoregrad"]["1"]["metrics"]["si_snr"] = [target - 1] + [target + 1] * (len(steps) - 1)
-    (tmp_path / "edited.json").write_text(json.dumps(saved))
-    out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--summarize_only",
-                          str(tmp_path / "edited.json"), "--output_dir", str(tmp_path / "again")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    again = json.loads((tmp_path / "again" / "convergence_speech.json").read_text())
+
+    def summarize_only(results: dict, name: str) -> dict:
+        (tmp_path / f"{name}.json").write_text(json.dumps(results))
+        out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--summarize_only",
+                              str(tmp_path / f"{name}.json"), "--output_dir", str(tmp_path / name)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads((tmp_path / name / "convergence_speech.json").read_text())
+
+    again = summarize_only(saved, "again")
     h = again["headline"]["modes"]["restoregrad"]
     assert h["per_seed_steps_to_reach"] == {"0": steps[-1], "1": steps[1]}
     assert h["speedup_min_median_max"] == [1.0, (1.0 + steps[-1] / steps[1]) / 2, steps[-1] / steps[1]]
@@ -125,12 +129,7 @@ def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
     for runs in saved["curves"].values():
         for curve in runs.values():
             del curve["prior_std"]
-    (tmp_path / "older.json").write_text(json.dumps(saved))
-    out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--summarize_only",
-                          str(tmp_path / "older.json"), "--output_dir", str(tmp_path / "older")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-3000:]
-    older = json.loads((tmp_path / "older" / "convergence_speech.json").read_text())
+    older = summarize_only(saved, "older")
     assert "prior_std_summary" not in older and older["headline"] == again["headline"]
 
 
