@@ -12,7 +12,8 @@ Measured:
 - restoration: the same sampler with sigma = 1 (mode "ddpm") against the learned prior (Prior Net
   once, sigma-scaled noise every step);
 - one scheduler step: LearnedPriorScheduler.step with a sigma map against DDPMScheduler.step;
-- peak accelerator memory of a training step when CUDA is available (CPU memory is not measured).
+- peak tensor memory of a training step (parameters, gradients, optimizer state, activations): on CUDA
+  the allocator's peak; on CPU the peak of the torch profiler's memory timeline over one step.
 Writes overhead.json and overhead.png to --output_dir.
 """
 
@@ -55,6 +56,7 @@ def compare(baseline, candidate, repeats: int, device) -> dict:
 
 
 def peak_memory(step, device) -> int | None:
+    """Peak CUDA memory allocated during ``step`` (None off CUDA)."""
     if device.type != "cuda":
         return None
     torch.cuda.empty_cache()
@@ -62,6 +64,37 @@ def peak_memory(step, device) -> int | None:
     step()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated(device)
+
+
+def cpu_peak_memory(step) -> int:
+    """Peak tensor memory on the CPU during ``step``: the torch profiler records every allocation and free,
+    and its memory timeline (all categories: parameters, gradients, optimizer state, activations, temporaries)
+    is summed at each instant. ``step`` is run once before, so the optimizer's state exists in both variants."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "timeline.json")
+        prof.export_memory_timeline(path, device="cpu")
+        with open(path) as f:
+            _, sizes = json.load(f)  # [times, sizes per instant and category]
+    return int(max(sum(row) for row in sizes))
+
+
+def step_peak_memory(bare, full, device) -> dict:
+    """Peak memory of one training step, baseline and RestoreGrad, and their ratio."""
+    if device.type == "cuda":
+        out = {"what": "peak CUDA memory allocated during a step",
+               "baseline": peak_memory(bare, device), "restoregrad": peak_memory(full, device)}
+    else:
+        out = {"what": "peak CPU tensor memory during a step (torch profiler memory timeline)",
+               "baseline": cpu_peak_memory(bare), "restoregrad": cpu_peak_memory(full)}
+    out["ratio"] = out["restoregrad"] / out["baseline"]
+    return out
 
 
 def training_pair(adapter, x0, y, device):
@@ -89,9 +122,10 @@ def training_pair(adapter, x0, y, device):
     return bare, full
 
 
-def bench_weather(args, device) -> dict:
+def weather_setup(args, device):
+    """WeatherDiff64 (smoke: a tiny UNet): the adapter and its (bare DDPM step, RestoreGrad step) closures."""
     from restoregrad_adapter import RestoreGrad
-    from restoregrad_adapter.integrations.weatherdiff import restore_image, wrap
+    from restoregrad_adapter.integrations.weatherdiff import wrap
     from restoregrad_adapter.reference_nets import WeatherUNet
 
     size = 16 if args.smoke else 64
@@ -101,12 +135,19 @@ def bench_weather(args, device) -> dict:
                                         size="tiny" if args.smoke else "base").to(device)
     x0 = torch.rand(args.batch_size, 3, size, size, device=device) * 2 - 1
     y = (x0 + 0.2 * torch.randn_like(x0)).clamp(-1, 1)
-    bare, full = training_pair(adapter, x0, y, device)
-    result = {"denoiser_parameters": sum(p.numel() for p in unet.parameters()),
+    return adapter, training_pair(adapter, x0, y, device)
+
+
+def bench_weather(args, device) -> dict:
+    from restoregrad_adapter.integrations.weatherdiff import restore_image
+
+    adapter, (bare, full) = weather_setup(args, device)
+    size = adapter.denoiser.patch_size
+    result = {"denoiser_parameters": sum(p.numel() for p in adapter.denoiser.parameters()),
               "encoder_parameters": sum(p.numel() for n in (adapter.prior_net, adapter.posterior_net)
                                         for p in n.parameters()),
               "train_step": compare(bare, full, args.repeats, device)}
-    result["train_peak_memory_bytes"] = {"baseline": peak_memory(bare, device), "restoregrad": peak_memory(full, device)}
+    result["train_peak_memory_bytes"] = step_peak_memory(bare, full, device)
     image = torch.rand(1, 3, size + size // 2, size + size // 2, device=device) * 2 - 1  # 4 overlapping patches
 
     def restore(mode):
@@ -122,7 +163,8 @@ def bench_weather(args, device) -> dict:
     return result
 
 
-def bench_speech(args, device) -> dict:
+def speech_setup(args, device):
+    """CDiffuSE size (smoke: tiny): the adapter, its (CDiffuSE step, RestoreGrad step) closures, a noisy input."""
     from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
     from restoregrad_adapter.reference_nets import DiffWaveDenoiser
 
@@ -143,11 +185,16 @@ def bench_speech(args, device) -> dict:
             optimizer.step()
         return run
 
-    result = {"denoiser_parameters": sum(p.numel() for p in model.parameters()),
+    return adapter, (step("ddpm"), step("restoregrad")), y[:1]
+
+
+def bench_speech(args, device) -> dict:
+    adapter, (bare, full), noisy = speech_setup(args, device)
+    result = {"denoiser_parameters": sum(p.numel() for p in adapter.denoiser.parameters()),
               "encoder_parameters": sum(p.numel() for n in (adapter.prior_net, adapter.posterior_net)
                                         for p in n.parameters()),
-              "train_step": compare(step("ddpm"), step("restoregrad"), args.repeats, device)}
-    noisy = y[:1]
+              "train_step": compare(bare, full, args.repeats, device)}
+    result["train_peak_memory_bytes"] = step_peak_memory(bare, full, device)
 
     def restore(mode):
         def run():
@@ -201,10 +248,17 @@ def plot(results: dict, path: str) -> None:
     ratios.append(r["ratio"])
     low.append(r["ratio"] - r["ratio_min"])
     high.append(r["ratio_max"] - r["ratio"])
-    fig, ax = plt.subplots(figsize=(8, 3.8))
-    ax.bar(labels, ratios, yerr=[low, high], capsize=4, color="tab:blue")
+    colors = ["tab:blue"] * len(labels)
+    for task in ("weather", "speech"):  # one measurement each: no spread
+        labels.append(f"{task}\nstep memory")
+        ratios.append(results[task]["train_peak_memory_bytes"]["ratio"])
+        low.append(0.0)
+        high.append(0.0)
+        colors.append("tab:orange")
+    fig, ax = plt.subplots(figsize=(9.5, 3.8))
+    ax.bar(labels, ratios, yerr=[low, high], capsize=4, color=colors)
     ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_ylabel("time with RestoreGrad / without")
+    ax.set_ylabel("with RestoreGrad / without\n(blue: time, orange: peak memory)")
     ax.set_title(f"RestoreGrad overhead ({results['machine']['device']})")
     fig.tight_layout()
     tmp = path + ".tmp.png"
@@ -243,6 +297,9 @@ def main(argv=None) -> dict:
             r = results[task][what]
             print(f"{task:8s} {what:10s} {r['baseline_s'] * 1e3:9.1f} ms -> {r['restoregrad_s'] * 1e3:9.1f} ms  "
                   f"ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]")
+        memory = results[task]["train_peak_memory_bytes"]
+        print(f"{task:8s} step memory {memory['baseline'] / 2**20:7.1f} MiB -> {memory['restoregrad'] / 2**20:7.1f} MiB  "
+              f"ratio {memory['ratio']:.3f}  ({memory['what']})")
     r = results["scheduler_step"]
     print(f"scheduler step ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]")
     print(f"wrote {path} and overhead.png")
