@@ -66,20 +66,28 @@ def peak_memory(step, device) -> int | None:
     return torch.cuda.max_memory_allocated(device)
 
 
-def cpu_peak_memory(step) -> int:
+def cpu_peak_memory(step) -> int | None:
     """Peak tensor memory on the CPU during ``step``: the torch profiler records every allocation and free,
     and its memory timeline (all categories: parameters, gradients, optimizer state, activations, temporaries)
-    is summed at each instant. ``step`` is run once before, so the optimizer's state exists in both variants."""
+    is summed at each instant. ``step`` is run once before, so the optimizer's state exists in both variants.
+
+    ``export_memory_timeline`` is marked deprecated in favour of CUDA-only tools, and has no CPU successor;
+    where a torch no longer has it, None is returned (not measured)."""
     import tempfile
+    import warnings
 
     from torch.profiler import ProfilerActivity, profile
 
     step()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         step()
+    if not hasattr(prof, "export_memory_timeline"):
+        return None
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "timeline.json")
-        prof.export_memory_timeline(path, device="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            prof.export_memory_timeline(path, device="cpu")
         with open(path) as f:
             _, sizes = json.load(f)  # [times, sizes per instant and category]
     return int(max(sum(row) for row in sizes))
@@ -93,7 +101,8 @@ def step_peak_memory(bare, full, device) -> dict:
     else:
         out = {"what": "peak CPU tensor memory during a step (torch profiler memory timeline)",
                "baseline": cpu_peak_memory(bare), "restoregrad": cpu_peak_memory(full)}
-    out["ratio"] = out["restoregrad"] / out["baseline"]
+    measured = out["baseline"] is not None and out["restoregrad"] is not None
+    out["ratio"] = out["restoregrad"] / out["baseline"] if measured else None
     return out
 
 
@@ -250,6 +259,8 @@ def plot(results: dict, path: str) -> None:
     high.append(r["ratio_max"] - r["ratio"])
     colors = ["tab:blue"] * len(labels)
     for task in ("weather", "speech"):  # one measurement each: no spread
+        if results[task]["train_peak_memory_bytes"]["ratio"] is None:
+            continue
         labels.append(f"{task}\nstep memory")
         ratios.append(results[task]["train_peak_memory_bytes"]["ratio"])
         low.append(0.0)
@@ -298,8 +309,9 @@ def main(argv=None) -> dict:
             print(f"{task:8s} {what:10s} {r['baseline_s'] * 1e3:9.1f} ms -> {r['restoregrad_s'] * 1e3:9.1f} ms  "
                   f"ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]")
         memory = results[task]["train_peak_memory_bytes"]
-        print(f"{task:8s} step memory {memory['baseline'] / 2**20:7.1f} MiB -> {memory['restoregrad'] / 2**20:7.1f} MiB  "
-              f"ratio {memory['ratio']:.3f}  ({memory['what']})")
+        if memory["ratio"] is not None:
+            print(f"{task:8s} step memory {memory['baseline'] / 2**20:7.1f} MiB -> "
+                  f"{memory['restoregrad'] / 2**20:7.1f} MiB  ratio {memory['ratio']:.3f}  ({memory['what']})")
     r = results["scheduler_step"]
     print(f"scheduler step ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]")
     print(f"wrote {path} and overhead.png")
