@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from examples.training_common import save_figure, write_json  # noqa: E402
 
 MODES = ("ddpm", "priorgrad", "restoregrad_no_posterior", "restoregrad")
 LABELS = {"ddpm": "standard DDPM", "priorgrad": "PriorGrad",
@@ -419,10 +420,20 @@ def choose_learning_rates(task, args, key: str) -> tuple[dict, dict]:
     return chosen, search
 
 
-def summarize(curves: list[dict], key: str) -> dict:
-    values = np.array([c["metrics"][key] for c in curves], dtype=np.float64)  # (seeds, evals)
+def spread(values) -> dict:
+    """Mean, std, min and max over seeds (axis 0) of a (seeds, points) table."""
+    values = np.asarray(values, dtype=np.float64)
     return {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(), "min": values.min(0).tolist(),
             "max": values.max(0).tolist()}
+
+
+def summarize(curves: list[dict], key: str) -> dict:
+    return spread([c["metrics"][key] for c in curves])  # (seeds, evals)
+
+
+def seed_band(seeds: list[int]) -> str:
+    """What a plot's shaded band shows."""
+    return f"mean and min-max over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds}"
 
 
 def first_reach(steps: list[int], curve: list[float], target: float):
@@ -501,14 +512,9 @@ def plot(results: dict, path: str) -> None:
         ax.set_ylabel("prior sigma, mean over held-out elements")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    seeds = results["seeds"]
-    band = f"mean and min-max over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds}"
-    fig.suptitle(f"Convergence, {results['task']} ({band})", fontsize=10)
+    fig.suptitle(f"Convergence, {results['task']} ({seed_band(results['seeds'])})", fontsize=10)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def parse_args(argv=None):
@@ -622,8 +628,7 @@ def summarize_results(results: dict) -> dict:
     results.pop("prior_std_summary", None)
     if all("prior_std" in c for runs in curves.values() for c in runs):  # absent in runs saved before it was recorded
         results["prior_std_summary"] = {
-            mode: summarize([{"metrics": {"mean": [s["mean"] for s in c["prior_std"]]}} for c in curves[mode]], "mean")
-            for mode in MODES}
+            mode: spread([[s["mean"] for s in c["prior_std"]] for c in curves[mode]]) for mode in MODES}
     results["headline"] = headline(results["summary"], results["steps"], key, curves=results["curves"])
     return results
 
@@ -631,9 +636,7 @@ def summarize_results(results: dict) -> dict:
 def write_results(results: dict, output_dir: str) -> str:
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, f"convergence_{results['task']}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(results, path)
     plot(results, os.path.join(output_dir, f"convergence_{results['task']}.png"))
     return path
 

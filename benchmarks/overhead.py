@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from examples.training_common import save_figure, write_json  # noqa: E402
 
 
 def timed(fn, device) -> float:
@@ -272,10 +273,7 @@ def plot(results: dict, path: str) -> None:
     ax.set_ylabel("with RestoreGrad / without\n(blue: time, orange: peak memory)")
     ax.set_title(f"RestoreGrad overhead ({results['machine']['device']})")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def main(argv=None) -> dict:
@@ -299,9 +297,7 @@ def main(argv=None) -> dict:
         results[name] = bench(args, device)
     os.makedirs(args.output_dir, exist_ok=True)
     path = os.path.join(args.output_dir, "overhead.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(results, path)
     plot(results, os.path.join(args.output_dir, "overhead.png"))
     for task in ("weather", "speech"):
         for what in ("train_step", "restore"):

@@ -43,6 +43,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import convergence  # noqa: E402  (the tasks and the training loop are shared with the convergence benchmark)
 from convergence import HEADLINE_METRIC, MODES, mode_label  # noqa: E402
+from examples.training_common import save_figure, write_json  # noqa: E402
 
 SPEECH_STEPS = (1, 2, 3, 4, 5, 6)
 IMAGE_STEPS = (2, 3, 4, 5, 6, 8, 10, 15, 20, 25)
@@ -177,15 +178,10 @@ def plot(results: dict, path: str) -> None:
         ax.set_ylabel(f"held-out {key}")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    seeds = results["seeds"]
-    band = f"mean and min-max over seeds {seeds}" if len(seeds) > 1 else f"seed {seeds}"
-    fig.suptitle(f"Sampling steps, {results['task']}, after {results['config']['steps']} training steps ({band})",
-                 fontsize=10)
+    fig.suptitle(f"Sampling steps, {results['task']}, after {results['config']['steps']} training steps "
+                 f"({convergence.seed_band(results['seeds'])})", fontsize=10)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)
 
 
 def parse_args(argv=None):
@@ -250,11 +246,9 @@ def main(argv=None) -> dict:
             per_seed = {str(seed): runs[(mode, seed)]["finish"][sampler] for seed in args.seeds}
             raw[mode][sampler] = per_seed
             metric_keys = list(per_seed[str(args.seeds[0])][str(args.step_grid[0])].keys())
-            summary[mode][sampler] = {}
-            for k in metric_keys:
-                values = np.array([[per_seed[str(seed)][str(s)][k] for s in args.step_grid] for seed in args.seeds])
-                summary[mode][sampler][k] = {"mean": values.mean(0).tolist(), "std": values.std(0).tolist(),
-                                             "min": values.min(0).tolist(), "max": values.max(0).tolist()}
+            summary[mode][sampler] = {
+                k: convergence.spread([[per_seed[str(seed)][str(s)][k] for s in args.step_grid] for seed in args.seeds])
+                for k in metric_keys}
     results = {
         "task": args.task,
         "data": task.description,
@@ -275,9 +269,7 @@ def main(argv=None) -> dict:
     results["wall_seconds"] = time.perf_counter() - start
     os.makedirs(args.output_dir, exist_ok=True)
     path = os.path.join(args.output_dir, f"sampling_{args.task}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(results, path)
     plot(results, os.path.join(args.output_dir, f"sampling_{args.task}.png"))
 
     h = results["headline"]

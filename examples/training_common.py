@@ -202,6 +202,14 @@ class JsonLog:
             f.write(json.dumps(record) + "\n")
 
 
+def write_json(obj, path: str) -> None:
+    """Write ``obj`` as indented JSON atomically (temporary name, then rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
 def save_figure(fig, path: str, dpi: int = 90) -> None:
     """Save a matplotlib figure atomically (temporary name, then rename) and close it."""
     import matplotlib.pyplot as plt
