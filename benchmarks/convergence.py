@@ -116,7 +116,7 @@ class SpeechTask:
                 return out
 
             return load(train), load(test), f"VoiceBank+DEMAND ({args.data_dir}): {len(train)} train, {len(test)} test"
-        from examples.data.speech import builtin_speech_pairs
+        from restoregrad_adapter.data.speech import builtin_speech_pairs
 
         train = builtin_speech_pairs("train", args.num_train, args.seconds, seed=0)
         held = builtin_speech_pairs("validation", args.num_eval, args.seconds, seed=0)
@@ -133,7 +133,7 @@ class SpeechTask:
                                  dilation_cycle_length=min(10, self.args.residual_layers),
                                  embedding_dim=self.args.embedding_dim)
         a = self.args
-        return CDiffuSERestoreGrad.from_model(model, size=a.encoder_size, eta=a.eta, lam=a.lam, sigma_min=a.sigma_min,
+        return CDiffuSERestoreGrad.from_model(model, size=a.encoder_size, latent_weight=a.latent_weight, prior_matching_weight=a.lam, sigma_min=a.sigma_min,
                                               handcrafted_prior=handcrafted_prior(a))
 
     def batch(self, generator: torch.Generator):
@@ -223,7 +223,7 @@ class ImageTask:
                 return [(downscale(load_image(d), size), downscale(load_image(c), size)) for d, c in pairs]
 
             return load(train), load(test), f"RainDrop-style ({args.data_dir}): {len(train)} train, {len(test)} test"
-        from examples.data.weather import builtin_weather_pairs
+        from restoregrad_adapter.data.weather import builtin_weather_pairs
 
         train = [(d, c) for d, c, _, _ in builtin_weather_pairs("train", size=size, variants=args.variants)]
         # two degraded versions of each of the 9 held-out photos and 3 kinds: 18 images by default
@@ -244,7 +244,7 @@ class ImageTask:
         posterior = PosteriorNet(dims=2, in_channels=3, size=a.encoder_size, sigma_min=a.sigma_min)
         scheduler = LearnedPriorScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
         return RestoreGrad(wrap(unet, patch_size=a.patch_size), prior, posterior, scheduler=scheduler,
-                           loss=RestoreGradLoss(eta=a.eta, lam=a.lam), handcrafted_prior=handcrafted_prior(a))
+                           loss=RestoreGradLoss(latent_weight=a.latent_weight, prior_matching_weight=a.lam), handcrafted_prior=handcrafted_prior(a))
 
     def batch(self, generator: torch.Generator):
         p = self.args.patch_size

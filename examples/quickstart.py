@@ -1,7 +1,7 @@
 """Quickstart: add RestoreGrad's learned prior to a diffusers UNet and remove rain from photos.
 
 Runs on a CPU in a couple of minutes with nothing to download: the photos ship with scikit-image
-and the rain is drawn in code (examples/data/weather.py). It trains a small ``UNet2DModel`` jointly
+and the rain is drawn in code (restoregrad_adapter/data/weather.py). It trains a small ``UNet2DModel`` jointly
 with the Prior and Posterior Nets on 32 x 32 crops, then restores held-out photos with DDIM through
 the learned prior and writes ``quickstart.png`` (degraded / restored / clean / learned sigma).
 
@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusers import DDIMScheduler, UNet2DModel  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from examples.data.weather import builtin_weather_pairs  # noqa: E402
+from restoregrad_adapter.data.weather import builtin_weather_pairs  # noqa: E402
 from examples.training_common import save_figure as write_png  # noqa: E402
 from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss  # noqa: E402
 from restoregrad_adapter.integrations.diffusers import wrap  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv=None):
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
     adapter = RestoreGrad.with_encoders(wrap(unet), dims=2, in_channels=3, size="tiny",
                                         scheduler=LearnedPriorScheduler(num_train_timesteps=1000),
-                                        loss=RestoreGradLoss(eta=0.01, lam=1.0))
+                                        loss=RestoreGradLoss(latent_weight=0.01, prior_matching_weight=1.0))
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
 

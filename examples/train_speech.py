@@ -12,7 +12,7 @@ Data (one of):
   --dataset_name NAME         a `datasets` dataset whose --clean_column / --noisy_column hold audio
                               (read undecoded: paths or bytes, decoded with soundfile);
   none of them                built-in: speech-like signals generated in code with additive noise at
-                              0-15 dB SNR (examples/data/speech.py).
+                              0-15 dB SNR (restoregrad_adapter/data/speech.py).
 Audio is resampled to 16 kHz. The denoiser is the reference DiffWave-style network with CDiffuSE's
 call signature (restoregrad_adapter.reference_nets.DiffWaveDenoiser); train your own CDiffuSE model
 by replacing `build_model`. Validation enhances held-out utterances with the fast 6-step sampler and
@@ -63,7 +63,7 @@ def parse_args(argv=None):
     g = parser.add_argument_group("model")
     g.add_argument("--model_size", choices=tuple(MODEL_SIZES), default="tiny")
     common.add_common_arguments(parser, dict(
-        eta=0.1, lam=0.5, encoder_size="base", output_dir="outputs/train_speech", max_train_steps=1500,
+        latent_weight=0.1, prior_matching_weight=0.5, encoder_size="base", output_dir="outputs/train_speech", max_train_steps=1500,
         train_batch_size=8, learning_rate=1e-3, checkpointing_steps=500, validation_steps=500,
         num_inference_steps=6))
     args = parser.parse_args(argv)
@@ -86,7 +86,7 @@ def read_wav(source) -> np.ndarray:
     """A mono 16 kHz float32 waveform from a path or bytes (resampled when needed)."""
     import soundfile
 
-    from examples.data.speech import resample
+    from restoregrad_adapter.data.speech import resample
 
     try:
         audio, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32",
@@ -171,7 +171,7 @@ def build_sources(args):
         return (speech_source(list(range(len(ds) - count)), load_row), validation,
                 f"dataset {args.dataset_name} ({len(ds) - count} training pairs)")
 
-    from examples.data.speech import builtin_speech_pairs
+    from restoregrad_adapter.data.speech import builtin_speech_pairs
 
     train = builtin_speech_pairs("train", num_utterances=args.builtin_utterances, seconds=2.0, seed=args.seed)
     held = builtin_speech_pairs("validation", num_utterances=args.num_validation_utterances,
@@ -212,8 +212,8 @@ def build_model(args):
 def build_adapter(args):
     from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
 
-    return CDiffuSERestoreGrad.from_model(build_model(args), size=args.encoder_size, mode=args.mode, eta=args.eta,
-                                          lam=args.lam, sigma_min=args.sigma_min)
+    return CDiffuSERestoreGrad.from_model(build_model(args), size=args.encoder_size, mode=args.mode, eta=args.latent_weight,
+                                          prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min)
 
 
 # ---------------------------------------------------------------------- validation

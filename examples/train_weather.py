@@ -202,7 +202,7 @@ def build_sources(args):
         return (common.PairSource(pairs, _load_file_pair, cache_size=256), validation,
                 f"{len(pairs)} pairs from {args.train_data_dir}")
 
-    from examples.data.weather import builtin_weather_pairs
+    from restoregrad_adapter.data.weather import builtin_weather_pairs
 
     train = builtin_weather_pairs("train", seed=args.seed, size=args.builtin_size)
     held_out = builtin_weather_pairs("validation", seed=args.seed, size=args.builtin_size)
@@ -277,7 +277,7 @@ def build_adapter(args):
     prior = PriorNet(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min)
     posterior = PosteriorNet(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min)
     return RestoreGrad(wrap(build_unet(args), patch_size=args.patch_size), prior, posterior, scheduler=scheduler,
-                       loss=RestoreGradLoss(eta=args.eta, lam=args.lam), mode=args.mode)
+                       loss=RestoreGradLoss(latent_weight=args.latent_weight, prior_matching_weight=args.lam), mode=args.mode)
 
 
 # ---------------------------------------------------------------------- validation

@@ -4,7 +4,7 @@ Training (paper Algorithm 1, eq. 10)::
 
     sigma_post = posterior_net(x0, y); sigma_prior = prior_net(y)
     eps = sigma_post * z;  x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
-    loss = eta * L_LR + L_DM(eps, denoiser(x_t, y, t)) + lam * L_PM
+    loss = latent_weight * L_LR + L_DM(eps, denoiser(x_t, y, t)) + prior_matching_weight * L_PM
 
 Sampling (Algorithm 2): ``x_T = sigma_prior * z``, then the scheduler's reverse steps with fresh
 noise ``sigma_prior * z``. The Posterior Net is not used.
@@ -86,7 +86,8 @@ class RestoreGrad(nn.Module):
             RestoreGrad modes.
         posterior_net: the Posterior Net ``phi``; needed by mode ``"restoregrad"``.
         scheduler: a :class:`LearnedPriorScheduler` (default: 1000 linear steps, DDPM's defaults).
-        loss: a :class:`RestoreGradLoss` (default ``eta=0.1, lam=0.5``, the paper's speech values).
+        loss: a :class:`RestoreGradLoss` (default ``latent_weight=0.1, prior_matching_weight=0.5``: the
+            paper's speech values of eta and lambda).
         mode: one of ``"restoregrad"``, ``"restoregrad_no_posterior"``, ``"priorgrad"``, ``"ddpm"``;
             may be changed later (``adapter.mode = "ddpm"``).
         handcrafted_prior: the PriorGrad prior ``y -> std map`` (default :func:`energy_prior`).

@@ -102,8 +102,8 @@ def _config_for(adapter, integration: str, model, wrapper_kwargs: dict, extra: d
         "signal_kind": {1: "waveform", 2: "image"}.get(dims),
         "channels": channels,
         "sigma_min": getattr(getattr(prior, "config", None), "sigma_min", None),
-        "eta": adapter.loss_fn.eta,
-        "lam": adapter.loss_fn.lam,
+        "latent_weight": adapter.loss_fn.latent_weight,
+        "prior_matching_weight": adapter.loss_fn.prior_matching_weight,
         "mode": adapter.mode,
         "denoiser_format": "diffusers" if _denoiser_library(model) else "state_dict",
         "denoiser_library": _denoiser_library(model),
@@ -221,7 +221,7 @@ def model_card(config: dict) -> str:
               "(RestoreGrad, Lee et al., ICML 2025) using `restoregrad_adapter`.", "",
               f"- integration: `{config['integration']}` ({config.get('denoiser_class')})",
               f"- signal: {kind}, {config.get('channels')} channel(s)",
-              f"- mode: `{config['mode']}`, eta = {config['eta']}, lambda = {config['lam']}, "
+              f"- mode: `{config['mode']}`, latent_weight (eta) = {config['latent_weight']}, prior_matching_weight (lambda) = {config['prior_matching_weight']}, "
               f"sigma_min = {config.get('sigma_min')}",
               f"- library version: {config['library_version']}"]
     if config.get("base_model"):
@@ -460,7 +460,8 @@ def from_pretrained(cls, pretrained: str | os.PathLike, denoiser=None, revision:
     adapter_cls = cls if cls is not None and issubclass(cls, _adapter_class(integration)) else _adapter_class(integration)
     saved_mode = mode if mode is not None else config.get("mode", "restoregrad")
     adapter = adapter_cls(_rewrap(integration, model, config.get("integration_kwargs") or {}), prior, posterior,
-                          scheduler=scheduler, loss=RestoreGradLoss(eta=config["eta"], lam=config["lam"]),
+                          scheduler=scheduler, loss=RestoreGradLoss(latent_weight=config["latent_weight"],
+                                                                prior_matching_weight=config["prior_matching_weight"]),
                           mode=saved_mode)
     adapter.hub_config = config
     return adapter

@@ -1,12 +1,13 @@
 """RestoreGrad's training objective: the modified ELBO of paper eq. 10 (and eq. 11).
 
 All terms are means over elements (the paper's sums divided by the element count, so the weights
-eta and lam keep the paper's meaning), and they are computed in float32 even under autocast:
+keep the paper's meaning), and they are computed in float32 even under autocast:
 
 - latent regulariser  ``L_LR = mean(abar_T * x0**2 / sigma_post**2 + log sigma_post**2)``
 - denoising           ``L_DM = mean((eps - eps_hat)**2 / sigma_post**2)``
 - prior matching      ``L_PM = mean(log sigma_prior**2 - log sigma_post**2 + sigma_post**2 / sigma_prior**2)``
-- total               ``L = eta * L_LR + L_DM + lam * L_PM``
+- total               ``L = latent_weight * L_LR + L_DM + prior_matching_weight * L_PM``
+  (the paper's ``eta`` and ``lambda``)
 
 One loss serves every mode:
 
@@ -49,19 +50,21 @@ class RestoreGradLoss:
     """RestoreGrad's loss (paper eq. 10/11). See the module docstring for the terms.
 
     Args:
-        eta: weight of the latent regulariser (paper: 0.1 for speech, 0.005-0.05 for images).
-        lam: weight of the prior-matching term (paper: 0.5 for speech, 0.1-10 for images).
+        latent_weight: the paper's eta, weight of the latent regulariser (paper: 0.1 for speech,
+            0.005-0.05 for images).
+        prior_matching_weight: the paper's lambda, weight of the prior-matching term (paper: 0.5 for
+            speech, 0.1-10 for images).
     """
 
-    def __init__(self, eta: float = 0.1, lam: float = 0.5):
-        for name, value in (("eta", eta), ("lam", lam)):
+    def __init__(self, latent_weight: float = 0.1, prior_matching_weight: float = 0.5):
+        for name, value in (("latent_weight", latent_weight), ("prior_matching_weight", prior_matching_weight)):
             if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
-        self.eta = float(eta)
-        self.lam = float(lam)
+        self.latent_weight = float(latent_weight)
+        self.prior_matching_weight = float(prior_matching_weight)
 
     def __repr__(self) -> str:
-        return f"RestoreGradLoss(eta={self.eta}, lam={self.lam})"
+        return f"RestoreGradLoss(latent_weight={self.latent_weight}, prior_matching_weight={self.prior_matching_weight})"
 
     def __call__(
         self,
@@ -128,7 +131,7 @@ class RestoreGradLoss:
             else:
                 # L_PM: KL(N(0, Sigma_post) || N(0, Sigma_prior)) up to constants (eq. 10, 3rd term).
                 prior_match = (torch.log(prior_var) - torch.log(post_var) + post_var / prior_var).expand_as(x0).mean()
-            loss = self.eta * latent_reg + denoise + self.lam * prior_match
+            loss = self.latent_weight * latent_reg + denoise + self.prior_matching_weight * prior_match
         return RestoreGradLossOutput(loss=loss, latent_reg=latent_reg, denoise=denoise, prior_match=prior_match)
 
 

@@ -387,7 +387,7 @@ def test_restore_options_initial_mix_and_clamp():
 
 # ---------------------------------------------------------------------- training and modes
 def test_a_few_training_steps_lower_the_loss_and_reach_every_network():
-    adapter = CDiffuSERestoreGrad.from_model(tiny_diffwave(), size="tiny", eta=0.1, lam=0.5)
+    adapter = CDiffuSERestoreGrad.from_model(tiny_diffwave(), size="tiny", latent_weight=0.1, prior_matching_weight=0.5)
     assert adapter.scheduler.config.num_train_timesteps == 50
     optimizer = torch.optim.Adam(adapter.parameters(), lr=3e-3)
     x0, y = noisy_sinusoids(4, seed=8)

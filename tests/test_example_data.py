@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from examples.data import speech, weather  # noqa: E402
+from restoregrad_adapter.data import speech, weather  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

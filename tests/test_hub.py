@@ -61,7 +61,7 @@ def test_diffusers_adapter_round_trip_is_bit_identical(tmp_path):
         kwargs = {k: DDIMScheduler.from_config(v.config) for k, v in kwargs.items()}
         b = loaded.restore(y, num_inference_steps=4, generator=torch.Generator().manual_seed(0), **kwargs)
         assert torch.equal(a, b)
-    assert loaded.mode == "restoregrad" and loaded.loss_fn.eta == adapter.loss_fn.eta
+    assert loaded.mode == "restoregrad" and loaded.loss_fn.latent_weight == adapter.loss_fn.latent_weight
 
 
 def test_state_dict_denoiser_needs_the_users_model_and_loads_strictly(tmp_path):

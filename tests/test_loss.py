@@ -22,7 +22,7 @@ def data(seed=0, shape=(2, 1, 50)):
 def test_terms_equal_the_paper_sums_divided_by_the_element_count():
     x0, eps_pred, eps, prior, post = data()
     abar_T = 0.0064
-    out = RestoreGradLoss(eta=0.1, lam=0.5)(eps_pred, eps, x0, prior, post, abar_T)
+    out = RestoreGradLoss(latent_weight=0.1, prior_matching_weight=0.5)(eps_pred, eps, x0, prior, post, abar_T)
     n = x0.numel()
     # Written element by element from eq. 10.
     lr = sum(abar_T * x0.flatten()[i] ** 2 / post.flatten()[i] ** 2 + math.log(post.flatten()[i] ** 2)
@@ -50,7 +50,7 @@ def test_prior_match_is_the_kl_up_to_constants_and_minimal_at_equality():
 
 def test_no_posterior_variant_is_eq_11():
     x0, eps_pred, eps, prior, _ = data(2)
-    loss = RestoreGradLoss(eta=0.3, lam=7.0)
+    loss = RestoreGradLoss(latent_weight=0.3, prior_matching_weight=7.0)
     out = loss(eps_pred, eps, x0, prior, None, 0.02)
     assert out.prior_match.item() == 0.0
     with_itself = loss(eps_pred, eps, x0, prior, prior, 0.02)
@@ -93,10 +93,10 @@ def test_gradients_flow_to_both_stds_and_the_prediction():
 def test_errors_name_the_argument():
     x0, eps_pred, eps, prior, post = data()
     loss = RestoreGradLoss()
-    with pytest.raises(ValueError, match="eta"):
-        RestoreGradLoss(eta=-1)
-    with pytest.raises(ValueError, match="lam"):
-        RestoreGradLoss(lam=float("nan"))
+    with pytest.raises(ValueError, match="latent_weight"):
+        RestoreGradLoss(latent_weight=-1)
+    with pytest.raises(ValueError, match="prior_matching_weight"):
+        RestoreGradLoss(prior_matching_weight=float("nan"))
     with pytest.raises(ValueError, match="eps_pred"):
         loss(eps_pred[..., :10], eps, x0, prior, post, 0.1)
     with pytest.raises(ValueError, match="x0"):

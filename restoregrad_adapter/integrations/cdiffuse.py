@@ -352,8 +352,8 @@ class CDiffuSERestoreGrad(RestoreGrad):
         model: Callable,
         size: str = "base",
         mode: str = "restoregrad",
-        eta: float = 0.1,
-        lam: float = 0.5,
+        latent_weight: float = 0.1,
+        prior_matching_weight: float = 0.5,
         sigma_min: float = 0.1,
         peak_normalize: bool = True,
         scheduler: LearnedPriorScheduler | None = None,
@@ -365,7 +365,8 @@ class CDiffuSERestoreGrad(RestoreGrad):
             model: the CDiffuSE network (or a :class:`CDiffuSEDenoiser` around it).
             size: ``"tiny"``, ``"base"`` (the paper's) or ``"large"`` encoders.
             mode: ``"restoregrad"``, ``"restoregrad_no_posterior"``, ``"priorgrad"`` or ``"ddpm"``.
-            eta, lam: weights of the latent-regulariser and prior-matching terms (paper: 0.1, 0.5).
+            latent_weight, prior_matching_weight: the paper's eta and lambda, weights of the latent-regulariser
+                and prior-matching terms (paper: 0.1, 0.5).
             sigma_min: the encoders' floor on sigma.
             peak_normalize: see :class:`CDiffuSEDenoiser`.
             scheduler: the training schedule (default :func:`cdiffuse_scheduler`).
@@ -374,7 +375,7 @@ class CDiffuSERestoreGrad(RestoreGrad):
         denoiser = model if isinstance(model, CDiffuSEDenoiser) else CDiffuSEDenoiser(model, peak_normalize)
         return cls.with_encoders(denoiser, dims=1, in_channels=1, size=size, sigma_min=sigma_min, mode=mode,
                                  scheduler=scheduler if scheduler is not None else cdiffuse_scheduler(),
-                                 loss=RestoreGradLoss(eta=eta, lam=lam), **kwargs)
+                                 loss=RestoreGradLoss(latent_weight=latent_weight, prior_matching_weight=prior_matching_weight), **kwargs)
 
     # ------------------------------------------------------------------ schedule
     def training_betas(self) -> torch.Tensor:

@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from examples.data import check_rng
+from restoregrad_adapter.data import check_rng
 
 try:  # scipy ships with scikit-image; resample() has a numpy fallback
     from scipy import signal as _signal

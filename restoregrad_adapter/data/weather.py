@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from examples.data import check_rng
+from restoregrad_adapter.data import check_rng
 from scipy import ndimage, signal
 
 __all__ = [

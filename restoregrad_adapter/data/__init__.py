@@ -1,4 +1,6 @@
-"""Built-in example data generated in code (nothing downloaded)."""
+"""Paired training data: built-in example data generated in code (nothing downloaded) and readers.
+
+Needs the `images` or `audio` extra (numpy, scipy, Pillow, scikit-image, soundfile)."""
 
 import numpy as np
 

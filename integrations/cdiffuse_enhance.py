@@ -4,12 +4,12 @@ A small DiffWave network with CDiffuSE's call signature stands in for a CDiffuSE
 wrapped (``restoregrad_adapter.integrations.cdiffuse``), trained jointly with the Prior and Posterior
 Nets on noisy speech with CDiffuSE's conditional forward process, and restores a held-out utterance
 with CDiffuSE's 6-step fast sampler. Nothing is downloaded: by default the speech and noise are
-synthesised in code (examples/data/speech.py); ``--data_dir`` reads your own pairs instead.
+synthesised in code (restoregrad_adapter/data/speech.py); ``--data_dir`` reads your own pairs instead.
 
-    python examples/cdiffuse_enhance.py                    # defaults
-    python examples/cdiffuse_enhance.py --steps 2000       # better enhancement
-    python examples/cdiffuse_enhance.py --data_dir DIR     # DIR/clean/*.wav and DIR/noisy/*.wav, same names
-    python examples/cdiffuse_enhance.py --threads 1        # on a machine busy with other work
+    python integrations/cdiffuse_enhance.py                    # defaults
+    python integrations/cdiffuse_enhance.py --steps 2000       # better enhancement
+    python integrations/cdiffuse_enhance.py --data_dir DIR     # DIR/clean/*.wav and DIR/noisy/*.wav, same names
+    python integrations/cdiffuse_enhance.py --threads 1        # on a machine busy with other work
 
 Writes ``noisy.wav``, ``enhanced.wav``, ``clean.wav`` and ``cdiffuse_enhance.png`` (waveforms,
 spectrograms and the learned sigma) to ``--output_dir``.
@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from examples.data.speech import builtin_speech_pairs  # noqa: E402
+from restoregrad_adapter.data.speech import builtin_speech_pairs  # noqa: E402
 from examples.training_common import save_figure as write_png  # noqa: E402
 from restoregrad_adapter import FAST_INFERENCE_BETAS_6  # noqa: E402
 from restoregrad_adapter.integrations.cdiffuse import (  # noqa: E402
@@ -161,7 +161,7 @@ def main(argv=None):
     # The user's CDiffuSE model object; here a small DiffWave with the same call signature.
     model = DiffWaveDenoiser(residual_channels=args.residual_channels, residual_layers=args.residual_layers,
                              dilation_cycle_length=min(args.residual_layers, 10), embedding_dim=128)
-    adapter = CDiffuSERestoreGrad.from_model(model, size="tiny", eta=0.1, lam=0.5)
+    adapter = CDiffuSERestoreGrad.from_model(model, size="tiny", latent_weight=0.1, prior_matching_weight=0.5)
     optimizer = torch.optim.Adam(adapter.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
 

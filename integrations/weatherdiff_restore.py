@@ -8,7 +8,7 @@ one sigma map for the whole photo. Writes ``weatherdiff_restore.png`` (degraded 
 learned sigma) to ``--output_dir``.
 
 Runs on a CPU in about two minutes with nothing to download: the photos ship with scikit-image and
-the rain, snow and raindrops are drawn in code (examples/data/weather.py). With ``--data_dir`` it
+the rain, snow and raindrops are drawn in code (restoregrad_adapter/data/weather.py). With ``--data_dir`` it
 reads your own pairs instead: ``input/`` and ``gt/`` images with matching names (the last name, in
 sorted order, is held out).
 
@@ -17,8 +17,8 @@ estimates far more accurate than a couple of minutes of CPU training give (Weath
 about two million iterations), so the restored PSNR stays below the degraded input's. Longer
 training (``--steps``, preferably on a GPU) is what improves it.
 
-    python examples/weatherdiff_restore.py                   # defaults
-    python examples/weatherdiff_restore.py --steps 20000     # longer training
+    python integrations/weatherdiff_restore.py                   # defaults
+    python integrations/weatherdiff_restore.py --steps 20000     # longer training
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def get_data(args):
         train = [(to_tensor(clean), to_tensor(degraded)) for degraded, clean, _ in train]
         return train, (to_tensor(held_out[1]), to_tensor(held_out[0])), held_out[2]
 
-    from examples.data.weather import builtin_weather_pairs
+    from restoregrad_adapter.data.weather import builtin_weather_pairs
 
     kinds = ("rain", "snow", "raindrop")
     train = builtin_weather_pairs("train", kinds=kinds, seed=args.seed, size=128)
@@ -163,7 +163,7 @@ def main(argv=None):
                         attn_resolutions=(), image_size=p)
     adapter = RestoreGrad.with_encoders(wrap(model, patch_size=p), dims=2, in_channels=3, size="tiny",
                                         scheduler=LearnedPriorScheduler(num_train_timesteps=1000),
-                                        loss=RestoreGradLoss(eta=0.01, lam=1.0))
+                                        loss=RestoreGradLoss(latent_weight=0.01, prior_matching_weight=1.0))
     optimizer = torch.optim.Adam(adapter.parameters(), lr=args.lr)
     T = adapter.scheduler.config.num_train_timesteps
     generator = torch.Generator().manual_seed(args.seed)
