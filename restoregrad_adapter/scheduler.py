@@ -1,32 +1,38 @@
 """Learned-prior diffusion scheduler.
 
-`LearnedPriorScheduler` is a diffusers scheduler with the configuration of `DDPMScheduler`. Called
-without a prior it *is* a DDPM scheduler (same config, same generator, same numbers). Called with a
-standard-deviation map ``prior_std`` (the Prior Net's output, ``Sigma_prior = diag(prior_std**2)``)
-it runs RestoreGrad's reverse process (paper Algorithm 2): the chain starts from
-``x_T = prior_std * z`` and the fresh noise of every step is ``prior_std * z``.
+`LearnedPriorScheduler` is a `diffusers.DDPMScheduler` (a subclass, same configuration except that
+``clip_sample`` defaults to False) whose ``step`` also takes a standard-deviation map ``prior_std``
+(the Prior Net's output, ``Sigma_prior = diag(prior_std**2)``). Without one it *is* DDPMScheduler:
+same config, same generator use, same numbers. With one it runs RestoreGrad's reverse process (paper
+Algorithm 2): the chain starts from ``x_T = prior_std * z`` and the fresh noise of every step is
+``prior_std * z``.
 
-Why that is all it takes (the *whitening* argument, DESIGN.md): with ``u = x / prior_std`` the
-forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) prior_std z`` becomes the standard one,
+There is one reverse step, DDPMScheduler's (Ho et al. 2020: eq. 15 estimates ``x_0``, eq. 7 gives
+the posterior mean and variance). The prior enters only through :func:`whitened_step`
+(docs/design.md, "Whitening"): with ``u = x / prior_std`` the forward process
+``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) prior_std z`` becomes the standard one,
 ``u_t = sqrt(abar_t) u_0 + sqrt(1 - abar_t) z``, and every linear-Gaussian update is the standard
-update applied in u-space. :func:`whitened_step` uses this to sample the learned prior with *any*
-stock diffusers scheduler (DDIM, DPM-Solver++, UniPC, ...).
+update applied in u-space. The same function samples the learned prior with *any* stock diffusers
+scheduler (DDIM, DPM-Solver++, UniPC, ...).
 
 Fast sampling (DiffWave / CDiffuSE) is supported by ``set_timesteps(inference_betas=[...])``: the
-reverse chain then uses the short inference schedule, and the model is called at the *fractional*
-training step whose ``sqrt(abar)`` matches each inference step.
+reverse chain is then the same DDPM step over the short inference schedule, and the model is called
+at the *fractional* training step whose ``sqrt(abar)`` matches each inference step.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_ddpm import betas_for_alpha_bar, rescale_zero_terminal_snr
-from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin
+from diffusers.configuration_utils import register_to_config
+from diffusers.schedulers.scheduling_ddpm import DDPMScheduler
+# SchedulerMixin in this namespace: diffusers' pipeline loader looks loadable base classes up in the
+# module a component comes from (model_index.json names "restoregrad_adapter.scheduler").
+from diffusers.schedulers.scheduling_utils import KarrasDiffusionSchedulers, SchedulerMixin  # noqa: F401
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
@@ -34,14 +40,15 @@ from diffusers.utils.torch_utils import randn_tensor
 FAST_INFERENCE_BETAS_6 = (1e-4, 1e-3, 0.01, 0.05, 0.2, 0.35)
 FAST_INFERENCE_BETAS_3 = (0.05, 0.2, 0.35)
 
-_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 _SPACINGS = ("linspace", "leading", "trailing")
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")
+_LEARNED_VARIANCES = ("learned", "learned_range")
 
 
 @dataclass
 class LearnedPriorSchedulerOutput(BaseOutput):
-    """Output of :meth:`LearnedPriorScheduler.step`.
+    """Output of :meth:`LearnedPriorScheduler.step` and :func:`whitened_step`.
 
     Args:
         prev_sample: ``x_{t-1}``, same shape as the sample.
@@ -100,12 +107,46 @@ def fractional_timesteps(train_alphas_cumprod: torch.Tensor, inference_alphas_cu
     return torch.tensor(steps, dtype=torch.float64)
 
 
-class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
+@contextmanager
+def _schedule_in_precision(scheduler: DDPMScheduler, dtype: torch.dtype) -> Iterator[None]:
+    """Let `DDPMScheduler.step` compute its scalar coefficients in the precision of a float64 sample.
+
+    The stock step reads the schedule from ``alphas_cumprod`` and ``one`` (float32), so its
+    coefficients are float32 whatever the sample. For a float64 sample both are promoted for the
+    duration of the step: a float64 step of the stored (float32) schedule. Other samples get
+    DDPMScheduler's float32 numbers unchanged. ``test_stock_step_reads_only_the_promoted_schedule``
+    (tests/test_scheduler.py) fails if DDPMScheduler starts reading other schedule tensors.
+    """
+    if dtype != torch.float64:
+        yield
+        return
+    stored = scheduler.alphas_cumprod, scheduler.one
+    scheduler.alphas_cumprod, scheduler.one = stored[0].double(), stored[1].double()
+    try:
+        yield
+    finally:
+        scheduler.alphas_cumprod, scheduler.one = stored
+
+
+def _integer_step(timestep: int | float | torch.Tensor) -> int | torch.Tensor:
+    """A training step that indexes the schedule: integral floats (``500.0``, ``tensor(500.)``) as ints."""
+    if isinstance(timestep, float) or (isinstance(timestep, torch.Tensor) and timestep.is_floating_point()):
+        if float(timestep) != int(timestep):
+            raise ValueError(f"`timestep` {float(timestep)} is not a training step; fractional steps need "
+                             "`set_timesteps(inference_betas=...)`.")
+        return int(timestep)
+    return timestep
+
+
+class LearnedPriorScheduler(DDPMScheduler):
     """DDPM scheduler whose Gaussian prior may be ``N(0, diag(prior_std**2))`` (RestoreGrad, Algorithm 2).
 
-    The configuration mirrors `diffusers.DDPMScheduler` (same argument names and meanings) except
-    that ``clip_sample`` defaults to False: restoration samples need not lie in [-1, 1] and clipping
-    breaks the whitening equivalence.
+    A `diffusers.DDPMScheduler` with the same configuration (argument names, meanings and defaults)
+    except that ``clip_sample`` defaults to False: restoration samples need not lie in [-1, 1], and
+    clipping does not commute with the whitening that applies the prior. It saves and loads as
+    ``scheduler_config.json`` under its own class name. Unknown ``prediction_type``,
+    ``timestep_spacing`` or ``beta_schedule`` values raise a ValueError at construction;
+    ``variance_type`` falls through like DDPMScheduler's (an unknown type is "fixed_small").
 
     Args:
         num_train_timesteps: number of training steps T.
@@ -137,45 +178,26 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
     ):
-        if variance_type not in _VARIANCE_TYPES:
-            raise ValueError(f"`variance_type` must be one of {_VARIANCE_TYPES}, got {variance_type!r}.")
         if prediction_type not in _PREDICTION_TYPES:
             raise ValueError(f"`prediction_type` must be one of {_PREDICTION_TYPES}, got {prediction_type!r}.")
         if timestep_spacing not in _SPACINGS:
             raise ValueError(f"`timestep_spacing` must be one of {_SPACINGS}, got {timestep_spacing!r}.")
-
-        if trained_betas is not None:
-            self.betas = torch.tensor(trained_betas, dtype=torch.float32)
-        elif beta_schedule == "linear":
-            self.betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
-        elif beta_schedule == "scaled_linear":  # latent-diffusion schedule: linear in sqrt(beta)
-            self.betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32) ** 2
-        elif beta_schedule == "squaredcos_cap_v2":
-            self.betas = betas_for_alpha_bar(num_train_timesteps)
-        elif beta_schedule == "laplace":
-            self.betas = betas_for_alpha_bar(num_train_timesteps, alpha_transform_type="laplace")
-        elif beta_schedule == "sigmoid":
-            self.betas = torch.sigmoid(torch.linspace(-6, 6, num_train_timesteps)) * (beta_end - beta_start) + beta_start
-        else:
-            raise ValueError(
-                "`beta_schedule` must be one of ('linear', 'scaled_linear', 'squaredcos_cap_v2', 'sigmoid', "
-                f"'laplace'), got {beta_schedule!r}."
-            )
-        if rescale_betas_zero_snr:
-            self.betas = rescale_zero_terminal_snr(self.betas)
-
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
-        self.one = torch.tensor(1.0)
-        self.init_noise_sigma = 1.0  # in units of prior_std: x_T = prior_std * z
-
-        self.variance_type = variance_type
-        self.num_inference_steps: int | None = None
-        self.custom_timesteps = False
-        self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy())
+        if trained_betas is None and beta_schedule not in _BETA_SCHEDULES:
+            raise ValueError(f"`beta_schedule` must be one of {_BETA_SCHEDULES}, got {beta_schedule!r}.")
+        # DDPMScheduler's own __init__, undecorated: the config is already registered (as ours).
+        DDPMScheduler.__init__.__wrapped__(
+            self, num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule, trained_betas=trained_betas, variance_type=variance_type,
+            clip_sample=clip_sample, prediction_type=prediction_type, thresholding=thresholding,
+            dynamic_thresholding_ratio=dynamic_thresholding_ratio, clip_sample_range=clip_sample_range,
+            sample_max_value=sample_max_value, timestep_spacing=timestep_spacing, steps_offset=steps_offset,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )
+        # init_noise_sigma = 1 is in units of prior_std: x_T = prior_std * z.
         # Fast-sampling state (set_timesteps(inference_betas=...)): the reverse chain's own schedule.
         self.inference_betas: torch.Tensor | None = None
         self.inference_alphas_cumprod: torch.Tensor | None = None
+        self._inference_chain: LearnedPriorScheduler | None = None
 
     # ------------------------------------------------------------------ schedule
     @property
@@ -188,10 +210,6 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
         """True after ``set_timesteps(inference_betas=...)``."""
         return self.inference_betas is not None
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: int | None = None) -> torch.Tensor:
-        """No scaling is needed (diffusers interface)."""
-        return sample
-
     def set_timesteps(
         self,
         num_inference_steps: int | None = None,
@@ -201,10 +219,11 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
     ) -> None:
         """Choose the reverse chain's timesteps.
 
-        Exactly as `DDPMScheduler.set_timesteps` for ``num_inference_steps`` or custom ``timesteps``.
-        With ``inference_betas`` (e.g. ``FAST_INFERENCE_BETAS_6``) the chain runs the DiffWave/CDiffuSE
-        fast sampler: ``len(inference_betas)`` steps with their own betas, and ``self.timesteps``
-        holds the fractional training steps (float, descending) at which the model is evaluated.
+        `DDPMScheduler.set_timesteps` for ``num_inference_steps`` or custom ``timesteps`` (after
+        checks that name the wrong argument). With ``inference_betas`` (e.g. ``FAST_INFERENCE_BETAS_6``)
+        the chain runs the DiffWave/CDiffuSE fast sampler: ``len(inference_betas)`` DDPM steps over
+        their own betas, and ``self.timesteps`` holds the fractional training steps (float,
+        descending) at which the model is evaluated.
         """
         given = [a for a, v in (("num_inference_steps", num_inference_steps), ("timesteps", timesteps),
                                 ("inference_betas", inference_betas)) if v is not None]
@@ -213,8 +232,7 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
         if not given:
             raise ValueError("Pass one of `num_inference_steps`, `timesteps` or `inference_betas`.")
         T = self.config.num_train_timesteps
-        self.inference_betas = None
-        self.inference_alphas_cumprod = None
+        self.inference_betas = self.inference_alphas_cumprod = self._inference_chain = None
 
         if inference_betas is not None:
             betas = torch.as_tensor(list(inference_betas), dtype=torch.float64)
@@ -224,6 +242,12 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
             steps = fractional_timesteps(self.alphas_cumprod, alphas_cumprod)
             self.inference_betas = betas.float()
             self.inference_alphas_cumprod = alphas_cumprod.float()
+            # The reverse chain is this scheduler's DDPM step over the inference schedule: a copy of
+            # the configuration whose training betas are the inference betas, stepped at index s.
+            chain = LearnedPriorScheduler.from_config(self.config, num_train_timesteps=len(betas),
+                                                      trained_betas=betas.tolist(), rescale_betas_zero_snr=False)
+            chain.alphas_cumprod = self.inference_alphas_cumprod  # the float64 cumprod, as stored here
+            self._inference_chain = chain
             self.num_inference_steps = len(betas)
             self.custom_timesteps = True
             self.timesteps = steps.flip(0).float().to(device)
@@ -234,33 +258,21 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
                 raise ValueError(f"`timesteps` must be in strictly descending order, got {list(timesteps)}.")
             if timesteps[0] >= T:
                 raise ValueError(f"`timesteps` must start below `num_train_timesteps` = {T}, got {timesteps[0]}.")
-            self.custom_timesteps = True
+        elif not isinstance(num_inference_steps, int) or not 0 < num_inference_steps <= T:
+            raise ValueError(f"`num_inference_steps` must be an integer in [1, {T}] (the training steps), "
+                             f"got {num_inference_steps!r}.")
+        super().set_timesteps(num_inference_steps=num_inference_steps, device=device, timesteps=timesteps)
+        if timesteps is not None:
             self.num_inference_steps = len(timesteps)
-            array = np.array(timesteps, dtype=np.int64)
-        else:
-            if not isinstance(num_inference_steps, int) or not 0 < num_inference_steps <= T:
-                raise ValueError(f"`num_inference_steps` must be an integer in [1, {T}] (the training steps), "
-                                 f"got {num_inference_steps!r}.")
-            self.custom_timesteps = False
-            self.num_inference_steps = num_inference_steps
-            spacing = self.config.timestep_spacing
-            if spacing == "linspace":
-                array = np.linspace(0, T - 1, num_inference_steps).round()[::-1].copy().astype(np.int64)
-            elif spacing == "leading":
-                ratio = T // num_inference_steps
-                array = (np.arange(0, num_inference_steps) * ratio).round()[::-1].copy().astype(np.int64)
-                array += self.config.steps_offset
-            else:  # trailing
-                ratio = T / num_inference_steps
-                array = np.round(np.arange(T, 0, -ratio)).astype(np.int64) - 1
-        self.timesteps = torch.from_numpy(array).to(device)
 
-    def previous_timestep(self, timestep: int | torch.Tensor) -> int | torch.Tensor:
-        """The timestep after ``timestep`` in the reverse chain (-1 after the last one)."""
+    def previous_timestep(self, timestep: int | float | torch.Tensor) -> int | torch.Tensor:
+        """The timestep after ``timestep`` in the reverse chain (-1 after the last one), as in DDPMScheduler.
+
+        A timestep that is not in the chain raises a ValueError naming `timestep`.
+        """
         if self.custom_timesteps or self.num_inference_steps:
-            index = self._index_of(timestep)
-            return self.timesteps[index + 1] if index + 1 < len(self.timesteps) else torch.tensor(-1)
-        return timestep - 1
+            self._index_of(timestep)
+        return super().previous_timestep(timestep)
 
     def _index_of(self, timestep: int | float | torch.Tensor) -> int:
         matches = (self.timesteps == torch.as_tensor(timestep, device=self.timesteps.device)).nonzero(as_tuple=True)[0]
@@ -269,62 +281,24 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
                              "call `set_timesteps` first and pass its timesteps.")
         return int(matches[0])
 
-    def _alpha_bars(self, timestep: int | float | torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """``(abar_t, abar_prev, is_last)`` for a reverse step at ``timestep``.
+    def _get_variance(self, t: int, predicted_variance: torch.Tensor | None = None,
+                      variance_type: str | None = None) -> torch.Tensor:
+        """`DDPMScheduler._get_variance`: the step's variance (Ho et al. eq. 7), except for "fixed_large_log".
 
-        The step's scalar arithmetic runs in the sample's precision: float32 samples give exactly
-        DDPMScheduler's numbers, float64 samples a float64 step (of the stored float32 schedule).
+        DDPMScheduler returns ``log(beta_t)`` for "fixed_large_log" and its ``step`` then takes the
+        square root of that log (NaN). Glide's max-log variance is ``beta_t``, so it is returned
+        as the variance ``step`` expects: the step equals "fixed_large".
         """
-        if self.fast_sampling:
-            s = len(self.timesteps) - 1 - self._index_of(timestep)  # inference step, 0 = last
-            abar_t = self.inference_alphas_cumprod[s]
-            abar_prev = self.inference_alphas_cumprod[s - 1] if s > 0 else self.one
-            is_last = s == 0
-        else:
-            t = int(timestep)
-            prev_t = int(self.previous_timestep(timestep))
-            abar_t = self.alphas_cumprod[t]
-            abar_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.one
-            # DDPM adds noise whenever t > 0 (with fixed_small its variance is 0 at a final step anyway).
-            is_last = t == 0
-        if not dtype.is_floating_point or dtype.itemsize < 4:
-            dtype = torch.float32
-        return abar_t.to(dtype), abar_prev.to(dtype), is_last
-
-    def _variance(self, abar_t, abar_prev, predicted_variance):
-        """Per-step variance in DDPM's conventions (the log for the *_log and learned_range types)."""
-        beta_t = 1 - abar_t / abar_prev
-        # Posterior variance, Ho et al. (2020) eq. 7: (1 - abar_{t-1}) / (1 - abar_t) * beta_t.
-        posterior = torch.clamp((1 - abar_prev) / (1 - abar_t) * beta_t, min=1e-20)
-        kind = self.config.variance_type
-        if kind == "fixed_small":
-            return posterior
-        if kind == "fixed_small_log":
-            return torch.exp(0.5 * torch.log(posterior))
-        if kind == "fixed_large":
-            return beta_t
-        if kind == "fixed_large_log":
-            return torch.log(beta_t)
-        if kind == "learned":
-            return predicted_variance
-        frac = (predicted_variance + 1) / 2  # learned_range: interpolate the log-variance
-        return frac * torch.log(beta_t) + (1 - frac) * torch.log(posterior)
-
-    def _threshold_sample(self, sample: torch.Tensor) -> torch.Tensor:
-        """Dynamic thresholding (Saharia et al. 2022), per sample, as in diffusers."""
-        dtype = sample.dtype
-        batch, channels, *rest = sample.shape
-        flat = sample.float() if dtype not in (torch.float32, torch.float64) else sample
-        flat = flat.reshape(batch, channels * int(np.prod(rest)))
-        s = torch.quantile(flat.abs(), self.config.dynamic_thresholding_ratio, dim=1)
-        s = torch.clamp(s, min=1, max=self.config.sample_max_value).unsqueeze(1)
-        return (torch.clamp(flat, -s, s) / s).reshape(batch, channels, *rest).to(dtype)
+        if (variance_type or self.config.variance_type) == "fixed_large_log":
+            variance_type = "fixed_large"
+        return super()._get_variance(t, predicted_variance=predicted_variance, variance_type=variance_type)
 
     # ------------------------------------------------------------------ noise
     def sample_prior(self, prior_std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw from the learned prior ``N(0, diag(prior_std**2))``: ``prior_std * z``.
 
-        Used for ``x_T`` and for the training noise. ``prior_std`` has the signal's shape.
+        Used for ``x_T`` (Algorithm 2, first line) and for the training noise. ``prior_std`` has the
+        signal's shape.
         """
         check_prior_std(prior_std, prior_std)
         z = randn_tensor(prior_std.shape, generator=generator, device=prior_std.device, dtype=prior_std.dtype)
@@ -333,22 +307,13 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
     def add_noise(self, original_samples: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
         """Forward process ``x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise`` (paper Algorithm 1, step 2).
 
-        ``noise`` is already drawn from the prior (``prior_std * z``); ``timesteps`` has shape (B,).
+        `DDPMScheduler.add_noise`; ``noise`` is already drawn from the prior (``prior_std * z``) and
+        must have the shape of ``original_samples``; ``timesteps`` has shape (B,).
         """
         if noise.shape != original_samples.shape:
             raise ValueError(f"`noise` has shape {tuple(noise.shape)}, expected the shape of `original_samples` "
                              f"{tuple(original_samples.shape)}.")
-        self.alphas_cumprod = self.alphas_cumprod.to(device=original_samples.device)
-        abar = self.alphas_cumprod.to(dtype=original_samples.dtype)[timesteps.to(original_samples.device)].flatten()
-        abar = abar.reshape(-1, *([1] * (original_samples.ndim - 1)))
-        return abar**0.5 * original_samples + (1 - abar) ** 0.5 * noise
-
-    def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.IntTensor) -> torch.Tensor:
-        """The v-prediction target ``sqrt(abar_t) noise - sqrt(1 - abar_t) x_0``."""
-        self.alphas_cumprod = self.alphas_cumprod.to(device=sample.device)
-        abar = self.alphas_cumprod.to(dtype=sample.dtype)[timesteps.to(sample.device)].flatten()
-        abar = abar.reshape(-1, *([1] * (sample.ndim - 1)))
-        return abar**0.5 * noise - (1 - abar) ** 0.5 * sample
+        return super().add_noise(original_samples, noise, timesteps)
 
     # ------------------------------------------------------------------ reverse step
     def step(
@@ -362,10 +327,13 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
     ) -> LearnedPriorSchedulerOutput | tuple:
         """One reverse step ``x_t -> x_{t-1}``.
 
-        With ``prior_std=None`` this equals `DDPMScheduler.step`. With a standard-deviation map it is
-        RestoreGrad's Algorithm 2: ``x_{t-1} = mu_theta(x_t) + s_t * prior_std * z`` where, for epsilon
-        prediction, ``mu_theta = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t)`` and
-        ``s_t^2 = (1 - abar_{t-1}) / (1 - abar_t) beta_t``; no noise at the last step.
+        With ``prior_std=None`` this is `DDPMScheduler.step`: ``x0_hat`` from the model output
+        (Ho et al. eq. 15), then the posterior mean and variance (eq. 7). With a standard-deviation
+        map it is the same step in whitened units (:func:`whitened_step`), which is RestoreGrad's
+        Algorithm 2: ``x_{t-1} = (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t) +
+        s_t * prior_std * z`` with ``s_t^2 = (1 - abar_{t-1}) / (1 - abar_t) beta_t``, and no noise
+        at the last step. After ``set_timesteps(inference_betas=...)`` the step is the DDPM step of
+        the inference schedule. Float64 samples get a float64 step (scalar coefficients included).
 
         Args:
             model_output: ``(B, C, *spatial)`` (``2C`` channels for learned variance types).
@@ -373,60 +341,23 @@ class LearnedPriorScheduler(SchedulerMixin, ConfigMixin):
             sample: ``x_t``, ``(B, C, *spatial)``.
             generator: source of the fresh noise ``z``.
             prior_std: ``sigma_prior``, broadcastable to ``sample``; None for the standard prior.
+                Sample clipping and thresholding must then be off (they would act in whitened units).
+            return_dict: return a :class:`LearnedPriorSchedulerOutput` rather than a tuple
+                ``(prev_sample, pred_original_sample)``.
         """
         if prior_std is not None:
-            check_prior_std(prior_std, sample)
-        predicted_variance = None
-        if model_output.shape[1] == sample.shape[1] * 2 and self.variance_type in ("learned", "learned_range"):
-            model_output, predicted_variance = torch.split(model_output, sample.shape[1], dim=1)
-
-        abar_t, abar_prev, is_last = self._alpha_bars(timestep, sample.dtype)
-        alpha_t = abar_t / abar_prev
-        beta_t = 1 - alpha_t
-
-        # x_0 estimate (Ho et al. eq. 15); all three parametrisations are linear in (x_t, output).
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            pred_original_sample = (sample - (1 - abar_t) ** 0.5 * model_output) / abar_t**0.5
-        elif kind == "sample":
-            pred_original_sample = model_output
-        else:  # v_prediction
-            pred_original_sample = abar_t**0.5 * sample - (1 - abar_t) ** 0.5 * model_output
-
-        # Clipping acts on x_0 in data space, so it means the same with or without a prior.
-        if self.config.thresholding:
-            pred_original_sample = self._threshold_sample(pred_original_sample)
-        elif self.config.clip_sample:
-            r = self.config.clip_sample_range
-            pred_original_sample = pred_original_sample.clamp(-r, r)
-
-        # Posterior mean (Ho et al. eq. 7). For epsilon prediction without clipping this equals
-        # Algorithm 2's (x_t - beta_t / sqrt(1 - abar_t) eps_hat) / sqrt(alpha_t).
-        x0_coeff = abar_prev**0.5 * beta_t / (1 - abar_t)
-        xt_coeff = alpha_t**0.5 * (1 - abar_prev) / (1 - abar_t)
-        prev_sample = x0_coeff * pred_original_sample + xt_coeff * sample
-
-        if not is_last:
-            z = randn_tensor(model_output.shape, generator=generator, device=model_output.device,
-                             dtype=model_output.dtype)
-            if prior_std is not None:
-                z = prior_std * z  # fresh noise from the learned prior: N(0, Sigma_prior)
-            variance = self._variance(abar_t, abar_prev, predicted_variance)
-            kind = self.config.variance_type
-            if kind == "fixed_small_log":
-                std = variance  # already a standard deviation
-            elif kind in ("learned_range", "fixed_large_log"):
-                std = torch.exp(0.5 * variance)  # a log-variance
-            else:
-                std = variance**0.5
-            prev_sample = prev_sample + std * z
-
+            out = whitened_step(self, model_output, timestep, sample, prior_std, generator=generator)
+        elif self.fast_sampling:
+            s = len(self.timesteps) - 1 - self._index_of(timestep)  # inference step, 0 = the last
+            out = self._inference_chain.step(model_output, s, sample, generator=generator)
+        else:
+            with _schedule_in_precision(self, sample.dtype):
+                ddpm = super().step(model_output, _integer_step(timestep), sample, generator=generator)
+            out = LearnedPriorSchedulerOutput(prev_sample=ddpm.prev_sample,
+                                              pred_original_sample=ddpm.pred_original_sample)
         if not return_dict:
-            return prev_sample, pred_original_sample
-        return LearnedPriorSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_original_sample)
-
-    def __len__(self) -> int:
-        return self.config.num_train_timesteps
+            return out.prev_sample, out.pred_original_sample
+        return out
 
 
 # ---------------------------------------------------------------------- whitening
@@ -455,21 +386,34 @@ def whitened_step(
     prior_std: torch.Tensor,
     **step_kwargs,
 ) -> LearnedPriorSchedulerOutput:
-    """Sample the learned prior with any stock diffusers scheduler (DESIGN.md, "Whitening").
+    """Sample the learned prior with any diffusers scheduler (docs/design.md, "Whitening").
 
     With ``u = x / prior_std`` the learned-prior diffusion is the standard one, and the model's
     output (noise, x_0 or v: all linear in the signal) becomes ``output / prior_std``. So: divide,
-    call the scheduler's own ``step``, multiply back. Works for DDPM, DDIM, DPM-Solver++, UniPC, ...
-    as long as sample clipping and thresholding are off (they would act in whitened units).
+    call the scheduler's own ``step``, multiply back. For the DDPM step this is exactly Algorithm 2.
+    Works for DDPM (and :class:`LearnedPriorScheduler`, whose prior step is this function), DDIM,
+    DPM-Solver++, UniPC, ... as long as sample clipping and thresholding are off (they would act in
+    whitened units). A learned-variance output (``2C`` channels for DDPM's "learned" and
+    "learned_range") keeps its variance half as it is: that is the variance of the whitened step.
 
     Returns ``prev_sample`` and (when the scheduler gives one) ``pred_original_sample`` in data units.
     """
     _check_no_clipping(scheduler)
     check_prior_std(prior_std, sample)
-    if model_output.shape != sample.shape:
+    variance_type = getattr(scheduler, "config", {}).get("variance_type")
+    channels = sample.shape[1] if sample.ndim > 1 else None
+    learned = (variance_type in _LEARNED_VARIANCES and model_output.ndim == sample.ndim > 1
+               and model_output.shape[1] == 2 * channels and model_output.shape[2:] == sample.shape[2:]
+               and model_output.shape[0] == sample.shape[0])
+    if model_output.shape != sample.shape and not learned:
         raise ValueError(f"`model_output` has shape {tuple(model_output.shape)}, expected the sample's shape "
-                         f"{tuple(sample.shape)} (learned-variance outputs cannot be whitened).")
-    out = scheduler.step(model_output / prior_std, timestep, sample / prior_std, return_dict=True, **step_kwargs)
+                         f"{tuple(sample.shape)} (or twice its channels for a learned-variance DDPM step).")
+    if learned:
+        mean_output, variance_output = torch.split(model_output, channels, dim=1)
+        whitened_output = torch.cat([mean_output / prior_std, variance_output.to(mean_output.dtype)], dim=1)
+    else:
+        whitened_output = model_output / prior_std
+    out = scheduler.step(whitened_output, timestep, sample / prior_std, return_dict=True, **step_kwargs)
     pred_x0 = getattr(out, "pred_original_sample", None)
     return LearnedPriorSchedulerOutput(
         prev_sample=out.prev_sample * prior_std,
@@ -487,6 +431,7 @@ __all__ = [
     "FAST_INFERENCE_BETAS_6",
     "LearnedPriorScheduler",
     "LearnedPriorSchedulerOutput",
+    "check_prior_std",
     "fractional_timesteps",
     "whitened_initial_sample",
     "whitened_step",

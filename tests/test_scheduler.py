@@ -2,6 +2,10 @@
 when no prior is given, Algorithm 2 in closed form with one, fast sampling, and whitening."""
 
 import inspect
+import io
+import logging
+import re
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -12,11 +16,19 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     UniPCMultistepScheduler,
 )
+from diffusers.utils import logging as diffusers_logging
 
 from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, LearnedPriorScheduler
 from restoregrad_adapter.scheduler import fractional_timesteps, whitened_initial_sample, whitened_step
 
 # ---------------------------------------------------------------------------- fixtures
+
+#: The diffusers checks below are transcribed from diffusers' tests/schedulers/test_schedulers.py
+#: (SchedulerCommonTest) and tests/schedulers/test_scheduler_ddpm.py (DDPMSchedulerTest), and run on
+#: DDPMScheduler too: the reference class passing them shows that the transcription is faithful.
+SCHEDULER_CLASSES = pytest.mark.parametrize("scheduler_class", [LearnedPriorScheduler, DDPMScheduler],
+                                            ids=lambda c: c.__name__)
+DEFAULT_NUM_INFERENCE_STEPS = 50  # SchedulerCommonTest.default_num_inference_steps
 
 
 def ddpm_test_config(**overrides):
@@ -25,6 +37,13 @@ def ddpm_test_config(**overrides):
                   variance_type="fixed_small", clip_sample=True)
     config.update(overrides)
     return config
+
+
+def default_timesteps(scheduler_class):
+    """SchedulerCommonTest.default_timestep and default_timestep_2: the first two of a 50-step chain."""
+    scheduler = scheduler_class(**ddpm_test_config())
+    scheduler.set_timesteps(DEFAULT_NUM_INFERENCE_STEPS)
+    return scheduler.timesteps[0], scheduler.timesteps[1]
 
 
 def random_sample():
@@ -42,46 +61,89 @@ def deterministic_noise():
 
 
 def dummy_model(sample, t):
+    if isinstance(t, torch.Tensor):  # as diffusers' dummy model: t broadcast over the sample
+        t = t.reshape(-1, *(1,) * (sample.ndim - 1)).to(sample.device, dtype=sample.dtype)
     return sample * t / (t + 1)
 
 
-def step_after_save_load(tmp_path, time_step=0, num_inference_steps=None, **config):
-    """Step a scheduler and its save_config/from_pretrained copy with the same seed: outputs equal."""
-    scheduler = LearnedPriorScheduler(**ddpm_test_config(**config))
+@contextmanager
+def captured_log(name):
+    """What a diffusers logger writes (diffusers' CaptureLogger)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = diffusers_logging.get_logger(name)
+    logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def step_after_save_load(tmp_path, scheduler_class=LearnedPriorScheduler, time_step=0, num_inference_steps=None,
+                         **config):
+    """check_over_configs / check_over_forward: a scheduler and its save_config/from_pretrained copy
+    step with the same seed to the same output."""
+    scheduler = scheduler_class(**ddpm_test_config(**config))
     sample = random_sample()
     residual = 0.1 * sample
     scheduler.save_config(tmp_path)
-    loaded = LearnedPriorScheduler.from_pretrained(tmp_path)
+    loaded = scheduler_class.from_pretrained(tmp_path)
     if num_inference_steps is not None:
         scheduler.set_timesteps(num_inference_steps)
         loaded.set_timesteps(num_inference_steps)
-    scheduler.scale_model_input(sample, 0)
+    scheduler.scale_model_input(sample, scheduler.timesteps[-1])
+    loaded.scale_model_input(sample, scheduler.timesteps[-1])
     out = scheduler.step(residual, time_step, sample, generator=torch.manual_seed(0)).prev_sample
     new = loaded.step(residual, time_step, sample, generator=torch.manual_seed(0)).prev_sample
     assert torch.sum(torch.abs(out - new)) < 1e-5
 
 
 # ---------------------------------------------------------------------------- SchedulerCommonTest checks
+# check_over_configs, as DDPMSchedulerTest calls it: test_timesteps, test_betas, test_schedules,
+# test_variance_type (with "other", which DDPMScheduler falls through), test_clip_sample,
+# test_thresholding, test_prediction_type, test_rescale_betas_zero_snr.
 
 
+@SCHEDULER_CLASSES
 @pytest.mark.parametrize("config", [
     *[dict(num_train_timesteps=n) for n in (1, 5, 100, 1000)],
     *[dict(beta_start=s, beta_end=e) for s, e in zip([1e-4, 1e-3, 1e-2, 0.1], [0.002, 0.02, 0.2, 2])],
     *[dict(beta_schedule=s) for s in ("linear", "squaredcos_cap_v2", "scaled_linear", "sigmoid")],
-    *[dict(variance_type=v) for v in ("fixed_small", "fixed_large", "fixed_small_log", "fixed_large_log")],
+    *[dict(variance_type=v) for v in ("fixed_small", "fixed_large", "other", "fixed_small_log", "fixed_large_log")],
     *[dict(clip_sample=c) for c in (True, False)],
     dict(thresholding=False),
     *[dict(thresholding=True, prediction_type=p, sample_max_value=m)
       for m in (0.5, 1.0, 2.0) for p in ("epsilon", "sample", "v_prediction")],
     *[dict(prediction_type=p) for p in ("epsilon", "sample", "v_prediction")],
+    *[dict(rescale_betas_zero_snr=r) for r in (True, False)],
 ])
-def test_save_load_same_step_over_configs(tmp_path, config):
-    step_after_save_load(tmp_path, **config)
+def test_save_load_same_step_over_configs(tmp_path, scheduler_class, config):
+    step_after_save_load(tmp_path, scheduler_class, **config)
 
 
+@SCHEDULER_CLASSES
 @pytest.mark.parametrize("t", [0, 500, 999])
-def test_save_load_same_step_over_time_indices(tmp_path, t):
-    step_after_save_load(tmp_path, time_step=t)
+def test_save_load_same_step_over_time_indices(tmp_path, scheduler_class, t):
+    """DDPMSchedulerTest.test_time_indices (check_over_forward)."""
+    step_after_save_load(tmp_path, scheduler_class, time_step=t)
+
+
+@SCHEDULER_CLASSES
+def test_from_save_pretrained(tmp_path, scheduler_class):
+    """SchedulerCommonTest.test_from_save_pretrained: a 50-step chain, stepped at its first timestep."""
+    step_after_save_load(tmp_path, scheduler_class, time_step=default_timesteps(scheduler_class)[0],
+                         num_inference_steps=DEFAULT_NUM_INFERENCE_STEPS)
+
+
+@SCHEDULER_CLASSES
+def test_from_pretrained(tmp_path, scheduler_class):
+    """SchedulerCommonTest.test_from_pretrained: the whole config round-trips, less `_use_default_values`."""
+    scheduler = scheduler_class(**ddpm_test_config())
+    scheduler.save_pretrained(tmp_path)
+    loaded = scheduler_class.from_pretrained(tmp_path)
+    config = dict(scheduler.config)
+    del config["_use_default_values"]
+    assert config == loaded.config
 
 
 def test_from_pretrained_round_trips_config_as_scheduler_config_json(tmp_path):
@@ -94,23 +156,26 @@ def test_from_pretrained_round_trips_config_as_scheduler_config_json(tmp_path):
     public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
     assert public(loaded.config) == public(scheduler.config)
     assert loaded.config["_class_name"] == "LearnedPriorScheduler"
+    assert type(loaded) is LearnedPriorScheduler
 
 
-def test_compatibles():
-    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+@SCHEDULER_CLASSES
+def test_compatibles(scheduler_class):
+    scheduler = scheduler_class(**ddpm_test_config())
     assert len(scheduler.compatibles) > 0 and all(c is not None for c in scheduler.compatibles)
     for compatible in scheduler.compatibles:
         other = compatible.from_config(scheduler.config)
         assert other is not None
-        back = LearnedPriorScheduler.from_config(other.config)
+        back = scheduler_class.from_config(other.config)
         same_keys = {k: v for k, v in back.config.items() if k in scheduler.config}
         assert same_keys == dict(scheduler.config)
         extra = {k for k in back.config if k not in scheduler.config}
-        init_keys = inspect.signature(LearnedPriorScheduler.__init__).parameters.keys()
+        init_keys = inspect.signature(scheduler_class.__init__).parameters.keys()
         assert extra.intersection(init_keys) == set()
 
 
 def test_config_mirrors_ddpm_scheduler():
+    assert issubclass(LearnedPriorScheduler, DDPMScheduler)
     ours = inspect.signature(LearnedPriorScheduler.__init__).parameters
     theirs = inspect.signature(DDPMScheduler.__init__).parameters
     assert list(ours) == list(theirs)
@@ -118,6 +183,7 @@ def test_config_mirrors_ddpm_scheduler():
         if name not in ("self", "clip_sample"):
             assert ours[name].default == theirs[name].default, name
     assert ours["clip_sample"].default is False
+    assert LearnedPriorScheduler().config.clip_sample is False
     # A DDPM config loads into ours and back without loss.
     ddpm = DDPMScheduler(**ddpm_test_config())
     ours_from_ddpm = LearnedPriorScheduler.from_config(ddpm.config)
@@ -126,74 +192,120 @@ def test_config_mirrors_ddpm_scheduler():
             assert ours_from_ddpm.config[key] == value, key
 
 
-def test_step_shape():
-    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+@SCHEDULER_CLASSES
+def test_step_shape(scheduler_class):
+    scheduler = scheduler_class(**ddpm_test_config())
     sample = random_sample()
     out0 = scheduler.step(0.1 * sample, 0, sample).prev_sample
     out1 = scheduler.step(0.1 * sample, 1, sample).prev_sample
     assert out0.shape == sample.shape == out1.shape
+    # SchedulerCommonTest.test_step_shape today: the first two timesteps of a 50-step chain.
+    t0, t1 = default_timesteps(scheduler_class)
+    scheduler.set_timesteps(DEFAULT_NUM_INFERENCE_STEPS)
+    out0 = scheduler.step(0.1 * sample, t0, sample).prev_sample
+    out1 = scheduler.step(0.1 * sample, t1, sample).prev_sample
+    assert out0.shape == sample.shape == out1.shape
 
 
-def test_tuple_and_dict_outputs_are_equal():
-    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+@SCHEDULER_CLASSES
+@pytest.mark.parametrize("first", [False, True], ids=["t=0", "default_timestep"])
+def test_tuple_and_dict_outputs_are_equal(scheduler_class, first):
+    """SchedulerCommonTest.test_scheduler_outputs_equivalence (stricter: no NaN is accepted either)."""
+    scheduler = scheduler_class(**ddpm_test_config())
+    timestep = default_timesteps(scheduler_class)[0] if first else 0
     scheduler.set_timesteps(50)
     sample = random_sample()
-    as_dict = scheduler.step(0.1 * sample, 0, sample, generator=torch.manual_seed(0))
+    as_dict = scheduler.step(0.1 * sample, timestep, sample, generator=torch.manual_seed(0))
     scheduler.set_timesteps(50)
-    as_tuple = scheduler.step(0.1 * sample, 0, sample, generator=torch.manual_seed(0), return_dict=False)
+    as_tuple = scheduler.step(0.1 * sample, timestep, sample, generator=torch.manual_seed(0), return_dict=False)
     assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
     for a, b in zip(as_tuple, as_dict.values()):
         assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_public_api_and_add_noise_shapes():
-    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+@SCHEDULER_CLASSES
+@pytest.mark.parametrize("num_inference_steps", [DEFAULT_NUM_INFERENCE_STEPS, 100])
+def test_public_api_and_add_noise_shapes(scheduler_class, num_inference_steps):
+    """SchedulerCommonTest.test_scheduler_public_api and test_add_noise_device."""
+    scheduler = scheduler_class(**ddpm_test_config())
+    assert hasattr(scheduler, "init_noise_sigma") and hasattr(scheduler, "scale_model_input")
+    assert hasattr(scheduler, "step")
     assert scheduler.init_noise_sigma == 1.0
     sample = random_sample()
+    assert scheduler.scale_model_input(sample, 0.0).shape == sample.shape
     assert torch.equal(scheduler.scale_model_input(sample, 0.0), sample)
-    scheduler.set_timesteps(100)
-    noise = torch.randn_like(sample)
-    noised = scheduler.add_noise(sample, noise, scheduler.timesteps[5][None])
+    scheduler.set_timesteps(num_inference_steps)
+    scaled = scheduler.scale_model_input(sample, 0.0)
+    noise = torch.randn(scaled.shape)
+    noised = scheduler.add_noise(scaled, noise, scheduler.timesteps[5][None])
     assert noised.shape == sample.shape
 
 
-def test_no_undeclared_kwargs():
-    has_kwargs = "kwargs" in inspect.signature(LearnedPriorScheduler.__init__).parameters
-    assert has_kwargs == (len(LearnedPriorScheduler._deprecated_kwargs) > 0)
+@SCHEDULER_CLASSES
+def test_no_undeclared_kwargs(scheduler_class):
+    """SchedulerCommonTest.test_deprecated_kwargs: **kwargs in __init__ iff deprecated kwargs are declared."""
+    has_kwargs = "kwargs" in inspect.signature(scheduler_class.__init__).parameters
+    assert has_kwargs == (len(scheduler_class._deprecated_kwargs) > 0)
 
 
-def test_trained_betas(tmp_path):
-    scheduler = LearnedPriorScheduler(**ddpm_test_config(num_train_timesteps=2, trained_betas=np.array([0.1, 0.3])))
+@SCHEDULER_CLASSES
+def test_trained_betas(tmp_path, scheduler_class):
+    scheduler = scheduler_class(**ddpm_test_config(num_train_timesteps=2, trained_betas=np.array([0.1, 0.3])))
     scheduler.save_pretrained(tmp_path)
-    loaded = LearnedPriorScheduler.from_pretrained(tmp_path)
+    loaded = scheduler_class.from_pretrained(tmp_path)
     assert loaded.betas.tolist() == scheduler.betas.tolist()
     assert torch.allclose(scheduler.betas, torch.tensor([0.1, 0.3]))
+    # As diffusers writes it: the test config (num_train_timesteps=1000) plus two trained betas.
+    scheduler = scheduler_class(**ddpm_test_config(), trained_betas=np.array([0.1, 0.3]))
+    scheduler.save_pretrained(tmp_path)
+    assert scheduler_class.from_pretrained(tmp_path).betas.tolist() == scheduler.betas.tolist()
+
+
+@SCHEDULER_CLASSES
+def test_getattr_is_correct(scheduler_class):
+    """SchedulerCommonTest.test_getattr_is_correct: attributes, config access and its deprecation."""
+    scheduler = scheduler_class(**ddpm_test_config())
+    scheduler.dummy_attribute = 5
+    scheduler.register_to_config(test_attribute=5)
+    with captured_log("diffusers.configuration_utils") as log:
+        assert hasattr(scheduler, "dummy_attribute")
+        assert getattr(scheduler, "dummy_attribute") == 5
+        assert scheduler.dummy_attribute == 5
+    assert log.getvalue() == ""
+    with captured_log("diffusers.schedulers.scheduling_utils") as log:
+        assert hasattr(scheduler, "save_pretrained")
+        assert scheduler.save_pretrained == getattr(scheduler, "save_pretrained")
+    assert log.getvalue() == ""
+    with pytest.warns(FutureWarning):
+        assert scheduler.test_attribute == 5
+    with pytest.warns(FutureWarning):
+        assert getattr(scheduler, "test_attribute") == 5
+    with pytest.raises(AttributeError) as error:
+        scheduler.does_not_exist
+    assert str(error.value) == f"'{type(scheduler).__name__}' object has no attribute 'does_not_exist'"
 
 
 # ---------------------------------------------------------------------------- DDPMSchedulerTest checks
 
 
-def test_variance_closed_form_values():
-    scheduler = LearnedPriorScheduler(**ddpm_test_config())
-    ones = torch.tensor(1.0)
-
-    def variance(t):
-        abar_t = scheduler.alphas_cumprod[t]
-        abar_prev = scheduler.alphas_cumprod[t - 1] if t > 0 else ones
-        return scheduler._variance(abar_t, abar_prev, None)
-
-    assert torch.abs(variance(0) - 0.0) < 1e-5
-    assert torch.abs(variance(487) - 0.00979) < 1e-5
-    assert torch.abs(variance(999) - 0.02) < 1e-5
+@SCHEDULER_CLASSES
+def test_variance_closed_form_values(scheduler_class):
+    """DDPMSchedulerTest.test_variance: the posterior variance of Ho et al. eq. 7 at t = 0, 487, 999."""
+    scheduler = scheduler_class(**ddpm_test_config())
+    assert torch.sum(torch.abs(scheduler._get_variance(0) - 0.0)) < 1e-5
+    assert torch.sum(torch.abs(scheduler._get_variance(487) - 0.00979)) < 1e-5
+    assert torch.sum(torch.abs(scheduler._get_variance(999) - 0.02)) < 1e-5
 
 
+@SCHEDULER_CLASSES
 @pytest.mark.parametrize("prediction_type, expected_sum, expected_mean", [
     ("epsilon", 258.9606, 0.3372),
     ("v_prediction", 202.0296, 0.2631),
 ])
-def test_full_loop_without_noise_reference_values(prediction_type, expected_sum, expected_mean):
-    """The reference sums of diffusers' DDPMSchedulerTest full loops (noise discarded)."""
-    scheduler = LearnedPriorScheduler(**ddpm_test_config(prediction_type=prediction_type))
+def test_full_loop_without_noise_reference_values(scheduler_class, prediction_type, expected_sum, expected_mean):
+    """The reference sums of diffusers' DDPMSchedulerTest full loops (test_full_loop_no_noise and
+    test_full_loop_with_v_prediction; as there, prev_sample includes each step's noise)."""
+    scheduler = scheduler_class(**ddpm_test_config(prediction_type=prediction_type))
     sample = deterministic_sample()
     generator = torch.manual_seed(0)
     for t in reversed(range(len(scheduler))):
@@ -202,9 +314,10 @@ def test_full_loop_without_noise_reference_values(prediction_type, expected_sum,
     assert abs(sample.abs().mean().item() - expected_mean) < 1e-3
 
 
-def test_full_loop_with_noise_reference_values():
-    scheduler = LearnedPriorScheduler(**ddpm_test_config())
-    timesteps = scheduler.timesteps[len(scheduler) - 2:]
+@SCHEDULER_CLASSES
+def test_full_loop_with_noise_reference_values(scheduler_class):
+    scheduler = scheduler_class(**ddpm_test_config())
+    timesteps = scheduler.timesteps[(len(scheduler) - 2) * scheduler.order:]
     sample = scheduler.add_noise(deterministic_sample(), deterministic_noise(), timesteps[:1])
     generator = torch.manual_seed(0)
     for t in timesteps:
@@ -213,13 +326,27 @@ def test_full_loop_with_noise_reference_values():
     assert abs(sample.abs().mean().item() - 0.5051) < 1e-3
 
 
-def test_custom_timesteps_previous_timestep():
-    scheduler = LearnedPriorScheduler(**ddpm_test_config())
+@SCHEDULER_CLASSES
+def test_custom_timesteps_previous_timestep(scheduler_class):
+    scheduler = scheduler_class(**ddpm_test_config())
     timesteps = [100, 87, 50, 1, 0]
     scheduler.set_timesteps(timesteps=timesteps)
     for i, t in enumerate(scheduler.timesteps):
         expected = -1 if i == len(timesteps) - 1 else timesteps[i + 1]
-        assert int(scheduler.previous_timestep(t)) == expected
+        assert scheduler.previous_timestep(t).item() == expected
+
+
+@SCHEDULER_CLASSES
+def test_custom_timesteps_errors_as_diffusers_checks_them(scheduler_class):
+    """test_custom_timesteps_increasing_order, ..._passing_both_num_inference_steps_and_timesteps,
+    ..._too_large: each a ValueError."""
+    scheduler = scheduler_class(**ddpm_test_config())
+    with pytest.raises(ValueError):
+        scheduler.set_timesteps(timesteps=[100, 87, 50, 51, 0])
+    with pytest.raises(ValueError):
+        scheduler.set_timesteps(num_inference_steps=5, timesteps=[100, 87, 50, 1, 0])
+    with pytest.raises(ValueError):
+        scheduler.set_timesteps(timesteps=[scheduler.config.num_train_timesteps])
 
 
 def test_custom_timesteps_errors():
@@ -232,6 +359,19 @@ def test_custom_timesteps_errors():
         scheduler.set_timesteps(timesteps=[scheduler.config.num_train_timesteps])
     with pytest.raises(ValueError, match="num_inference_steps"):
         scheduler.set_timesteps(num_inference_steps=1001)
+    scheduler.set_timesteps(10)
+    with pytest.raises(ValueError, match="`timestep`"):
+        scheduler.step(torch.zeros(1, 1, 4), 17, torch.zeros(1, 1, 4))
+
+
+def test_integral_float_timesteps_index_like_integers():
+    scheduler = LearnedPriorScheduler()
+    x = torch.randn(1, 1, 8)
+    expected = scheduler.step(x, 500, x, generator=torch.manual_seed(0)).prev_sample
+    for t in (500.0, torch.tensor(500.0), torch.tensor(500)):
+        assert torch.equal(scheduler.step(x, t, x, generator=torch.manual_seed(0)).prev_sample, expected)
+    with pytest.raises(ValueError, match="`timestep`"):
+        scheduler.step(x, 500.5, x)
 
 
 def test_rescale_betas_zero_snr_matches_ddpm():
@@ -242,10 +382,30 @@ def test_rescale_betas_zero_snr_matches_ddpm():
 
 
 def test_unknown_config_values_raise():
-    for key, value in (("variance_type", "other"), ("prediction_type", "x0"), ("timestep_spacing", "even"),
-                       ("beta_schedule", "quadratic")):
+    for key, value in (("prediction_type", "x0"), ("timestep_spacing", "even"), ("beta_schedule", "quadratic")):
         with pytest.raises(ValueError, match=key):
             LearnedPriorScheduler(**{key: value})
+
+
+def test_unknown_variance_type_falls_through_like_ddpm():
+    """DDPMScheduler treats a variance_type it does not know ("other" in DDPMSchedulerTest) as no special
+    case: the posterior variance of "fixed_small". So does ours, with or without a prior."""
+    x = torch.randn(2, 1, 32)
+    sigma = torch.rand(2, 1, 32) + 0.1
+    other, small = LearnedPriorScheduler(variance_type="other"), LearnedPriorScheduler()
+    stock = DDPMScheduler(variance_type="other", clip_sample=False)
+    assert torch.equal(other._get_variance(321), stock._get_variance(321))
+    assert torch.equal(other._get_variance(321), small._get_variance(321))
+    for scheduler in (other, small, stock):
+        scheduler.set_timesteps(20)
+    for t in other.timesteps[:3]:
+        a = other.step(0.5 * x, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        b = stock.step(0.5 * x, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        c = small.step(0.5 * x, t, x, generator=torch.Generator().manual_seed(1)).prev_sample
+        assert torch.equal(a, b) and torch.equal(a, c)
+        a = other.step(0.5 * x, t, x, generator=torch.Generator().manual_seed(1), prior_std=sigma).prev_sample
+        c = small.step(0.5 * x, t, x, generator=torch.Generator().manual_seed(1), prior_std=sigma).prev_sample
+        assert torch.equal(a, c)
 
 
 # ---------------------------------------------------------------------------- prior_std=None is DDPMScheduler
@@ -255,7 +415,9 @@ EQUIVALENCE_CONFIGS = [
     dict(clip_sample=True),
     dict(thresholding=True, sample_max_value=1.5, dynamic_thresholding_ratio=0.9),
     *[dict(prediction_type=p) for p in ("sample", "v_prediction")],
-    *[dict(variance_type=v) for v in ("fixed_small_log", "fixed_large", "learned", "learned_range")],
+    *[dict(variance_type=v) for v in ("fixed_small_log", "fixed_large", "learned", "learned_range", "other")],
+    dict(clip_sample=True, clip_sample_range=0.5, prediction_type="sample"),
+    dict(thresholding=True, prediction_type="v_prediction", sample_max_value=3.0),
     *[dict(timestep_spacing=s, steps_offset=o) for s in ("linspace", "leading", "trailing") for o in (0, 1)],
     dict(beta_schedule="squaredcos_cap_v2"),
     dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012),
@@ -308,6 +470,65 @@ def test_add_noise_and_velocity_equal_ddpm():
     t = torch.tensor([0, 500, 999])
     assert torch.equal(ours.add_noise(x0, noise, t), theirs.add_noise(x0, noise, t))
     assert torch.equal(ours.get_velocity(x0, noise, t), theirs.get_velocity(x0, noise, t))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large", "fixed_small_log", "learned_range"])
+@pytest.mark.parametrize("chain", ["training", "custom", "trailing"])
+def test_without_prior_equals_ddpm_scheduler_over_whole_chains(prediction_type, variance_type, chain):
+    """Drift check: every step of whole chains equals the installed DDPMScheduler's, bit for bit."""
+    config = dict(num_train_timesteps=60, beta_end=0.04, prediction_type=prediction_type, variance_type=variance_type,
+                  timestep_spacing="trailing" if chain == "trailing" else "leading")
+    ours, theirs = LearnedPriorScheduler(**config), DDPMScheduler(clip_sample=False, **config)
+    for scheduler in (ours, theirs):
+        if chain == "custom":
+            scheduler.set_timesteps(timesteps=[59, 41, 40, 17, 3, 1])
+        elif chain == "trailing":
+            scheduler.set_timesteps(7)
+    assert torch.equal(ours.timesteps, theirs.timesteps)
+    x = torch.randn(2, 2, 16, generator=torch.Generator().manual_seed(3))
+    gen_ours, gen_theirs = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for t in ours.timesteps:
+        out = torch.tanh(x) * 0.5
+        if variance_type == "learned_range":
+            out = torch.cat([out, torch.tanh(2 * x)], dim=1)
+        a = ours.step(out, t, x, generator=gen_ours)
+        b = theirs.step(out, t, x, generator=gen_theirs)
+        assert torch.equal(a.prev_sample, b.prev_sample) and torch.equal(a.pred_original_sample, b.pred_original_sample)
+        assert int(ours.previous_timestep(t)) == int(theirs.previous_timestep(t))
+        x = a.prev_sample
+
+
+def test_stock_step_reads_only_the_promoted_schedule():
+    """Drift check for the float64 step: DDPMScheduler.step (and the _get_variance it calls) read the
+    schedule only from `alphas_cumprod` and `one`, the two tensors promoted for float64 samples."""
+    scheduler = DDPMScheduler()
+    source = inspect.getsource(DDPMScheduler.step) + inspect.getsource(DDPMScheduler._get_variance)
+    tensors = {a for a in re.findall(r"self\.(\w+)", source) if isinstance(getattr(scheduler, a, None), torch.Tensor)}
+    assert tensors == {"alphas_cumprod", "one"}
+
+
+def test_float64_step_without_prior_is_ddpm_in_float64():
+    """A float64 sample gets DDPM's step with float64 scalar coefficients (Ho et al. eq. 15 and 7); a
+    float32 sample gets DDPMScheduler's float32 numbers; the scheduler's schedule stays float32."""
+    scheduler = LearnedPriorScheduler()
+    x, eps = torch.randn(2, 1, 64, dtype=torch.float64), torch.randn(2, 1, 64, dtype=torch.float64)
+    t = 700
+    abar = scheduler.alphas_cumprod.double()
+    beta = 1 - abar[t] / abar[t - 1]
+    x0 = (x - (1 - abar[t]).sqrt() * eps) / abar[t].sqrt()
+    mean = abar[t - 1].sqrt() * beta / (1 - abar[t]) * x0 + (1 - beta).sqrt() * (1 - abar[t - 1]) / (1 - abar[t]) * x
+    std = ((1 - abar[t - 1]) / (1 - abar[t]) * beta).sqrt()
+    z = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    out = scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(2))
+    assert out.prev_sample.dtype == torch.float64
+    assert torch.allclose(out.pred_original_sample, x0, atol=1e-12, rtol=1e-12)
+    assert torch.allclose(out.prev_sample, mean + std * z, atol=1e-12, rtol=1e-12)
+    assert scheduler.alphas_cumprod.dtype == torch.float32 and scheduler.one.dtype == torch.float32
+    stock = DDPMScheduler(clip_sample=False)
+    a = scheduler.step(eps.float(), t, x.float(), generator=torch.Generator().manual_seed(2)).prev_sample
+    b = stock.step(eps.float(), t, x.float(), generator=torch.Generator().manual_seed(2)).prev_sample
+    assert a.dtype == torch.float32 and torch.equal(a, b)
 
 
 # ---------------------------------------------------------------------------- Algorithm 2 in closed form
@@ -399,6 +620,54 @@ def test_prior_std_errors():
         scheduler.sample_prior(torch.ones(3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("variance_type", ["learned", "learned_range"])
+def test_step_with_prior_and_learned_variance_scales_the_learned_noise(variance_type):
+    """Learned variance types: the mean is Algorithm 2's and the fresh noise is the learned std times
+    prior_std * z (the predicted variance is that of the whitened step, left unscaled)."""
+    scheduler = LearnedPriorScheduler(variance_type=variance_type)
+    shape, t = (2, 3, 16), 400
+    x_t, eps_hat = torch.randn(shape, dtype=torch.float64), torch.randn(shape, dtype=torch.float64)
+    predicted = torch.rand(shape, dtype=torch.float64) * (1e-2 if variance_type == "learned" else 2) - (
+        0 if variance_type == "learned" else 1)
+    sigma = torch.rand(shape, dtype=torch.float64) * 2 + 0.1
+    out = scheduler.step(torch.cat([eps_hat, predicted], dim=1), t, x_t, generator=torch.Generator().manual_seed(4),
+                         prior_std=sigma).prev_sample
+    z = torch.randn(shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    abar = scheduler.alphas_cumprod.double()
+    beta = 1 - abar[t] / abar[t - 1]
+    mean = algorithm2_step(eps_hat, t, x_t, sigma, torch.zeros_like(z), scheduler.alphas_cumprod)
+    if variance_type == "learned":
+        std = predicted.sqrt()
+    else:
+        small = (1 - abar[t - 1]) / (1 - abar[t]) * beta
+        frac = (predicted + 1) / 2
+        std = torch.exp(0.5 * (frac * beta.log() + (1 - frac) * small.log()))
+    assert torch.allclose(out, mean + std * sigma * z, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("flag", [dict(clip_sample=True), dict(thresholding=True)])
+def test_step_with_prior_refuses_clipping_and_thresholding(flag):
+    """Clipping x_0 does not commute with the whitening that applies the prior: refused by name.
+    Without a prior the step clips as DDPMScheduler does."""
+    scheduler = LearnedPriorScheduler(**flag)
+    x = torch.randn(1, 1, 8) * 3
+    with pytest.raises(ValueError, match=next(iter(flag))):
+        scheduler.step(x, 5, x, prior_std=torch.ones_like(x))
+    stock = DDPMScheduler(**{"clip_sample": False, **flag})
+    a = scheduler.step(x, 5, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    b = stock.step(x, 5, x, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.equal(a, b)
+
+
+def test_step_with_prior_return_tuple():
+    scheduler = LearnedPriorScheduler()
+    x, sigma = torch.randn(1, 1, 32), torch.rand(1, 1, 32) + 0.1
+    as_dict = scheduler.step(x, 10, x, generator=torch.Generator().manual_seed(0), prior_std=sigma)
+    as_tuple = scheduler.step(x, 10, x, generator=torch.Generator().manual_seed(0), prior_std=sigma, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 2
+    assert torch.equal(as_tuple[0], as_dict.prev_sample) and torch.equal(as_tuple[1], as_dict.pred_original_sample)
+
+
 # ---------------------------------------------------------------------------- fast sampling
 
 
@@ -470,6 +739,33 @@ def test_fast_sampling_errors():
         scheduler.step(torch.zeros(1, 1, 4), 17.5, torch.zeros(1, 1, 4))
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_large"])
+def test_fast_sampling_is_the_ddpm_step_of_the_inference_schedule(prediction_type, variance_type):
+    """Fast sampling reuses DDPM's step: without a prior each step equals the installed DDPMScheduler
+    trained on the inference betas (its alphas_cumprod set to ours) stepped at the inference index."""
+    scheduler = LearnedPriorScheduler(num_train_timesteps=50, beta_start=1e-4, beta_end=0.035,
+                                      prediction_type=prediction_type, variance_type=variance_type)
+    scheduler.set_timesteps(inference_betas=FAST_INFERENCE_BETAS_6)
+    stock = DDPMScheduler(num_train_timesteps=len(FAST_INFERENCE_BETAS_6), trained_betas=list(FAST_INFERENCE_BETAS_6),
+                          prediction_type=prediction_type, variance_type=variance_type, clip_sample=False)
+    stock.alphas_cumprod = scheduler.inference_alphas_cumprod.clone()
+    assert torch.allclose(stock.alphas_cumprod, DDPMScheduler(trained_betas=list(FAST_INFERENCE_BETAS_6),
+                                                              num_train_timesteps=6).alphas_cumprod, atol=1e-6)
+    x = torch.randn(2, 1, 64)
+    gen_ours, gen_stock = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    for i, t in enumerate(scheduler.timesteps):
+        s = len(scheduler.timesteps) - 1 - i
+        out = torch.sin(x)
+        a = scheduler.step(out, t, x, generator=gen_ours)
+        b = stock.step(out, s, x, generator=gen_stock)
+        assert torch.equal(a.prev_sample, b.prev_sample) and torch.equal(a.pred_original_sample, b.pred_original_sample)
+        x = a.prev_sample
+    # Back to strided steps: the fast-sampling state is cleared.
+    scheduler.set_timesteps(5)
+    assert not scheduler.fast_sampling and scheduler.inference_alphas_cumprod is None
+
+
 def test_fractional_timesteps_is_identity_for_the_training_schedule():
     scheduler = cdiffuse_train_scheduler()
     steps = fractional_timesteps(scheduler.alphas_cumprod, scheduler.alphas_cumprod.double())
@@ -491,6 +787,26 @@ def test_whitened_ddpm_equals_learned_prior_step():
         b = whitened_step(stock, eps, t, x, sigma, generator=torch.Generator().manual_seed(int(t))).prev_sample
         assert torch.allclose(a, b, atol=1e-5)
         x = a
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_large", "learned_range"])
+def test_whitened_stock_ddpm_equals_learned_prior_step_for_other_variances(variance_type):
+    ours = LearnedPriorScheduler(variance_type=variance_type)
+    stock = DDPMScheduler(variance_type=variance_type, clip_sample=False)
+    for s in (ours, stock):
+        s.set_timesteps(25)
+    x = torch.randn(2, 3, 8, 8)
+    sigma = torch.rand(2, 3, 8, 8) + 0.1
+    for t in ours.timesteps[:4]:
+        out = torch.randn_like(x)
+        if variance_type == "learned_range":
+            out = torch.cat([out, torch.tanh(x)], dim=1)
+        a = ours.step(out, t, x, generator=torch.Generator().manual_seed(int(t)), prior_std=sigma).prev_sample
+        b = whitened_step(stock, out, t, x, sigma, generator=torch.Generator().manual_seed(int(t))).prev_sample
+        assert torch.equal(a, b)
+        x = a
+    with pytest.raises(ValueError, match="model_output"):
+        whitened_step(DDIMScheduler(clip_sample=False), torch.zeros(2, 6, 8, 8), 10, x, sigma)
 
 
 def ddim_closed_form(eps_hat, x_t, abar_t, abar_prev, eta, sigma, z):
