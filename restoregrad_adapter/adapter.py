@@ -23,7 +23,6 @@ mode                           prior std                                      lo
 
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Sequence
 
 import torch
@@ -32,7 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .loss import RestoreGradLoss, RestoreGradLossOutput
-from .scheduler import LearnedPriorScheduler, whitened_initial_sample, whitened_step
+from .scheduler import LearnedPriorScheduler
 
 MODES = ("restoregrad", "restoregrad_no_posterior", "priorgrad", "ddpm")
 
@@ -285,59 +284,44 @@ class RestoreGrad(nn.Module):
         inference_betas: Sequence[float] | None = None,
         scheduler=None,
         progress: bool = False,
-        **step_kwargs,
+        eta: float = 0.0,
+        patch_size: int | None = None,
+        stride: int | None = None,
+        patch_batch_size: int | None = None,
+        callback: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Restore ``y`` by reverse diffusion from the prior (paper Algorithm 2).
 
+        The library's one restoration loop, :func:`restoregrad_adapter.sampling.restore`; settings
+        left at None take the denoiser's integration defaults (listed there).
+
         Args:
             y: degraded signals ``(B, C, *spatial)``.
-            num_inference_steps: number of reverse steps (default: all training steps).
+            num_inference_steps: number of reverse steps (default: the integration's, else every
+                training step).
             generator: source of ``x_T`` and of every step's fresh noise.
             inference_betas: fast-sampling schedule (e.g. ``FAST_INFERENCE_BETAS_6``), instead of
-                ``num_inference_steps``; only with the adapter's own scheduler.
+                ``num_inference_steps``; only with a learned-prior scheduler.
             scheduler: any diffusers scheduler to sample with instead (DDIM, DPM-Solver++, ...),
-                through whitening; its ``clip_sample``/``thresholding`` must be off.
+                through whitening; same training schedule and prediction type as the adapter's,
+                ``clip_sample``/``thresholding`` off.
             progress: show a progress bar.
-            step_kwargs: passed to the scheduler's ``step`` (e.g. ``eta`` for DDIM).
+            eta: DDIM's eta, for schedulers whose ``step`` takes one.
+            patch_size, stride, patch_batch_size: restore images larger than ``patch_size`` from
+                overlapping patches (docs/design.md, "WeatherDiff's patch restoration").
+            callback: ``callback(k, x)`` with the reverse steps ``k`` still to run, from ``x_T``
+                (``k = S``) to the result (``k = 0``).
 
         Returns:
-            The restored signal, ``y``'s shape, float32.
+            The restored signal, ``y``'s shape, in ``y``'s precision (at least float32).
         """
+        from .sampling import restore
+
         self._check_condition(y)
-        sched = scheduler if scheduler is not None else self.scheduler
-        own = isinstance(sched, LearnedPriorScheduler)
-        if inference_betas is not None:
-            if not own:
-                raise ValueError("`inference_betas` needs a LearnedPriorScheduler; the given `scheduler` is a "
-                                 f"{type(sched).__name__}.")
-            sched.set_timesteps(inference_betas=inference_betas, device=y.device)
-        else:
-            steps = num_inference_steps if num_inference_steps is not None else sched.config.num_train_timesteps
-            sched.set_timesteps(steps, device=y.device)
-
-        prior_std = self.prior_std(y)
-        if own:
-            x = sched.sample_prior(prior_std, generator=generator)
-        else:
-            x = whitened_initial_sample(sched, prior_std, generator=generator)
-            if "generator" in inspect.signature(sched.step).parameters:
-                step_kwargs = {"generator": generator, **step_kwargs}
-
-        timesteps = sched.timesteps
-        if progress:
-            from tqdm.auto import tqdm
-
-            timesteps = tqdm(timesteps, desc="restoring", unit="step")
-        for t in timesteps:
-            t_batch = t.expand(y.shape[0]).to(y.device)
-            if own:
-                eps = self.denoiser(x, y, t_batch)
-                x = sched.step(eps, t, x, generator=generator, prior_std=prior_std, **step_kwargs).prev_sample
-            else:
-                model_input = sched.scale_model_input(x / prior_std, t) * prior_std
-                eps = self.denoiser(model_input, y, t_batch)
-                x = whitened_step(sched, eps.float(), t, x, prior_std, **step_kwargs).prev_sample
-        return x
+        return restore(self.denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler,
+                       num_inference_steps=num_inference_steps, inference_betas=inference_betas, eta=eta,
+                       generator=generator, patch_size=patch_size, stride=stride, patch_batch_size=patch_batch_size,
+                       progress=progress, callback=callback)
 
 
 __all__ = ["RestoreGrad", "MODES", "energy_prior"]

@@ -37,57 +37,43 @@ METADATA_KEYS = ("base_model", "base_model_revision", "training_data", "metrics"
 
 
 # ---------------------------------------------------------------------- integrations
-def _describe_denoiser(denoiser) -> tuple[str, nn.Module | Any, dict]:
-    """``(integration, the user's model inside the wrapper, wrapper arguments)``."""
-    from .integrations import cdiffuse, weatherdiff
-    from .integrations import diffusers as diffusers_integration
+def _describe_denoiser(denoiser):
+    """``(integration or None, the user's model inside the wrapper, wrapper arguments)``.
 
-    if isinstance(denoiser, diffusers_integration.ConcatConditionedDenoiser):
-        return "diffusers", denoiser.model, {}
-    if isinstance(denoiser, weatherdiff.WeatherDiffDenoiser):
-        return "weatherdiff", denoiser.model, {"patch_size": denoiser.patch_size}
-    if isinstance(denoiser, cdiffuse.CDiffuSEDenoiser):
-        return "cdiffuse", denoiser.model, {"peak_normalize": denoiser.peak_normalize}
-    return "custom", denoiser, {}
+    The integration is looked up in the registry (:mod:`restoregrad_adapter.integrations`); a
+    denoiser of no registered integration is saved as ``"custom"``, as it is.
+    """
+    from .integrations import find_integration
 
-
-def _rewrap(integration: str, model, kwargs: dict):
-    """The inverse of :func:`_describe_denoiser`: wrap the user's model for ``integration``."""
-    if integration == "custom":
-        return model
-    if integration == "diffusers":
-        from .integrations.diffusers import wrap
-    elif integration == "weatherdiff":
-        from .integrations.weatherdiff import wrap
-    elif integration == "cdiffuse":
-        from .integrations.cdiffuse import wrap
-    else:
-        raise ValueError(f"unknown integration {integration!r} in {CONFIG_NAME}; expected one of "
-                         "'diffusers', 'weatherdiff', 'cdiffuse', 'custom'.")
-    return wrap(model, **kwargs)
+    integration = find_integration(denoiser)
+    if integration is None:
+        return None, denoiser, {}
+    return integration, integration.model_of(denoiser), dict(integration.wrapper_kwargs(denoiser))
 
 
-def _adapter_class(integration: str):
-    from .adapter import RestoreGrad
+def integration_of(config: dict):
+    """The registered integration an adapter config names (None for ``"custom"``)."""
+    from .integrations import get_integration
 
-    if integration == "cdiffuse":
-        from .integrations.cdiffuse import CDiffuSERestoreGrad
+    name = config.get("integration")
+    if name == "custom":
+        return None
+    if not isinstance(name, str):
+        raise ValueError(f"{CONFIG_NAME} has no integration name (got {name!r}).")
+    return get_integration(name, module=config.get("integration_module"))
 
-        return CDiffuSERestoreGrad
-    return RestoreGrad
 
-
-def _unwrap_user_model(integration: str, denoiser):
-    """Accept either the user's raw model or an already wrapped one as ``denoiser=``."""
+def _unwrap_user_model(integration, denoiser):
+    """The user's model in ``denoiser``, which may be the bare model or already wrapped for ``integration``."""
     found, inner, _ = _describe_denoiser(denoiser)
-    if found != "custom" and found != integration:
-        raise ValueError(f"`denoiser` is wrapped for the {found!r} integration, but the adapter was saved "
-                         f"for {integration!r}.")
-    return inner if found == integration else denoiser
+    if found is not None and found is not integration:
+        expected = integration.name if integration is not None else "custom"
+        raise ValueError(f"`denoiser` is wrapped for the {found.name!r} integration, but the adapter was saved "
+                         f"for {expected!r}.")
+    return inner if found is not None else denoiser
 
 
-# ---------------------------------------------------------------------- saving
-def _config_for(adapter, integration: str, model, wrapper_kwargs: dict, extra: dict) -> dict:
+def _config_for(adapter, integration, model, wrapper_kwargs: dict, extra: dict) -> dict:
     from . import __version__
 
     prior = adapter.prior_net
@@ -97,7 +83,8 @@ def _config_for(adapter, integration: str, model, wrapper_kwargs: dict, extra: d
         "format_version": FORMAT_VERSION,
         "library_version": __version__,
         "adapter_class": type(adapter).__name__,
-        "integration": integration,
+        "integration": integration.name if integration is not None else "custom",
+        "integration_module": integration.module if integration is not None else None,
         "integration_kwargs": wrapper_kwargs,
         "signal_kind": {1: "waveform", 2: "image"}.get(dims),
         "channels": channels,
@@ -143,7 +130,7 @@ def save_pretrained(adapter, save_directory: str | os.PathLike, include_posterio
 
     target = Path(save_directory)
     integration, model, wrapper_kwargs = _describe_denoiser(adapter.denoiser)
-    if integration == "custom" and not isinstance(model, nn.Module):
+    if integration is None and not isinstance(model, nn.Module):
         raise ValueError("the adapter's denoiser is a plain callable, not an nn.Module: its weights cannot be saved.")
     config = _config_for(adapter, integration, model, wrapper_kwargs, metadata)
     if not include_posterior:
@@ -162,7 +149,7 @@ def save_pretrained(adapter, save_directory: str | os.PathLike, include_posterio
             (staging / "denoiser").mkdir()
             save_model(model, str(staging / "denoiser" / STATE_DICT_NAME))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if integration == "diffusers" and config["denoiser_format"] == "diffusers":
+        if integration is not None and integration.pipeline_compatible and config["denoiser_format"] == "diffusers":
             index = pipeline_index(model, adapter.prior_net, adapter.scheduler)
             (staging / PIPELINE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         user_readme = target / "README.md"
@@ -239,12 +226,7 @@ def model_card(config: dict) -> str:
     else:
         usage += ["model = ...  # your " + str(config.get("denoiser_class")) + " object, built as for training",
                   'adapter = RestoreGrad.from_pretrained("REPO_ID", denoiser=model)']
-    if config["integration"] == "weatherdiff":
-        usage += ["from restoregrad_adapter.integrations.weatherdiff import restore_image",
-                  "restored = restore_image(adapter, degraded, patch_size="
-                  f"{config['integration_kwargs'].get('patch_size', 64)})"]
-    else:
-        usage.append("restored = adapter.restore(degraded, num_inference_steps=10)")
+    usage.append("restored = adapter.restore(degraded)  # the integration's default sampler and settings")
     usage.append("```")
     return "\n".join(lines + usage) + "\n"
 
@@ -395,18 +377,10 @@ def _load_diffusers_model(folder: Path, library: str, class_name: str):
     return _load_encoder(cls, folder, "denoiser")
 
 
-def _check_fits(config: dict, model) -> None:
-    """The given or rebuilt denoiser must take the adapter's signal: channels and kind."""
-    channels = config.get("channels")
-    model_config = getattr(model, "config", None)
-    in_channels = getattr(model_config, "in_channels", None)
-    if config["integration"] in ("diffusers", "weatherdiff") and in_channels is not None and channels is not None:
-        if in_channels != 2 * channels:
-            raise ValueError(f"the adapter is for {channels}-channel {config.get('signal_kind')}s (the denoiser "
-                             f"must take {2 * channels} input channels: x_t and y), but `denoiser` takes {in_channels}.")
-    if config["integration"] == "cdiffuse" and config.get("signal_kind") != "waveform":
-        raise ValueError("a CDiffuSE adapter must be for waveforms; the config says "
-                         f"{config.get('signal_kind')!r}.")
+def _check_fits(integration, config: dict, model) -> None:
+    """The given or rebuilt denoiser must take the adapter's signal (the integration's own check)."""
+    if integration is not None and integration.check_model is not None:
+        integration.check_model(config, model)
 
 
 def from_pretrained(cls, pretrained: str | os.PathLike, denoiser=None, revision: str | None = None,
@@ -430,7 +404,7 @@ def from_pretrained(cls, pretrained: str | os.PathLike, denoiser=None, revision:
                             local_files_only=local_files_only)
     config = read_config(folder)
     _check_files(folder, config)
-    integration = config["integration"]
+    integration = integration_of(config)
     prior = _load_encoder(PriorNet, folder, "prior_net")
     posterior = None
     if load_posterior and config.get("has_posterior_net"):
@@ -446,23 +420,29 @@ def from_pretrained(cls, pretrained: str | os.PathLike, denoiser=None, revision:
         model = _unwrap_user_model(integration, denoiser)
         if not isinstance(model, nn.Module):
             raise ValueError(f"`denoiser` must be an nn.Module to load weights into, got {type(model).__name__}.")
-        _check_fits(config, model)
+        _check_fits(integration, config, model)
         if config["denoiser_format"] == "diffusers":
             weights = _load_diffusers_model(folder, config["denoiser_library"], config["denoiser_class"])
             model.load_state_dict(weights.state_dict(), strict=True)
             _own_memory(model)
         else:
             _load_state_dict_strictly(model, folder / "denoiser" / STATE_DICT_NAME)
-    _check_fits(config, model)
+    _check_fits(integration, config, model)
     if prior.config.dims != {"waveform": 1, "image": 2}.get(config.get("signal_kind"), prior.config.dims):
         raise ValueError(f"{CONFIG_NAME} says {config.get('signal_kind')!r} but the Prior Net is {prior.config.dims}-D.")
 
-    adapter_cls = cls if cls is not None and issubclass(cls, _adapter_class(integration)) else _adapter_class(integration)
+    # The integration's adapter class (CDiffuSE's has its own forward process), unless `cls` specialises it.
+    adapter_cls = integration.get_adapter_class() if integration is not None else None
+    if adapter_cls is None or issubclass(cls, adapter_cls):
+        adapter_cls = cls
     saved_mode = mode if mode is not None else config.get("mode", "restoregrad")
-    adapter = adapter_cls(_rewrap(integration, model, config.get("integration_kwargs") or {}), prior, posterior,
-                          scheduler=scheduler, loss=RestoreGradLoss(latent_weight=config["latent_weight"],
-                                                                prior_matching_weight=config["prior_matching_weight"]),
-                          mode=saved_mode)
+    wrapper_kwargs = config.get("integration_kwargs") or {}
+    if not isinstance(wrapper_kwargs, dict):
+        raise ValueError(f"{CONFIG_NAME}: `integration_kwargs` must be a JSON object, got {wrapper_kwargs!r}.")
+    denoiser = integration.wrap(model, **wrapper_kwargs) if integration is not None else model
+    loss = RestoreGradLoss(latent_weight=config.get("latent_weight", config.get("eta")),  # format 1 wrote eta/lam
+                           prior_matching_weight=config.get("prior_matching_weight", config.get("lam")))
+    adapter = adapter_cls(denoiser, prior, posterior, scheduler=scheduler, loss=loss, mode=saved_mode)
     adapter.hub_config = config
     return adapter
 

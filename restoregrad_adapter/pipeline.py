@@ -7,7 +7,8 @@ The pipeline holds the three parts a restoration needs (the Posterior Net is for
 - ``prior_net``: the :class:`~restoregrad_adapter.PriorNet`, ``sigma_prior = prior_net(y)``;
 - ``scheduler``: the adapter's :class:`~restoregrad_adapter.LearnedPriorScheduler` (paper Algorithm 2),
   or any stock diffusers scheduler, which then samples the learned prior by whitening
-  (DESIGN.md: divide ``x_t`` and the noise estimate by sigma, take the stock step, multiply back).
+  (docs/design.md, "Whitening": divide ``x_t`` and the noise estimate by sigma, take the stock step,
+  multiply back).
 
 An adapter folder written by ``RestoreGrad.save_pretrained`` for a diffusers UNet carries a
 ``model_index.json`` naming these components, so it loads with
@@ -15,7 +16,9 @@ An adapter folder written by ``RestoreGrad.save_pretrained`` for a diffusers UNe
 
 Images larger than the UNet's ``sample_size`` are restored from overlapping patches (WeatherDiff,
 Ozdenizci & Legenstein 2023): at each step the noise estimate is the per-pixel mean of the patch
-estimates, and the prior is one sigma map for the whole image.
+estimates, and the prior is one sigma map for the whole image. The pipeline is a shell over the
+library's one restoration loop, :func:`restoregrad_adapter.sampling.restore`, with the diffusers
+integration's defaults.
 
 Only absolute imports are used here: diffusers' ``custom_pipeline=`` loader executes a copy of this
 file outside the package (see the end of the module and docs/pipeline.md).
@@ -23,8 +26,6 @@ file outside the package (see the end of the module and docs/pipeline.md).
 
 from __future__ import annotations
 
-import inspect
-import math
 import os
 from pathlib import Path
 
@@ -35,21 +36,13 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineO
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from restoregrad_adapter.encoders import PriorNet
-from restoregrad_adapter.hub import CONFIG_NAME, PIPELINE_INDEX_NAME, read_config
-from restoregrad_adapter.integrations.diffusers import ConcatConditionedDenoiser
-from restoregrad_adapter.integrations.weatherdiff import _averaged_eps, _corners, _reflect_pad_to, overlap_counts
-from restoregrad_adapter.scheduler import (LearnedPriorScheduler, _check_no_clipping, check_prior_std,
-                                           scale_model_input_whitened, whitened_initial_sample, whitened_step)
+from restoregrad_adapter.hub import CONFIG_NAME, PIPELINE_INDEX_NAME, integration_of, read_config
+from restoregrad_adapter.integrations import find_integration, registered_integrations
+from restoregrad_adapter.sampling import _check_positive_int, restore
+from restoregrad_adapter.scheduler import LearnedPriorScheduler, _check_no_clipping
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 _PIL_MODES = {1: "L", 3: "RGB"}
-
-
-def _check_positive_int(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
 
 
 def _align_cpu_tensors(module: torch.nn.Module) -> None:
@@ -163,6 +156,11 @@ def postprocess(images: torch.Tensor, output_type: str):
     return [Image.fromarray(p[..., 0] if p.shape[-1] == 1 else p) for p in pixels]  # mode "L" or "RGB"
 
 
+def _pipeline_integration():
+    """The registered integration whose adapter folders are pipelines (diffusers models, concatenation)."""
+    return next(i for i in registered_integrations().values() if i.pipeline_compatible)
+
+
 class RestoreGradPipeline(DiffusionPipeline):
     """Restore degraded images with a diffusers UNet and RestoreGrad's learned prior.
 
@@ -198,7 +196,8 @@ class RestoreGradPipeline(DiffusionPipeline):
         folder = Path(pretrained_model_name_or_path)
         if folder.is_dir() and not (folder / PIPELINE_INDEX_NAME).is_file() and (folder / CONFIG_NAME).is_file():
             config = read_config(folder)
-            if config.get("integration") != "diffusers" or config.get("denoiser_format") != "diffusers":
+            integration = integration_of(config)
+            if integration is None or not integration.pipeline_compatible or config.get("denoiser_format") != "diffusers":
                 raise ValueError(
                     f"{folder} holds a RestoreGrad adapter of the {config.get('integration')!r} integration whose "
                     f"denoiser ({config.get('denoiser_class')}, saved as {config.get('denoiser_format')}) is not a "
@@ -218,7 +217,7 @@ class RestoreGradPipeline(DiffusionPipeline):
             raise ValueError("`prior_net` must be a 2-D PriorNet (images), got "
                              f"{type(self.prior_net).__name__} with dims={getattr(prior_config, 'dims', None)!r}.")
         channels = prior_config.in_channels
-        if isinstance(self.denoiser, ConcatConditionedDenoiser):
+        if find_integration(self.denoiser) is not None:
             raise ValueError("`denoiser` must be the diffusers model itself, not its RestoreGrad wrapper: pass "
                              "`wrapper.model` (e.g. `adapter.denoiser.model`).")
         unet_config = getattr(self.denoiser, "config", None)
@@ -237,15 +236,6 @@ class RestoreGradPipeline(DiffusionPipeline):
         if not isinstance(self.scheduler, LearnedPriorScheduler):
             _check_no_clipping(self.scheduler)  # clipping would act in whitened units
         return channels
-
-    def _patch_size(self, patch_size: int | None, height: int, width: int) -> int | None:
-        """The patch side for an image of ``height x width``, or None for the whole-image loop."""
-        if patch_size is None:
-            sample_size = getattr(getattr(self.denoiser, "config", None), "sample_size", None)
-            if sample_size is None:
-                return None
-            patch_size = min(sample_size) if isinstance(sample_size, (list, tuple)) else int(sample_size)
-        return patch_size if height > patch_size or width > patch_size else None
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -287,72 +277,19 @@ class RestoreGradPipeline(DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        _check_positive_int("num_inference_steps", num_inference_steps)
-        _check_positive_int("patch_size", patch_size, allow_none=True)
-        _check_positive_int("stride", stride, allow_none=True)
-        _check_positive_int("patch_batch_size", patch_batch_size)
-        if patch_size is not None and stride is not None and stride > patch_size:
-            raise ValueError(f"`stride` = {stride} exceeds `patch_size` = {patch_size}; the patches would leave gaps.")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < math.inf:
-            raise ValueError(f"`eta` must be a finite number >= 0, got {eta!r}.")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
+        _check_positive_int("num_inference_steps", num_inference_steps, allow_none=False)
         channels = self._check_components()
         scheduler = self.scheduler
-        train_steps = scheduler.config.num_train_timesteps
-        if num_inference_steps > train_steps:
-            raise ValueError(f"`num_inference_steps` = {num_inference_steps} exceeds the scheduler's "
-                             f"num_train_timesteps = {train_steps}.")
-        own = isinstance(scheduler, LearnedPriorScheduler)
-        step_parameters = inspect.signature(scheduler.step).parameters
-        step_kwargs = {}
-        if "eta" in step_parameters:
-            step_kwargs["eta"] = float(eta)
-        elif eta != 0:
-            raise ValueError(f"`eta` = {eta} applies to DDIM-type schedulers; {type(scheduler).__name__}.step "
-                             "takes none.")
-        if not own and "generator" in step_parameters:
-            step_kwargs["generator"] = generator
-
         device = self._execution_device
         y = preprocess(degraded, channels).to(device)
-        height, width = y.shape[-2:]
-        batch = y.shape[0]
-        p = self._patch_size(patch_size, height, width)
-        denoiser = ConcatConditionedDenoiser(self.denoiser)
 
-        if p is None:
-            y_full = y
+        def prior(image: torch.Tensor) -> torch.Tensor:  # one sigma map for the whole (padded) image
+            return self.prior_net(image.to(self.prior_net.dtype)).float()
 
-            def noise_estimate(x_t, t):
-                return denoiser(x_t, y, t.expand(batch).to(device))
-        else:
-            r = stride if stride is not None else max(1, p // 4)
-            if r > p:
-                raise ValueError(f"`stride` = {r} exceeds the patch size {p}; the patches would leave gaps.")
-            y_full = _reflect_pad_to(y, p)  # sides shorter than p
-            corners = _corners(y_full.shape[-2], y_full.shape[-1], p, r)
-            counts = overlap_counts(y_full.shape[-2], y_full.shape[-1], p, r).to(device)
-
-            def noise_estimate(x_t, t):
-                return _averaged_eps(denoiser, x_t, y_full, t, corners, p, patch_batch_size, counts)
-
-        # One prior for the whole (padded) image: Sigma_prior = diag(sigma**2).
-        sigma = self.prior_net(y_full.to(self.prior_net.dtype)).float()
-        check_prior_std(sigma, y_full, name="prior_net(degraded)")
-        scheduler.set_timesteps(num_inference_steps, device=device)
-        if own:
-            x = scheduler.sample_prior(sigma, generator=generator)  # x_T = sigma * z
-        else:
-            x = whitened_initial_sample(scheduler, sigma, generator=generator)
-        for t in self.progress_bar(scheduler.timesteps):
-            if own:
-                eps = noise_estimate(x, t)
-                x = scheduler.step(eps, t, x, generator=generator, prior_std=sigma).prev_sample
-            else:
-                eps = noise_estimate(scale_model_input_whitened(scheduler, x, t, sigma), t)
-                x = whitened_step(scheduler, eps.float(), t, x, sigma, **step_kwargs).prev_sample
-        images = postprocess(x[..., :height, :width], output_type)
+        x = restore(_pipeline_integration().wrap(self.denoiser), y, prior, scheduler, num_inference_steps=num_inference_steps,
+                    eta=eta, generator=generator, patch_size=patch_size, stride=stride,
+                    patch_batch_size=patch_batch_size, progress=not self._progress_bar_config.get("disable", False))
+        images = postprocess(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)

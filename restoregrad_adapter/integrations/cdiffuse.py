@@ -44,12 +44,14 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from restoregrad_adapter import sampling
 from restoregrad_adapter.adapter import RestoreGrad
+from restoregrad_adapter.integrations import Integration, register_integration
 from restoregrad_adapter.loss import RestoreGradLoss
 from restoregrad_adapter.scheduler import (
     FAST_INFERENCE_BETAS_6,
     LearnedPriorScheduler,
-    check_prior_std,
+    LearnedPriorSchedulerOutput,
     fractional_timesteps,
 )
 
@@ -66,7 +68,9 @@ __all__ = [
     "forward_coefficients",
     "CDiffuSESchedule",
     "reverse_schedule",
+    "CDiffuSEScheduler",
     "CDiffuSERestoreGrad",
+    "training_betas",
     "load_checkpoint",
 ]
 
@@ -325,6 +329,89 @@ def reverse_schedule(training_betas: Sequence[float] | torch.Tensor,
                             delta_bar=delta_bar, timesteps=timesteps)
 
 
+def training_betas(scheduler: LearnedPriorScheduler) -> torch.Tensor:
+    """A training scheduler's betas in float64 (recomputed from the config for a linear schedule)."""
+    config = scheduler.config
+    if config.trained_betas is None and config.beta_schedule == "linear" and not config.rescale_betas_zero_snr:
+        return torch.from_numpy(np.linspace(config.beta_start, config.beta_end, config.num_train_timesteps))
+    return scheduler.betas.double()
+
+
+class CDiffuSEScheduler:
+    """CDiffuSE's conditional reverse process as a learned-prior scheduler for the restoration loop.
+
+    ``x_{t-1} = c1 x_t + c2 y - c3 C_hat + sqrt(delta_bar) sigma_prior z`` with the coefficients of
+    :func:`reverse_schedule` (docs/design.md, "CDiffuSE's conditional process"); the chain starts
+    from ``x_N = sqrt(abar_N) y + sqrt(delta_N) sigma_prior z`` (``initial="prior"``, eq. 10 with the
+    learned covariance) or from ``x_N = y`` (``initial="noisy"``, the released inference code). The
+    model is evaluated at the fractional training step with the same ``sqrt(abar)``
+    (``self.timesteps``). It works in the sample's precision (at least float32).
+
+    Args:
+        training_scheduler: the adapter's training schedule (CDiffuSE: 50 linear steps).
+        initial: ``"prior"`` or ``"noisy"``.
+        clamp: clip to [-1, 1] after every step (and the initial sample), as the released code does.
+    """
+
+    needs_condition = True
+    order = 1
+
+    def __init__(self, training_scheduler: LearnedPriorScheduler, initial: str = "prior", clamp: bool = False):
+        if initial not in ("prior", "noisy"):
+            raise ValueError(f"`initial` must be 'prior' or 'noisy', got {initial!r}.")
+        self.config = training_scheduler.config
+        self.alphas_cumprod = training_scheduler.alphas_cumprod
+        self.training_betas = training_betas(training_scheduler)
+        self.initial = initial
+        self.clamp = bool(clamp)
+        self.schedule: CDiffuSESchedule | None = None
+        self.timesteps = torch.empty(0)
+        self._step_index = 0
+
+    def set_timesteps(self, num_inference_steps: int | None = None, device=None,
+                      inference_betas: Sequence[float] | None = None) -> None:
+        """Every training step (``num_inference_steps`` = T), or the fast schedule ``inference_betas``."""
+        T = len(self.training_betas)
+        if inference_betas is None and num_inference_steps != T:
+            raise ValueError(f"CDiffuSE's reverse process runs every training step (num_inference_steps={T}) or a "
+                             f"fast schedule (`inference_betas`), got num_inference_steps={num_inference_steps!r}.")
+        self.schedule = reverse_schedule(self.training_betas, inference_betas)
+        self.timesteps = self.schedule.timesteps.flip(0).to(device)
+        self._step_index = 0
+
+    def _clamped(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(-1.0, 1.0) if self.clamp else x
+
+    def sample_prior(self, prior_std: torch.Tensor, generator: torch.Generator | None = None,
+                     condition: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_N`` for the condition ``y`` (``condition``); ``prior_std`` has its shape and precision."""
+        if condition is None:
+            raise ValueError("CDiffuSE's reverse process needs the noisy signal: pass `condition=y`.")
+        self._step_index = 0
+        if self.initial == "noisy":
+            return self._clamped(condition.clone())
+        z = randn_tensor(condition.shape, generator=generator, device=condition.device, dtype=prior_std.dtype)
+        schedule = self.schedule
+        x = schedule.alphas_cumprod[-1].sqrt().item() * condition + schedule.delta[-1].sqrt().item() * (prior_std * z)
+        return self._clamped(x)
+
+    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, prior_std: torch.Tensor,
+             condition: torch.Tensor, generator: torch.Generator | None = None) -> LearnedPriorSchedulerOutput:
+        """One reverse step ``x_t -> x_{t-1}`` (``timestep``: the current entry of ``self.timesteps``)."""
+        if model_output.shape != sample.shape:
+            raise ValueError(f"the denoiser returned shape {tuple(model_output.shape)}, expected "
+                             f"{tuple(sample.shape)}.")
+        n = len(self.timesteps) - 1 - self._step_index
+        schedule = self.schedule
+        x = (schedule.c1[n].item() * sample + schedule.c2[n].item() * condition
+             - schedule.c3[n].item() * model_output.to(sample.dtype))
+        if n > 0:
+            z = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+            x = x + schedule.delta_bar[n].sqrt().item() * (prior_std * z)
+        self._step_index += 1
+        return LearnedPriorSchedulerOutput(prev_sample=self._clamped(x))
+
+
 # ---------------------------------------------------------------------- the adapter
 class CDiffuSERestoreGrad(RestoreGrad):
     """RestoreGrad with CDiffuSE's conditional diffusion (training and sampling).
@@ -380,10 +467,7 @@ class CDiffuSERestoreGrad(RestoreGrad):
     # ------------------------------------------------------------------ schedule
     def training_betas(self) -> torch.Tensor:
         """The training betas in float64 (recomputed from the config for a linear schedule)."""
-        config = self.scheduler.config
-        if config.trained_betas is None and config.beta_schedule == "linear" and not config.rescale_betas_zero_snr:
-            return torch.from_numpy(np.linspace(config.beta_start, config.beta_end, config.num_train_timesteps))
-        return self.scheduler.betas.double()
+        return training_betas(self.scheduler)
 
     def reverse_schedule(self, inference_betas: Sequence[float] | None = FAST_INFERENCE_BETAS_6) -> CDiffuSESchedule:
         """:func:`reverse_schedule` for this adapter's training schedule."""
@@ -453,49 +537,20 @@ class CDiffuSERestoreGrad(RestoreGrad):
             The enhanced waveforms, ``y``'s shape, in ``y``'s precision (at least float32).
         """
         self._check_condition(y)
-        if initial not in ("prior", "noisy"):
-            raise ValueError(f"`initial` must be 'prior' or 'noisy', got {initial!r}.")
         weight = NOISY_MIX_WEIGHT if mix_noisy is True else float(mix_noisy)
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"`mix_noisy` must be a bool or a weight in [0, 1], got {mix_noisy!r}.")
-        schedule = self.reverse_schedule(inference_betas)
-        dtype = torch.promote_types(y.dtype, torch.float32)
-        y = y.to(dtype)
-        sigma = self.prior_std(y.float())  # the encoders run in float32
-        check_prior_std(sigma, y)
-        sigma = sigma.to(dtype)
-
-        def fresh_noise() -> torch.Tensor:
-            return sigma * randn_tensor(y.shape, generator=generator, device=y.device, dtype=dtype)
-
-        N = len(schedule)
-        if initial == "prior":
-            x = schedule.alphas_cumprod[-1].sqrt().item() * y + schedule.delta[-1].sqrt().item() * fresh_noise()
+        scheduler = CDiffuSEScheduler(self.scheduler, initial=initial, clamp=clamp)
+        if inference_betas is None:  # every training step
+            x = sampling.restore(self.denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler,
+                                 num_inference_steps=self.scheduler.config.num_train_timesteps, generator=generator,
+                                 progress=progress, callback=callback)
         else:
-            x = y.clone()
-        if clamp:
-            x = x.clamp(-1.0, 1.0)
-        if callback is not None:
-            callback(N, x)
-        steps = range(N - 1, -1, -1)
-        if progress:
-            from tqdm.auto import tqdm
-
-            steps = tqdm(steps, desc="restoring", unit="step")
-        for n in steps:
-            t = torch.full((y.shape[0],), schedule.timesteps[n].item(), dtype=dtype, device=y.device)
-            prediction = self.denoiser(x, y, t)
-            if prediction.shape != x.shape:
-                raise ValueError(f"the denoiser returned shape {tuple(prediction.shape)}, expected {tuple(x.shape)}.")
-            x = schedule.c1[n].item() * x + schedule.c2[n].item() * y - schedule.c3[n].item() * prediction.to(dtype)
-            if n > 0:
-                x = x + schedule.delta_bar[n].sqrt().item() * fresh_noise()
-            if clamp:
-                x = x.clamp(-1.0, 1.0)
-            if callback is not None:
-                callback(n, x)
+            x = sampling.restore(self.denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler,
+                                 inference_betas=inference_betas, generator=generator, progress=progress,
+                                 callback=callback)
         if weight:
-            x = (1 - weight) * x + weight * y
+            x = (1 - weight) * x + weight * y.to(x.dtype)
             if clamp:
                 x = x.clamp(-1.0, 1.0)
         return x
@@ -574,3 +629,21 @@ def load_checkpoint(model: nn.Module, path) -> int | None:
     if isinstance(step, torch.Tensor):
         step = step.item()
     return None if step is None else int(step)
+
+
+# ---------------------------------------------------------------------- registration
+def _check_model(config: dict, model) -> None:
+    if config.get("signal_kind") != "waveform":
+        raise ValueError(f"a CDiffuSE adapter must be for waveforms; the config says {config.get('signal_kind')!r}.")
+
+
+register_integration(Integration(
+    name="cdiffuse",
+    wrapper_class=CDiffuSEDenoiser,
+    wrap=wrap,
+    wrapper_kwargs=lambda wrapper: {"peak_normalize": wrapper.peak_normalize},
+    restoration_defaults=lambda wrapper: sampling.RestorationDefaults(
+        inference_betas=FAST_INFERENCE_BETAS_6, length_multiple=HOP_LENGTH, make_scheduler=CDiffuSEScheduler),
+    adapter_class=lambda: CDiffuSERestoreGrad,
+    check_model=_check_model,
+))

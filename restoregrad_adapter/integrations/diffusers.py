@@ -14,6 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from restoregrad_adapter.integrations import Integration, register_integration
+from restoregrad_adapter.sampling import RestorationDefaults
+
 
 class ConcatConditionedDenoiser(nn.Module):
     """``eps(x_t, y, t) = model(cat([x_t, y], 1), t).sample``.
@@ -79,3 +82,29 @@ def widen_conv_in(model: nn.Module, condition_channels: int) -> nn.Module:
 
 
 __all__ = ["ConcatConditionedDenoiser", "wrap", "widen_conv_in"]
+
+
+# ---------------------------------------------------------------------- registration
+def _check_model(config: dict, model) -> None:
+    channels = config.get("channels")
+    in_channels = getattr(getattr(model, "config", None), "in_channels", None)
+    if in_channels is not None and channels is not None and in_channels != 2 * channels:
+        raise ValueError(f"the adapter is for {channels}-channel {config.get('signal_kind')}s (the denoiser must take "
+                         f"{2 * channels} input channels: x_t and y), but `denoiser` takes {in_channels}.")
+
+
+def _restoration_defaults(wrapper: ConcatConditionedDenoiser) -> RestorationDefaults:
+    # Images larger than the UNet's sample_size are restored from overlapping patches of that size.
+    sample_size = getattr(getattr(wrapper.model, "config", None), "sample_size", None)
+    patch_size = min(sample_size) if isinstance(sample_size, (list, tuple)) else sample_size
+    return RestorationDefaults(num_inference_steps=10, patch_size=int(patch_size) if patch_size else None)
+
+
+register_integration(Integration(
+    name="diffusers",
+    wrapper_class=ConcatConditionedDenoiser,
+    wrap=wrap,
+    restoration_defaults=_restoration_defaults,
+    check_model=_check_model,
+    pipeline_compatible=True,
+))

@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import os
 import pickle
 from typing import Iterable
 
+from restoregrad_adapter.integrations import Integration, register_integration
+from restoregrad_adapter.patches import averaged_patch_eps, grid_positions, overlap_counts  # noqa: F401 (re-exported)
+from restoregrad_adapter.sampling import RestorationDefaults
+
 import torch
-import torch.nn.functional as F
+from diffusers import DDIMScheduler
 from torch import nn
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "overlap_counts",
     "sampling_timesteps",
     "ddim_scheduler",
+    "WeatherDiffDDIMScheduler",
     "averaged_patch_eps",
     "restore_image",
     "load_checkpoint",
@@ -194,33 +198,6 @@ def antithetic_timesteps(
     return t.to(device) if device is not None else t
 
 
-# ---------------------------------------------------------------------- the patch grid
-def grid_positions(size: int, patch_size: int, stride: int) -> list[int]:
-    """Start offsets of the patches along one axis of length ``size >= patch_size``.
-
-    WeatherDiff's grid ``0, r, 2r, ... <= size - p``, plus a last patch flush with the border,
-    ``size - p``, whenever the grid stops short of it, so every pixel is covered.
-    """
-    size = _check_positive_int("size", size)
-    p = _check_positive_int("patch_size", patch_size)
-    r = _check_positive_int("stride", stride)
-    if size < p:
-        raise ValueError(f"`size` = {size} is smaller than `patch_size` = {p}; pad the image first.")
-    positions = list(range(0, size - p + 1, r))
-    if positions[-1] != size - p:
-        positions.append(size - p)
-    return positions
-
-
-def overlap_counts(height: int, width: int, patch_size: int, stride: int) -> torch.Tensor:
-    """How many grid patches cover each pixel: a ``(height, width)`` float tensor (all >= 1)."""
-    counts = torch.zeros(height, width)
-    for i in grid_positions(height, patch_size, stride):
-        for j in grid_positions(width, patch_size, stride):
-            counts[i:i + patch_size, j:j + patch_size] += 1
-    return counts
-
-
 # ---------------------------------------------------------------------- the sampler
 def sampling_timesteps(num_train_timesteps: int, num_inference_steps: int) -> list[int]:
     """WeatherDiff's DDIM timesteps, descending: ``reversed(range(0, T, T // S))``.
@@ -235,8 +212,21 @@ def sampling_timesteps(num_train_timesteps: int, num_inference_steps: int) -> li
     return list(reversed(range(0, T, T // S)))
 
 
-def ddim_scheduler(scheduler):
-    """The ``diffusers.DDIMScheduler`` of WeatherDiff's sampler for a ``LearnedPriorScheduler``.
+class WeatherDiffDDIMScheduler(DDIMScheduler):
+    """``diffusers.DDIMScheduler`` whose ``set_timesteps(S)`` sets WeatherDiff's :func:`sampling_timesteps`.
+
+    DDIM's step goes from t to ``t - T // S``, the original's spacing; only the list may be longer
+    than S (when S does not divide T). Build it with :func:`ddim_scheduler`.
+    """
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
+        super().set_timesteps(num_inference_steps, device=device)
+        steps = sampling_timesteps(self.config.num_train_timesteps, num_inference_steps)
+        self.timesteps = torch.tensor(steps, dtype=torch.int64, device=device)
+
+
+def ddim_scheduler(scheduler) -> WeatherDiffDDIMScheduler:
+    """The DDIM scheduler of WeatherDiff's sampler for a ``LearnedPriorScheduler``.
 
     Built from ``scheduler.config`` with ``clip_sample=False`` (the original never clips the x_0
     estimate, and whitening needs it off), ``set_alpha_to_one=True`` (the last step goes to
@@ -244,8 +234,6 @@ def ddim_scheduler(scheduler):
     Training schedules that DDIM cannot build by name are passed as ``trained_betas``; either way
     the DDIM ``alphas_cumprod`` equal the scheduler's exactly.
     """
-    from diffusers import DDIMScheduler
-
     config = scheduler.config
     if config.get("prediction_type", "epsilon") != "epsilon":
         raise ValueError("WeatherDiff's sampler needs an epsilon-prediction schedule, got "
@@ -267,125 +255,14 @@ def ddim_scheduler(scheduler):
     ddim = None
     if kwargs["trained_betas"] is not None or kwargs["beta_schedule"] in ("linear", "scaled_linear",
                                                                          "squaredcos_cap_v2"):
-        ddim = DDIMScheduler(**kwargs)
+        ddim = WeatherDiffDDIMScheduler(**kwargs)
     reference = scheduler.alphas_cumprod.cpu()
     if ddim is None or not torch.equal(ddim.alphas_cumprod.cpu(), reference):
         kwargs.update(trained_betas=scheduler.betas.cpu().tolist(), rescale_betas_zero_snr=False)
-        ddim = DDIMScheduler(**kwargs)
+        ddim = WeatherDiffDDIMScheduler(**kwargs)
     if not torch.equal(ddim.alphas_cumprod.cpu(), reference):  # pragma: no cover - defensive
         raise ValueError("could not build a DDIMScheduler with the scheduler's alphas_cumprod.")
     return ddim
-
-
-def _reflect_pad_to(y: torch.Tensor, size: int) -> torch.Tensor:
-    """Pad ``y`` at the bottom and right by reflection until both sides are at least ``size``.
-
-    Reflection needs the pad to be smaller than the side, so very small images are reflected
-    repeatedly; a side of one pixel is repeated.
-    """
-    while y.shape[-2] < size or y.shape[-1] < size:
-        height, width = y.shape[-2:]
-        pad_h = 0 if height >= size else (size - height if height == 1 else min(size - height, height - 1))
-        pad_w = 0 if width >= size else (size - width if width == 1 else min(size - width, width - 1))
-        if pad_h:
-            y = F.pad(y, (0, 0, 0, pad_h), mode="replicate" if height == 1 else "reflect")
-        if pad_w:
-            y = F.pad(y, (0, pad_w, 0, 0), mode="replicate" if width == 1 else "reflect")
-    return y
-
-
-def _corners(height: int, width: int, patch_size: int, stride: int) -> list[tuple[int, int]]:
-    rows = grid_positions(height, patch_size, stride)
-    cols = grid_positions(width, patch_size, stride)
-    return [(i, j) for i in rows for j in cols]
-
-
-def _accumulator_dtype(device: torch.device) -> torch.dtype:
-    # float64 makes the sum of identical float32 estimates, and its division by their count, exact.
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def _averaged_eps(denoiser, x_t, y, t, corners, patch_size, patch_batch_size, counts) -> torch.Tensor:
-    """The per-pixel mean of the patch noise estimates (see :func:`averaged_patch_eps`)."""
-    p = patch_size
-    batch = x_t.shape[0]
-    total = torch.zeros(x_t.shape, dtype=_accumulator_dtype(x_t.device), device=x_t.device)
-    jobs = [(b, i, j) for b in range(batch) for i, j in corners]
-    t = torch.as_tensor(t, device=x_t.device)
-    for start in range(0, len(jobs), patch_batch_size):
-        chunk = jobs[start:start + patch_batch_size]
-        x_patches = torch.stack([x_t[b, :, i:i + p, j:j + p] for b, i, j in chunk])
-        y_patches = torch.stack([y[b, :, i:i + p, j:j + p] for b, i, j in chunk])
-        eps = denoiser(x_patches, y_patches, t.expand(len(chunk)))
-        if eps.shape != x_patches.shape:
-            raise ValueError(f"the denoiser returned {tuple(eps.shape)} for patches of shape "
-                             f"{tuple(x_patches.shape)}.")
-        eps = eps.to(total.dtype)
-        for k, (b, i, j) in enumerate(chunk):
-            total[b, :, i:i + p, j:j + p] += eps[k]
-    return (total / counts.to(total.dtype)).to(x_t.dtype)
-
-
-def _check_patch_arguments(patch_size, stride, patch_batch_size) -> None:
-    _check_positive_int("patch_size", patch_size)
-    _check_positive_int("stride", stride)
-    _check_positive_int("patch_batch_size", patch_batch_size)
-    if stride > patch_size:
-        raise ValueError(f"`stride` = {stride} exceeds `patch_size` = {patch_size}; the patches would leave gaps.")
-
-
-def averaged_patch_eps(
-    denoiser,
-    x_t: torch.Tensor,
-    y: torch.Tensor,
-    t: torch.Tensor | int,
-    patch_size: int = 64,
-    stride: int = 16,
-    patch_batch_size: int = 64,
-) -> torch.Tensor:
-    """WeatherDiff's whole-image noise estimate from overlapping patches.
-
-    ``eps(x_t)[pixel] = sum over patches P covering the pixel of denoiser(x_t[P], y[P], t)[pixel]
-    / (number of such patches)``, with the patches of :func:`grid_positions` in both directions.
-    The denoiser sees at most ``patch_batch_size`` patches at a time (memory is bounded by the
-    patch batch, not by the image); the estimates are summed into one full-size accumulator.
-
-    Args:
-        denoiser: ``eps(x_t, y, t)`` on ``(n, C, p, p)`` patches (e.g. :class:`WeatherDiffDenoiser`).
-        x_t, y: ``(B, C, H, W)`` with ``H, W >= patch_size`` (pad smaller images first).
-        t: the training step (a 0-d tensor or int), given to every patch.
-
-    Returns:
-        The averaged estimate, ``x_t``'s shape and dtype.
-    """
-    _check_image("x_t", x_t)
-    _check_image("y", y)
-    if x_t.shape[0] != y.shape[0] or x_t.shape[2:] != y.shape[2:]:
-        raise ValueError(f"`x_t` {tuple(x_t.shape)} and `y` {tuple(y.shape)} must share batch and spatial sizes.")
-    _check_patch_arguments(patch_size, stride, patch_batch_size)
-    height, width = x_t.shape[-2:]
-    if height < patch_size or width < patch_size:
-        raise ValueError(f"the image ({height} x {width}) is smaller than `patch_size` = {patch_size}; pad it first "
-                         "(restore_image does).")
-    counts = overlap_counts(height, width, patch_size, stride).to(x_t.device)
-    assert bool((counts > 0).all()), "every pixel must be covered by a patch"
-    return _averaged_eps(denoiser, x_t, y, t, _corners(height, width, patch_size, stride), patch_size,
-                         patch_batch_size, counts)
-
-
-def _check_same_training_schedule(scheduler, training_scheduler) -> None:
-    """A sampler must use the noise levels the denoiser was trained on."""
-    if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
-        raise ValueError(f"`scheduler` must be a diffusers scheduler, got {type(scheduler).__name__}.")
-    theirs = getattr(scheduler, "alphas_cumprod", None)
-    ours = training_scheduler.alphas_cumprod
-    if theirs is None or theirs.shape != ours.shape or not torch.allclose(theirs.double(), ours.double(),
-                                                                             rtol=1e-6, atol=0):
-        raise ValueError(f"`scheduler` ({type(scheduler).__name__}) must have the adapter's training schedule "
-                         "(the same alphas_cumprod); build it with `.from_config(adapter.scheduler.config)`.")
-    if scheduler.config.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError("`scheduler` must use prediction_type='epsilon', the denoiser's output, got "
-                         f"{scheduler.config.get('prediction_type')!r}.")
 
 
 @torch.no_grad()
@@ -405,7 +282,7 @@ def restore_image(
 
     The learned prior is one standard-deviation map for the whole image, ``sigma =
     adapter.prior_std(y)`` (the Prior Net is fully convolutional). With ``u = x / sigma`` the
-    sampler is WeatherDiff's DDIM in u-space (DESIGN.md, "Whitening"): ``x_T = sigma * z``; at each
+    sampler is WeatherDiff's DDIM in u-space (docs/design.md, "Whitening"): ``x_T = sigma * z``; at each
     step ``t -> t'`` of :func:`sampling_timesteps`, with ``eps`` the per-pixel mean of the patch
     estimates (:func:`averaged_patch_eps`),
 
@@ -413,8 +290,10 @@ def restore_image(
         c1     = eta * sqrt((1 - abar_t') / (1 - abar_t) * (1 - abar_t / abar_t'))
         x_t'   = sqrt(abar_t') x0_hat + sqrt(1 - abar_t' - c1^2) eps + c1 * sigma * z
 
-    with ``abar_t' = 1`` after the last step. It runs through ``whitened_step`` with the
-    ``DDIMScheduler`` of :func:`ddim_scheduler`.
+    with ``abar_t' = 1`` after the last step: the stock DDIM step of :func:`ddim_scheduler`, whitened.
+    This is ``adapter.restore(y, patch_size=..., scheduler=ddim_scheduler(adapter.scheduler), ...)``:
+    the library's one restoration loop (:func:`restoregrad_adapter.sampling.restore`) with the
+    overlapping-patch noise estimate of :mod:`restoregrad_adapter.patches`.
 
     Images smaller than the patch are padded by reflection (bottom and right) and the padding is
     cropped from the result; the Prior Net sees the padded image.
@@ -440,63 +319,20 @@ def restore_image(
         The restored images, ``y``'s shape, float32, in [-1, 1] up to the model's error (not
         clamped: map to [0, 1] with ``((x + 1) / 2).clamp(0, 1)``).
     """
-    from restoregrad_adapter.scheduler import (check_prior_std, scale_model_input_whitened, whitened_initial_sample,
-                                               whitened_step)
-
-    for attribute in ("denoiser", "prior_std", "scheduler"):
+    for attribute in ("denoiser", "prior_std", "scheduler", "restore"):
         if not hasattr(adapter, attribute):
             raise ValueError(f"`adapter` must be a RestoreGrad adapter (it has no `{attribute}`), got "
                              f"{type(adapter).__name__}.")
     _check_image("y", y)
-    _check_patch_arguments(patch_size, stride, patch_batch_size)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < float("inf"):
-        raise ValueError(f"`eta` must be a finite number >= 0, got {eta!r}.")
     denoiser_size = getattr(adapter.denoiser, "patch_size", None)
     if denoiser_size is not None and denoiser_size != patch_size:
         raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = {denoiser_size}.")
-
-    height, width = y.shape[-2:]
-    y_full = _reflect_pad_to(y.float(), patch_size)
-    sigma = adapter.prior_std(y_full).float()  # one prior for the whole (padded) image
-    check_prior_std(sigma, y_full, name="adapter.prior_std(y)")
-    sigma = sigma.expand(y_full.shape)
-
-    step_kwargs = {}
+    _check_positive_int("num_inference_steps", num_inference_steps)
     if scheduler is None:
         scheduler = ddim_scheduler(adapter.scheduler)
-        steps = sampling_timesteps(scheduler.config.num_train_timesteps, num_inference_steps)
-        # DDIM's step goes from t to t - T // S, the original's spacing; only the list may be longer.
-        scheduler.set_timesteps(num_inference_steps, device=y.device)
-        scheduler.timesteps = torch.tensor(steps, dtype=torch.int64, device=y.device)
-        step_kwargs["eta"] = float(eta)
-    else:
-        _check_same_training_schedule(scheduler, adapter.scheduler)
-        _check_positive_int("num_inference_steps", num_inference_steps)
-        accepted = inspect.signature(scheduler.step).parameters
-        if "eta" in accepted:
-            step_kwargs["eta"] = float(eta)
-        elif eta != 0:
-            raise ValueError(f"`eta` = {eta} needs a scheduler whose `step` takes eta (DDIM); "
-                             f"{type(scheduler).__name__}.step does not.")
-        scheduler.set_timesteps(num_inference_steps, device=y.device)
-    if "generator" in inspect.signature(scheduler.step).parameters:
-        step_kwargs["generator"] = generator
-
-    corners = _corners(y_full.shape[-2], y_full.shape[-1], patch_size, stride)
-    counts = overlap_counts(y_full.shape[-2], y_full.shape[-1], patch_size, stride).to(y.device)
-    assert bool((counts > 0).all()), "every pixel must be covered by a patch"
-
-    x = whitened_initial_sample(scheduler, sigma, generator=generator)
-    timesteps: Iterable = scheduler.timesteps
-    if progress:
-        from tqdm.auto import tqdm
-
-        timesteps = tqdm(timesteps, desc="restoring", unit="step")
-    for t in timesteps:
-        model_input = scale_model_input_whitened(scheduler, x, t, sigma)
-        eps = _averaged_eps(adapter.denoiser, model_input, y_full, t, corners, patch_size, patch_batch_size, counts)
-        x = whitened_step(scheduler, eps.float(), t, x, sigma, **step_kwargs).prev_sample
-    return x[..., :height, :width]
+    return adapter.restore(y.float(), num_inference_steps=num_inference_steps, scheduler=scheduler, eta=eta,
+                           generator=generator, patch_size=patch_size, stride=stride,
+                           patch_batch_size=patch_batch_size, progress=progress)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -598,3 +434,28 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, ema: bool = True)
                          + (f" and {len(wrong) - 8} more" if len(wrong) > 8 else "") + ".")
     model.load_state_dict(state, strict=True)
     return model
+
+
+# ---------------------------------------------------------------------- registration
+def _check_model(config: dict, model) -> None:
+    channels = config.get("channels")
+    in_channels = getattr(getattr(model, "config", None), "in_channels", None)
+    if in_channels is not None and channels is not None and in_channels != 2 * channels:
+        raise ValueError(f"the adapter is for {channels}-channel images (the WeatherDiff model must take "
+                         f"{2 * channels} input channels: y and x_t), but `denoiser` takes {in_channels}.")
+
+
+def _restoration_defaults(wrapper: WeatherDiffDenoiser) -> RestorationDefaults:
+    # The model takes exactly p x p patches: whole images go through the patch grid, smaller ones padded.
+    return RestorationDefaults(num_inference_steps=10, patch_size=wrapper.patch_size, pad_to_patch=True,
+                               make_scheduler=ddim_scheduler)
+
+
+register_integration(Integration(
+    name="weatherdiff",
+    wrapper_class=WeatherDiffDenoiser,
+    wrap=wrap,
+    wrapper_kwargs=lambda wrapper: {"patch_size": wrapper.patch_size},
+    restoration_defaults=_restoration_defaults,
+    check_model=_check_model,
+))

@@ -1,0 +1,308 @@
+"""The restoration loop: reverse diffusion from the learned prior (paper Algorithm 2).
+
+Every way of restoring a signal in this library (``RestoreGrad.restore``, the WeatherDiff
+``restore_image``, ``RestoreGradPipeline``, the ``restoregrad restore`` command, the benchmarks)
+runs :func:`restore`, which runs :func:`sample`. Only two things vary:
+
+- **the scheduler**: a learned-prior scheduler that takes ``prior_std`` in its ``step`` (the
+  adapter's :class:`~restoregrad_adapter.LearnedPriorScheduler`, or an integration's own, such as
+  CDiffuSE's conditional reverse process), or any stock diffusers scheduler, which samples the
+  learned prior by whitening (docs/design.md, "Whitening");
+- **the noise estimate**: the denoiser on the whole signal, or the per-pixel mean over
+  overlapping patches (:mod:`restoregrad_adapter.patches`) for images larger than the
+  denoiser's patch.
+
+Defaults come from the denoiser's integration (:func:`restoration_defaults`), so every entry
+point restores the same adapter the same way:
+
+==========================  ==========================================================================
+setting                     default
+==========================  ==========================================================================
+scheduler                   the integration's sampler (e.g. WeatherDiff's DDIM), else the adapter's own
+num_inference_steps         the integration's (diffusers, WeatherDiff: 10), else every training step
+inference_betas             the integration's (CDiffuSE: the 6-step fast schedule), else none
+patch_size                  the integration's (WeatherDiff: its patch; diffusers: ``sample_size``), else none
+stride                      ``patch_size // 4`` (WeatherDiff's 16 for 64-pixel patches)
+patch_batch_size            64 patches per denoiser call
+eta                         0 (DDIM-type schedulers only)
+==========================  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from restoregrad_adapter.patches import PatchGrid, reflect_pad_to
+from restoregrad_adapter.scheduler import (_check_no_clipping, check_prior_std, scale_model_input_whitened,
+                                           whitened_initial_sample, whitened_step)
+
+__all__ = ["RestorationDefaults", "restoration_defaults", "restore", "sample", "check_sampling_scheduler"]
+
+NoiseEstimate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RestorationDefaults:
+    """How an integration's denoiser restores by default (see the module docstring).
+
+    Args:
+        num_inference_steps: reverse steps; None runs every training step.
+        inference_betas: a fast-sampling schedule (DiffWave/CDiffuSE) instead of strided steps.
+        patch_size: side p of the square patches the denoiser sees; None: whole signals.
+        pad_to_patch: the denoiser takes exactly ``p x p`` inputs, so smaller images are padded to p
+            (WeatherDiff); otherwise images that fit are restored whole.
+        patch_batch_size: patches per denoiser call.
+        length_multiple: waveforms must have a length divisible by this (CDiffuSE: its hop, 256);
+            the command line pads and crops.
+        make_scheduler: ``training_scheduler -> scheduler``: the integration's own sampler (its
+            timesteps are set by the loop); None samples with the training scheduler.
+    """
+
+    num_inference_steps: int | None = None
+    inference_betas: tuple[float, ...] | None = None
+    patch_size: int | None = None
+    pad_to_patch: bool = False
+    patch_batch_size: int = 64
+    length_multiple: int = 1
+    make_scheduler: Callable | None = None
+
+
+def restoration_defaults(denoiser) -> RestorationDefaults:
+    """The defaults of the integration ``denoiser`` belongs to (plain defaults for a denoiser of your own)."""
+    from restoregrad_adapter.integrations import find_integration
+
+    integration = find_integration(denoiser)
+    return integration.restoration_defaults(denoiser) if integration is not None else RestorationDefaults()
+
+
+def _check_positive_int(name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
+
+
+def _takes_prior(scheduler) -> bool:
+    """Learned-prior schedulers take ``prior_std`` in ``step``; stock ones are whitened."""
+    return hasattr(scheduler, "sample_prior") and "prior_std" in inspect.signature(scheduler.step).parameters
+
+
+def check_sampling_scheduler(scheduler, training_scheduler) -> None:
+    """Refuse a scheduler that cannot sample what the denoiser was trained for.
+
+    It must be a diffusers scheduler with the same training noise levels (``alphas_cumprod``) and
+    the same ``prediction_type`` as ``training_scheduler``; a whitened stock scheduler must also
+    have sample clipping and thresholding off (they would act in whitened units).
+    """
+    if not hasattr(scheduler, "set_timesteps") or not hasattr(scheduler, "step"):
+        raise ValueError(f"`scheduler` must be a diffusers scheduler, got {type(scheduler).__name__}.")
+    if scheduler is training_scheduler:
+        return
+    if not _takes_prior(scheduler):
+        _check_no_clipping(scheduler)
+    theirs = getattr(scheduler, "alphas_cumprod", None)
+    ours = training_scheduler.alphas_cumprod
+    if theirs is None or theirs.shape != ours.shape or not torch.allclose(theirs.double().cpu(), ours.double().cpu(),
+                                                                             rtol=1e-6, atol=0):
+        raise ValueError(f"`scheduler` ({type(scheduler).__name__}) must have the adapter's training schedule "
+                         "(the same alphas_cumprod); build it with `.from_config(adapter.scheduler.config)`.")
+    wanted = training_scheduler.config.get("prediction_type", "epsilon")
+    given = scheduler.config.get("prediction_type", "epsilon")
+    if given != wanted:
+        raise ValueError(f"`scheduler` has prediction_type={given!r}, but the denoiser was trained with "
+                         f"{wanted!r}; build it with `.from_config(adapter.scheduler.config)`.")
+
+
+def _step_kwargs(scheduler, eta: float, generator) -> dict:
+    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < math.inf:
+        raise ValueError(f"`eta` must be a finite number >= 0, got {eta!r}.")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
+    parameters = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "eta" in parameters:
+        kwargs["eta"] = float(eta)
+    elif eta != 0:
+        raise ValueError(f"`eta` = {eta} applies to DDIM-type schedulers; {type(scheduler).__name__}.step takes none.")
+    if "generator" in parameters:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def sample(
+    noise_estimate: NoiseEstimate,
+    prior_std: torch.Tensor,
+    scheduler,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    condition: torch.Tensor | None = None,
+    progress: bool = False,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Run the reverse chain of ``scheduler`` (its timesteps already set) from the learned prior.
+
+    Args:
+        noise_estimate: ``(x_t, t) -> model output`` for the whole signal (``t`` a 0-d timestep).
+        prior_std: ``sigma_prior``, the signal's shape; ``x_T = sigma_prior * z``.
+        scheduler: a learned-prior scheduler (its ``step`` takes ``prior_std``) or a stock diffusers
+            scheduler, whitened.
+        generator: source of ``x_T`` and of every step's fresh noise.
+        eta: DDIM's eta, for schedulers whose ``step`` takes one.
+        condition: ``y``, for learned-prior schedulers that need it (``needs_condition = True``).
+        progress: show a progress bar over the steps.
+        callback: ``callback(k, x)`` with ``k`` the reverse steps still to run: first with ``x_T``
+            (``k = S``), then after every step, last with the result (``k = 0``).
+
+    Returns:
+        The sample after the last step (``prior_std``'s shape and dtype).
+    """
+    check_prior_std(prior_std, prior_std)
+    own = _takes_prior(scheduler)
+    conditional = {"condition": condition} if own and getattr(scheduler, "needs_condition", False) else {}
+    step_kwargs = _step_kwargs(scheduler, eta, generator)
+    if own:
+        x = scheduler.sample_prior(prior_std, generator=generator, **conditional)
+    else:
+        x = whitened_initial_sample(scheduler, prior_std, generator=generator)
+    timesteps = scheduler.timesteps
+    remaining = len(timesteps)
+    if callback is not None:
+        callback(remaining, x)
+    if progress:
+        from tqdm.auto import tqdm
+
+        timesteps = tqdm(timesteps, desc="restoring", unit="step")
+    for t in timesteps:
+        if own:
+            output = noise_estimate(x, t)
+            x = scheduler.step(output, t, x, prior_std=prior_std, **conditional, **step_kwargs).prev_sample
+        else:
+            output = noise_estimate(scale_model_input_whitened(scheduler, x, t, prior_std), t)
+            x = whitened_step(scheduler, output.float(), t, x, prior_std, **step_kwargs).prev_sample
+        remaining -= 1
+        if callback is not None:
+            callback(remaining, x)
+    return x
+
+
+def _whole_signal_estimate(denoiser, y: torch.Tensor) -> NoiseEstimate:
+    def estimate(x_t, t):
+        t = t.expand(y.shape[0]).to(y.device)
+        output = denoiser(x_t, y, t.to(x_t.dtype) if t.is_floating_point() else t)
+        if not isinstance(output, torch.Tensor) or output.shape[0] != x_t.shape[0] or output.shape[2:] != x_t.shape[2:]:
+            got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"the denoiser returned {got}; expected the shape of `x_t` {tuple(x_t.shape)}.")
+        return output
+
+    return estimate
+
+
+def _patch_estimate(denoiser, y: torch.Tensor, grid: PatchGrid) -> NoiseEstimate:
+    counts = grid.counts(y.device)
+
+    def estimate(x_t, t):
+        return grid.average(denoiser, x_t, y, t, counts)
+
+    return estimate
+
+
+@torch.no_grad()
+def restore(
+    denoiser,
+    y: torch.Tensor,
+    prior: Callable[[torch.Tensor], torch.Tensor],
+    training_scheduler,
+    scheduler=None,
+    num_inference_steps: int | None = None,
+    inference_betas: Sequence[float] | None = None,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    patch_size: int | None = None,
+    stride: int | None = None,
+    patch_batch_size: int | None = None,
+    progress: bool = False,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Restore ``y`` with ``denoiser`` from the learned prior ``prior(y)`` (paper Algorithm 2).
+
+    Settings left at None take the denoiser's integration defaults (module docstring).
+
+    Args:
+        denoiser: ``eps(x_t, y, t)`` (a wrapper from :mod:`restoregrad_adapter.integrations`, or your own).
+        y: degraded signals ``(B, C, *spatial)``.
+        prior: ``y -> sigma_prior`` of ``y``'s shape (e.g. ``adapter.prior_std``).
+        training_scheduler: the scheduler the denoiser was trained with (a ``LearnedPriorScheduler``).
+        scheduler: the sampler: a learned-prior scheduler, or any diffusers scheduler with the same
+            training schedule and prediction type (whitened; clipping and thresholding off).
+        num_inference_steps: reverse steps S (spaced by the scheduler's ``timestep_spacing``).
+        inference_betas: a fast-sampling schedule (e.g. ``FAST_INFERENCE_BETAS_6``), instead of S;
+            only with a learned-prior scheduler that supports it.
+        eta: DDIM's eta (0: deterministic steps); other schedulers take none.
+        generator: source of ``x_T`` and of every step's fresh noise.
+        patch_size, stride, patch_batch_size: restore images larger than ``patch_size`` from
+            overlapping patches (:mod:`restoregrad_adapter.patches`); the prior is one sigma map for
+            the whole (padded) image.
+        progress: show a progress bar.
+        callback: see :func:`sample`.
+
+    Returns:
+        The restored signal, ``y``'s shape, in ``y``'s precision (at least float32).
+    """
+    defaults = restoration_defaults(denoiser)
+    for name, value in (("num_inference_steps", num_inference_steps), ("patch_size", patch_size),
+                        ("stride", stride), ("patch_batch_size", patch_batch_size)):
+        _check_positive_int(name, value)
+    if not isinstance(y, torch.Tensor) or not y.is_floating_point() or y.ndim < 3:
+        got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"`y` must be a floating-point tensor of shape (B, C, *spatial), got {got}.")
+    if num_inference_steps is not None and inference_betas is not None:
+        raise ValueError("Pass only one of `num_inference_steps` or `inference_betas`.")
+    if num_inference_steps is None and inference_betas is None:
+        num_inference_steps, inference_betas = defaults.num_inference_steps, defaults.inference_betas
+    patch_size = patch_size if patch_size is not None else defaults.patch_size
+    patch_batch_size = patch_batch_size if patch_batch_size is not None else defaults.patch_batch_size
+    if stride is not None and patch_size is not None and stride > patch_size:
+        raise ValueError(f"`stride` = {stride} exceeds `patch_size` = {patch_size}; the patches would leave gaps.")
+
+    # The scheduler, its timesteps set.
+    T = training_scheduler.config.num_train_timesteps
+    if num_inference_steps is not None and num_inference_steps > T:
+        raise ValueError(f"`num_inference_steps` = {num_inference_steps} exceeds the {T} training steps.")
+    if inference_betas is None and num_inference_steps is None:
+        num_inference_steps = T
+    if scheduler is None:
+        scheduler = training_scheduler if defaults.make_scheduler is None else defaults.make_scheduler(training_scheduler)
+    check_sampling_scheduler(scheduler, training_scheduler)
+    if inference_betas is not None:
+        if "inference_betas" not in inspect.signature(scheduler.set_timesteps).parameters:
+            raise ValueError("`inference_betas` needs a learned-prior scheduler with fast sampling; the "
+                             f"scheduler is a {type(scheduler).__name__}.")
+        scheduler.set_timesteps(inference_betas=inference_betas, device=y.device)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=y.device)
+
+    # The noise estimate: whole signal, or overlapping patches of a (padded) image.
+    dtype = torch.promote_types(y.dtype, torch.float32)
+    y = y.to(dtype)
+    spatial = tuple(y.shape[2:])
+    patched = y.ndim == 4 and patch_size is not None and (
+        defaults.pad_to_patch or spatial[0] > patch_size or spatial[1] > patch_size)
+    if patched:
+        y = reflect_pad_to(y, patch_size)
+        grid = PatchGrid(y.shape[-2], y.shape[-1], patch_size, stride if stride is not None else max(1, patch_size // 4),
+                         patch_batch_size)
+        noise_estimate = _patch_estimate(denoiser, y, grid)
+    else:
+        noise_estimate = _whole_signal_estimate(denoiser, y)
+
+    sigma = prior(y.float())  # one prior for the whole (padded) signal; the encoders run in float32
+    check_prior_std(sigma, y, name="the prior std")
+    sigma = sigma.expand(y.shape).to(dtype)
+    x = sample(noise_estimate, sigma, scheduler, generator=generator, eta=eta, condition=y, progress=progress,
+               callback=callback)
+    return x[(..., *[slice(0, n) for n in spatial])] if patched else x
