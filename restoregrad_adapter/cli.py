@@ -4,8 +4,8 @@
     restoregrad evaluate --pred DIR --ref DIR
     restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
 
-Images (PNG, JPEG, ...) of any size are restored from overlapping patches; WAV files with fast
-sampling. An adapter whose denoiser was saved as a plain state dict needs the model object:
+Images (PNG, JPEG, ...) of any size and WAV files are restored with the adapter's integration's
+defaults (e.g. overlapping patches and WeatherDiff's DDIM; CDiffuSE's fast sampling). An adapter whose denoiser was saved as a plain state dict needs the model object:
 ``--model-factory package.module:function`` names a function (in your code) that builds it.
 Outputs are written atomically: a temporary name, then a rename.
 """
@@ -137,14 +137,6 @@ def load_adapter(spec: str, model_factory: str | None, device: str):
     return adapter.to(device).eval()
 
 
-def _patch_size(adapter) -> int:
-    config = adapter.hub_config
-    if config["integration"] == "weatherdiff":
-        return int(config["integration_kwargs"].get("patch_size", 64))
-    size = getattr(getattr(getattr(adapter.denoiser, "model", None), "config", None), "sample_size", None)
-    return int(size if isinstance(size, int) else 64)
-
-
 def _check_kind(adapter, path: Path) -> str:
     kind = _kind(path)
     expected = adapter.hub_config.get("signal_kind")
@@ -158,17 +150,15 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
     device = next(adapter.parameters()).device
     generator = torch.Generator(device=device).manual_seed(args.seed)
     if _check_kind(adapter, path) == "image":
-        from .integrations.weatherdiff import restore_image
-
         image = read_image(path)
         channels = adapter.hub_config.get("channels", 3)
         if channels != 3:
             raise CommandError(f"{path}: the adapter is for {channels}-channel images; RGB files give 3 channels.")
         y = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
-        patch = _patch_size(adapter)
-        restored = restore_image(adapter, y, patch_size=patch, stride=args.stride or max(1, patch // 4),
-                                 num_inference_steps=args.steps, eta=args.eta, generator=generator,
-                                 patch_batch_size=args.patch_batch_size, progress=not args.quiet)
+        # The integration's defaults (sampler, patch size, stride) unless given on the command line.
+        restored = adapter.restore(y, num_inference_steps=args.steps, stride=args.stride, eta=args.eta,
+                                   generator=generator, patch_batch_size=args.patch_batch_size,
+                                   progress=not args.quiet)
         return ((restored[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy(), None
 
     audio, rate = read_audio(path)
@@ -176,9 +166,11 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
     if rate != expected_rate:
         raise CommandError(f"{path}: sample rate {rate} Hz, but the adapter was trained at {expected_rate} Hz; "
                            f"resample first (e.g. `sox {path.name} -r {expected_rate} out.wav`).")
-    hop = 256
+    from .sampling import restoration_defaults
+
+    multiple = restoration_defaults(adapter.denoiser).length_multiple  # e.g. CDiffuSE's whole STFT frames
     length = len(audio)
-    padded = np.pad(audio, (0, (-length) % hop))  # CDiffuSE works on whole STFT frames
+    padded = np.pad(audio, (0, (-length) % multiple))
     y = torch.from_numpy(padded)[None, None].to(device)
     restored = adapter.restore(y, generator=generator, progress=not args.quiet)
     return restored[0, 0, :length].cpu().numpy(), rate
@@ -321,9 +313,11 @@ def build_parser() -> argparse.ArgumentParser:
     adapter_arguments(restore)
     restore.add_argument("inputs", nargs="+", metavar="INPUT")
     restore.add_argument("-o", "--output", required=True, help="output folder")
-    restore.add_argument("--steps", type=int, default=10, help="sampling steps for images")
+    restore.add_argument("--steps", type=int, default=None,
+                         help="sampling steps for images (default: the adapter's integration's, e.g. 10)")
     restore.add_argument("--eta", type=float, default=0.0, help="DDIM eta for images")
-    restore.add_argument("--stride", type=int, default=None, help="patch stride for images (default patch / 4)")
+    restore.add_argument("--stride", type=int, default=None,
+                         help="patch stride for images larger than the model's patch (default patch / 4)")
     restore.add_argument("--patch-batch-size", type=int, default=64)
     restore.add_argument("--seed", type=int, default=0)
     restore.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -3,7 +3,7 @@
 The pipeline holds the three parts a restoration needs (the Posterior Net is for training only):
 
 - ``denoiser``: a diffusers UNet conditioned by channel concatenation, ``unet(cat([x_t, y], 1), t)``
-  (the :mod:`restoregrad_adapter.integrations.diffusers` convention);
+  (the diffusers integration's convention);
 - ``prior_net``: the :class:`~restoregrad_adapter.PriorNet`, ``sigma_prior = prior_net(y)``;
 - ``scheduler``: the adapter's :class:`~restoregrad_adapter.LearnedPriorScheduler` (paper Algorithm 2),
   or any stock diffusers scheduler, which then samples the learned prior by whitening

@@ -102,7 +102,8 @@ _REGISTRY: dict[str, Integration] = {}
 def register_integration(integration: Integration, replace: bool = False) -> Integration:
     """Make ``integration`` known to saving, loading, the pipeline and the command line.
 
-    Registering a second integration under a taken name raises, unless ``replace=True``.
+    Registering another module's integration under a taken name raises, unless ``replace=True``.
+    Returns the registered record (with ``module`` filled in: the wrapper class's module by default).
     """
     if not isinstance(integration, Integration):
         raise ValueError(f"`integration` must be an Integration, got {type(integration).__name__}.")
@@ -110,12 +111,13 @@ def register_integration(integration: Integration, replace: bool = False) -> Int
         raise ValueError(f"`integration.name` must be a non-empty string other than 'custom', got {integration.name!r}.")
     if not isinstance(integration.wrapper_class, type):
         raise ValueError(f"`integration.wrapper_class` must be a class, got {integration.wrapper_class!r}.")
-    known = _REGISTRY.get(integration.name)
-    if known is not None and known != integration and not replace:
-        raise ValueError(f"an integration named {integration.name!r} is already registered (by "
-                         f"{known.module or 'an unknown module'}); pass replace=True to replace it.")
     if not integration.module:
         integration = Integration(**{**integration.__dict__, "module": integration.wrapper_class.__module__})
+    known = _REGISTRY.get(integration.name)
+    # The same module registering again (it was reloaded) replaces its own record.
+    if known is not None and known != integration and known.module != integration.module and not replace:
+        raise ValueError(f"an integration named {integration.name!r} is already registered (by "
+                         f"{known.module}); pass replace=True to replace it.")
     _REGISTRY[integration.name] = integration
     return integration
 
