@@ -286,9 +286,10 @@ class RestoreGradPipeline(DiffusionPipeline):
         def prior(image: torch.Tensor) -> torch.Tensor:  # one sigma map for the whole (padded) image
             return self.prior_net(image.to(self.prior_net.dtype)).float()
 
-        x = restore(_pipeline_integration().wrap(self.denoiser), y, prior, scheduler, num_inference_steps=num_inference_steps,
-                    eta=eta, generator=generator, patch_size=patch_size, stride=stride,
-                    patch_batch_size=patch_batch_size, progress=not self._progress_bar_config.get("disable", False))
+        show_progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
+        x = restore(_pipeline_integration().wrap(self.denoiser), y, prior, scheduler,
+                    num_inference_steps=num_inference_steps, eta=eta, generator=generator, patch_size=patch_size,
+                    stride=stride, patch_batch_size=patch_batch_size, progress=show_progress)
         images = postprocess(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
