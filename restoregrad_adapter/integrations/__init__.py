@@ -36,7 +36,8 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-__all__ = ["Integration", "register_integration", "get_integration", "find_integration", "registered_integrations"]
+__all__ = ["Integration", "register_integration", "get_integration", "find_integration", "registered_integrations",
+           "check_concatenated_channels"]
 
 _BUILTIN_MODULES = {
     "diffusers": "restoregrad_adapter.integrations.diffusers",
@@ -120,6 +121,18 @@ def register_integration(integration: Integration, replace: bool = False) -> Int
                          f"{known.module}); pass replace=True to replace it.")
     _REGISTRY[integration.name] = integration
     return integration
+
+
+def check_concatenated_channels(config: dict, model) -> None:
+    """``Integration.check_model`` for models that take ``x_t`` and ``y`` concatenated on channels.
+
+    The model's ``config.in_channels`` (when it has one) must be twice the adapter's signal channels.
+    """
+    channels = config.get("channels")
+    in_channels = getattr(getattr(model, "config", None), "in_channels", None)
+    if in_channels is not None and channels is not None and in_channels != 2 * channels:
+        raise ValueError(f"the adapter is for {channels}-channel {config.get('signal_kind')}s (the denoiser must take "
+                         f"{2 * channels} input channels: x_t and y), but `denoiser` takes {in_channels}.")
 
 
 def _load_builtins() -> None:

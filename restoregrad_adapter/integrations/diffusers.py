@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from restoregrad_adapter.integrations import Integration, register_integration
+from restoregrad_adapter.integrations import Integration, check_concatenated_channels, register_integration
 from restoregrad_adapter.sampling import RestorationDefaults
 
 
@@ -85,14 +85,6 @@ __all__ = ["ConcatConditionedDenoiser", "wrap", "widen_conv_in"]
 
 
 # ---------------------------------------------------------------------- registration
-def _check_model(config: dict, model) -> None:
-    channels = config.get("channels")
-    in_channels = getattr(getattr(model, "config", None), "in_channels", None)
-    if in_channels is not None and channels is not None and in_channels != 2 * channels:
-        raise ValueError(f"the adapter is for {channels}-channel {config.get('signal_kind')}s (the denoiser must take "
-                         f"{2 * channels} input channels: x_t and y), but `denoiser` takes {in_channels}.")
-
-
 def _restoration_defaults(wrapper: ConcatConditionedDenoiser) -> RestorationDefaults:
     # Images larger than the UNet's sample_size are restored from overlapping patches of that size.
     sample_size = getattr(getattr(wrapper.model, "config", None), "sample_size", None)
@@ -105,6 +97,6 @@ register_integration(Integration(
     wrapper_class=ConcatConditionedDenoiser,
     wrap=wrap,
     restoration_defaults=_restoration_defaults,
-    check_model=_check_model,
+    check_model=check_concatenated_channels,
     pipeline_compatible=True,
 ))

@@ -27,7 +27,7 @@ import os
 import pickle
 from typing import Iterable
 
-from restoregrad_adapter.integrations import Integration, register_integration
+from restoregrad_adapter.integrations import Integration, check_concatenated_channels, register_integration
 from restoregrad_adapter.patches import averaged_patch_eps, grid_positions, overlap_counts  # noqa: F401 (re-exported)
 from restoregrad_adapter.sampling import RestorationDefaults
 
@@ -437,14 +437,6 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, ema: bool = True)
 
 
 # ---------------------------------------------------------------------- registration
-def _check_model(config: dict, model) -> None:
-    channels = config.get("channels")
-    in_channels = getattr(getattr(model, "config", None), "in_channels", None)
-    if in_channels is not None and channels is not None and in_channels != 2 * channels:
-        raise ValueError(f"the adapter is for {channels}-channel images (the WeatherDiff model must take "
-                         f"{2 * channels} input channels: y and x_t), but `denoiser` takes {in_channels}.")
-
-
 def _restoration_defaults(wrapper: WeatherDiffDenoiser) -> RestorationDefaults:
     # The model takes exactly p x p patches: whole images go through the patch grid, smaller ones padded.
     return RestorationDefaults(num_inference_steps=10, patch_size=wrapper.patch_size, pad_to_patch=True,
@@ -457,5 +449,5 @@ register_integration(Integration(
     wrap=wrap,
     wrapper_kwargs=lambda wrapper: {"patch_size": wrapper.patch_size},
     restoration_defaults=_restoration_defaults,
-    check_model=_check_model,
+    check_model=check_concatenated_channels,
 ))
