@@ -90,6 +90,12 @@ class RestoreGrad(nn.Module):
         mode: one of ``"restoregrad"``, ``"restoregrad_no_posterior"``, ``"priorgrad"``, ``"ddpm"``;
             may be changed later (``adapter.mode = "ddpm"``).
         handcrafted_prior: the PriorGrad prior ``y -> std map`` (default :func:`energy_prior`).
+        residual: diffuse the residual ``r0 = x0 - y`` instead of ``x0`` and restore ``y + r0_hat``
+            (docs/design.md, "Parameterizations and targets"); everything else applies to ``r0``.
+
+    What the denoiser predicts is the scheduler's ``prediction_type``: the noise (``"epsilon"``, the
+    paper's), the clean target (``"sample"``) or ``v`` (``"v_prediction"``); the loss compares the
+    noise estimate each implies, so eq. 10 holds unchanged.
     """
 
     def __init__(
@@ -101,6 +107,7 @@ class RestoreGrad(nn.Module):
         loss: RestoreGradLoss | None = None,
         mode: str = "restoregrad",
         handcrafted_prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        residual: bool = False,
     ):
         super().__init__()
         if not callable(denoiser):
@@ -112,9 +119,9 @@ class RestoreGrad(nn.Module):
         if not isinstance(self.scheduler, LearnedPriorScheduler):
             raise ValueError("`scheduler` must be a LearnedPriorScheduler (other diffusers schedulers can be passed "
                              f"to `restore(scheduler=...)`), got {type(self.scheduler).__name__}.")
-        if self.scheduler.config.prediction_type != "epsilon":
-            raise ValueError("`scheduler.config.prediction_type` must be 'epsilon': RestoreGrad's loss trains a noise "
-                             f"predictor, got {self.scheduler.config.prediction_type!r}.")
+        if not isinstance(residual, bool):
+            raise ValueError(f"`residual` must be a bool, got {residual!r}.")
+        self.residual = residual
         self.loss_fn = loss if loss is not None else RestoreGradLoss()
         self.handcrafted_prior = handcrafted_prior if handcrafted_prior is not None else energy_prior
         self.mode = mode
@@ -216,16 +223,35 @@ class RestoreGrad(nn.Module):
             raise ValueError(f"`timesteps` must be an integer tensor of shape ({batch},) with values in [0, {T}), "
                              f"got {timesteps.dtype} of shape {tuple(timesteps.shape)}.")
 
+        # The diffused variable: x0, or the residual r0 = x0 - y; eq. 10 applies to it unchanged.
+        target_signal = (x0 - y if self.residual else x0).float()
         prior_std = self.prior_std(y)
-        posterior_std = self.posterior_net(x0, y) if self._mode == "restoregrad" else None
+        posterior_std = self.posterior_net(target_signal, y) if self._mode == "restoregrad" else None
         noise_std = posterior_std if posterior_std is not None else prior_std
         eps = noise_std * noise  # reparameterised: gradients reach the encoder through eps
-        x0 = x0.float()
-        x_t = self.add_noise(x0, y, eps, timesteps)
-        target = self.noise_target(x0, y, eps, timesteps)
-        prediction = self.denoiser(x_t, y, timesteps)
-        return self.loss_fn(prediction, target, x0, prior_std, posterior_std, self.scheduler.alpha_bar_T,
-                            learned_prior=self.learned_prior)
+        x_t = self.add_noise(target_signal, y, eps, timesteps)
+        target = self.noise_target(target_signal, y, eps, timesteps)
+        eps_hat = self.noise_estimate(self.denoiser(x_t, y, timesteps), x_t, timesteps)
+        abar = self.scheduler.alphas_cumprod.to(x_t.device)[timesteps].float()
+        return self.loss_fn(eps_hat, target, target_signal, prior_std, posterior_std, self.scheduler.alpha_bar_T,
+                            learned_prior=self.learned_prior, snr=abar / (1 - abar))
+
+    def noise_estimate(self, prediction: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The noise estimate ``eps_hat`` implied by the denoiser's output in the scheduler's ``prediction_type``.
+
+        With ``a = sqrt(abar_t)`` and ``s = sqrt(1 - abar_t)`` (docs/design.md, "Parameterizations and
+        targets"): ``epsilon`` is ``eps_hat`` itself; ``sample`` (``x0_hat``) gives
+        ``(x_t - a x0_hat) / s``; ``v_prediction`` gives ``s x_t + a v_hat``.
+        """
+        kind = self.scheduler.config.prediction_type
+        if kind == "epsilon":
+            return prediction
+        abar = self.scheduler.alphas_cumprod.to(x_t.device)[timesteps].float()
+        abar = abar.view(-1, *([1] * (x_t.ndim - 1)))
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        if kind == "sample":
+            return (x_t - a * prediction) / s
+        return s * x_t + a * prediction  # v_prediction
 
     def add_noise(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (Algorithm 1, step 2).
@@ -321,7 +347,7 @@ class RestoreGrad(nn.Module):
         return restore(self.denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler,
                        num_inference_steps=num_inference_steps, inference_betas=inference_betas, eta=eta,
                        generator=generator, patch_size=patch_size, stride=stride, patch_batch_size=patch_batch_size,
-                       progress=progress, callback=callback)
+                       progress=progress, callback=callback, residual=self.residual)
 
 
 __all__ = ["RestoreGrad", "MODES", "energy_prior"]

@@ -92,6 +92,10 @@ def _config_for(adapter, integration, model, wrapper_kwargs: dict, extra: dict) 
         "latent_weight": adapter.loss_fn.latent_weight,
         "prior_matching_weight": adapter.loss_fn.prior_matching_weight,
         "mode": adapter.mode,
+        "residual": adapter.residual,
+        "prediction_type": adapter.scheduler.config.prediction_type,
+        "weighting": adapter.loss_fn.weighting,
+        "snr_gamma": adapter.loss_fn.snr_gamma,
         "denoiser_format": "diffusers" if _denoiser_library(model) else "state_dict",
         "denoiser_library": _denoiser_library(model),
         "denoiser_class": type(model).__name__,
@@ -150,7 +154,7 @@ def save_pretrained(adapter, save_directory: str | os.PathLike, include_posterio
             save_model(model, str(staging / "denoiser" / STATE_DICT_NAME))
         (staging / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if integration is not None and integration.pipeline_compatible and config["denoiser_format"] == "diffusers":
-            index = pipeline_index(model, adapter.prior_net, adapter.scheduler)
+            index = pipeline_index(model, adapter.prior_net, adapter.scheduler, residual=adapter.residual)
             (staging / PIPELINE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         user_readme = target / "README.md"
         if user_readme.is_file() and _CARD_MARKER not in user_readme.read_text(errors="replace"):
@@ -177,7 +181,7 @@ def _component_library(component) -> str:
     return "diffusers" if module.split(".")[0] == "diffusers" else module
 
 
-def pipeline_index(denoiser, prior_net, scheduler) -> dict:
+def pipeline_index(denoiser, prior_net, scheduler, residual: bool = False) -> dict:
     """``model_index.json`` of a :class:`~restoregrad_adapter.RestoreGradPipeline` with these components.
 
     The same entries ``RestoreGradPipeline.save_pretrained`` writes, so the adapter folder loads with
@@ -190,6 +194,7 @@ def pipeline_index(denoiser, prior_net, scheduler) -> dict:
         "_diffusers_version": diffusers.__version__,
         **{name: [_component_library(c), type(c).__name__]
            for name, c in (("denoiser", denoiser), ("prior_net", prior_net), ("scheduler", scheduler))},
+        "residual": residual,
     }
 
 
@@ -208,6 +213,8 @@ def model_card(config: dict) -> str:
               "(RestoreGrad, Lee et al., ICML 2025) using `restoregrad_adapter`.", "",
               f"- integration: `{config['integration']}` ({config.get('denoiser_class')})",
               f"- signal: {kind}, {config.get('channels')} channel(s)",
+              f"- diffused: {'the residual x0 - y' if config.get('residual') else 'x0'}; the denoiser predicts "
+              f"`{config.get('prediction_type', 'epsilon')}`; loss weighting `{config.get('weighting', 'elbo')}`",
               f"- mode: `{config['mode']}`, latent_weight (eta) = {config['latent_weight']}, prior_matching_weight (lambda) = {config['prior_matching_weight']}, "
               f"sigma_min = {config.get('sigma_min')}",
               f"- library version: {config['library_version']}"]
@@ -440,9 +447,11 @@ def from_pretrained(cls, pretrained: str | os.PathLike, denoiser=None, revision:
     if not isinstance(wrapper_kwargs, dict):
         raise ValueError(f"{CONFIG_NAME}: `integration_kwargs` must be a JSON object, got {wrapper_kwargs!r}.")
     denoiser = integration.wrap(model, **wrapper_kwargs) if integration is not None else model
-    loss = RestoreGradLoss(latent_weight=config.get("latent_weight", config.get("eta")),  # format 1 wrote eta/lam
-                           prior_matching_weight=config.get("prior_matching_weight", config.get("lam")))
-    adapter = adapter_cls(denoiser, prior, posterior, scheduler=scheduler, loss=loss, mode=saved_mode)
+    loss = RestoreGradLoss(latent_weight=config.get("latent_weight", config.get("eta")),  # older folders: eta/lam
+                           prior_matching_weight=config.get("prior_matching_weight", config.get("lam")),
+                           weighting=config.get("weighting", "elbo"), snr_gamma=config.get("snr_gamma", 5.0))
+    adapter = adapter_cls(denoiser, prior, posterior, scheduler=scheduler, loss=loss, mode=saved_mode,
+                          residual=config.get("residual", False))
     adapter.hub_config = config
     return adapter
 

@@ -9,6 +9,20 @@ keep the paper's meaning), and they are computed in float32 even under autocast:
 - total               ``L = latent_weight * L_LR + L_DM + prior_matching_weight * L_PM``
   (the paper's ``eta`` and ``lambda``)
 
+The denoising term is always eq. 10's noise-space error. A denoiser that predicts ``x0`` or ``v``
+instead of the noise is compared through the noise estimate its prediction implies (the adapter
+converts it; docs/design.md, "Parameterizations and targets"), so for the same ``eps_hat`` the loss is
+the same in every parameterization.
+
+``weighting`` is the one named deviation from the ELBO: it multiplies the denoising term of each
+example by a function of its signal-to-noise ratio ``SNR_t = abar_t / (1 - abar_t)``:
+
+- ``"elbo"`` (default): weight 1, the paper's eq. 10.
+- ``"min_snr"``: ``min(SNR_t, gamma) / SNR_t``, Min-SNR-gamma (Hang et al., ICCV 2023), which stops
+  the low-noise steps from dominating the gradient.
+- ``"x0"``: ``1 / SNR_t``, a plain mean squared error of the ``x0`` estimate (as in x0-predicting
+  restoration models such as SR3's successors, SRDiff and ResShift).
+
 One loss serves every mode:
 
 - RestoreGrad (eq. 10): ``posterior_std`` given; all three terms.
@@ -23,6 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+#: The denoising term's weightings: the paper's ELBO and two named deviations from it.
+WEIGHTINGS = ("elbo", "min_snr", "x0")
 
 
 @dataclass
@@ -50,21 +67,41 @@ class RestoreGradLoss:
     """RestoreGrad's loss (paper eq. 10/11). See the module docstring for the terms.
 
     Args:
+        weighting: ``"elbo"``, ``"min_snr"`` or ``"x0"`` (module docstring); not the paper's unless "elbo".
+        snr_gamma: gamma of ``"min_snr"``.
         latent_weight: the paper's eta, weight of the latent regulariser (paper: 0.1 for speech,
             0.005-0.05 for images).
         prior_matching_weight: the paper's lambda, weight of the prior-matching term (paper: 0.5 for
             speech, 0.1-10 for images).
     """
 
-    def __init__(self, latent_weight: float = 0.1, prior_matching_weight: float = 0.5):
-        for name, value in (("latent_weight", latent_weight), ("prior_matching_weight", prior_matching_weight)):
-            if not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+    def __init__(self, latent_weight: float = 0.1, prior_matching_weight: float = 0.5, weighting: str = "elbo",
+                 snr_gamma: float = 5.0):
+        for name, value in (("latent_weight", latent_weight), ("prior_matching_weight", prior_matching_weight),
+                            ("snr_gamma", snr_gamma)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
+        if weighting == "min_snr" and snr_gamma <= 0:
+            raise ValueError(f"`snr_gamma` must be > 0 for weighting 'min_snr', got {snr_gamma!r}.")
         self.latent_weight = float(latent_weight)
         self.prior_matching_weight = float(prior_matching_weight)
+        self.weighting = weighting
+        self.snr_gamma = float(snr_gamma)
 
     def __repr__(self) -> str:
-        return f"RestoreGradLoss(latent_weight={self.latent_weight}, prior_matching_weight={self.prior_matching_weight})"
+        return (f"RestoreGradLoss(latent_weight={self.latent_weight}, prior_matching_weight="
+                f"{self.prior_matching_weight}, weighting={self.weighting!r}, snr_gamma={self.snr_gamma})")
+
+    def snr_weights(self, snr: torch.Tensor) -> torch.Tensor:
+        """The denoising term's per-example weights for signal-to-noise ratios ``snr`` ``(B,)``."""
+        snr = snr.float()
+        if self.weighting == "min_snr":
+            return snr.clamp(max=self.snr_gamma) / snr
+        if self.weighting == "x0":
+            return 1.0 / snr
+        return torch.ones_like(snr)
 
     def __call__(
         self,
@@ -76,6 +113,7 @@ class RestoreGradLoss:
         alpha_bar_T: float | torch.Tensor | None = None,
         *,
         learned_prior: bool = True,
+        snr: torch.Tensor | None = None,
     ) -> RestoreGradLossOutput:
         """Compute the loss.
 
@@ -88,6 +126,7 @@ class RestoreGradLoss:
             alpha_bar_T: ``abar_T`` of the training schedule (needed when ``learned_prior``).
             learned_prior: False for PriorGrad / standard DDPM, whose sigma is fixed: the loss is then
                 the sigma-weighted denoising term alone.
+            snr: ``(B,)`` signal-to-noise ratios of the examples' steps; needed unless ``weighting="elbo"``.
         """
         _check_float("eps_pred", eps_pred)
         _check_float("eps", eps)
@@ -108,6 +147,9 @@ class RestoreGradLoss:
             except RuntimeError:
                 raise ValueError(f"`{name}` of shape {tuple(std.shape)} does not broadcast to the signal's shape "
                                  f"{tuple(x0.shape)}.") from None
+        if self.weighting != "elbo" and (not isinstance(snr, torch.Tensor) or snr.shape != x0.shape[:1]):
+            raise ValueError(f"weighting {self.weighting!r} needs `snr`, a tensor of shape ({x0.shape[0]},); got "
+                             f"{tuple(snr.shape) if isinstance(snr, torch.Tensor) else snr!r}.")
         if learned_prior and alpha_bar_T is None:
             raise ValueError("`alpha_bar_T` is required when `learned_prior=True` (it weights the latent regulariser).")
 
@@ -119,7 +161,10 @@ class RestoreGradLoss:
             zero = torch.zeros((), device=x0.device)
 
             # L_DM: the noise-prediction error in the Mahalanobis norm of Sigma_post (eq. 10, 2nd term).
-            denoise = ((eps - eps_pred) ** 2 / post_var).mean()
+            error = (eps - eps_pred) ** 2 / post_var
+            if self.weighting != "elbo":  # a named deviation from eq. 10 (module docstring)
+                error = error * self.snr_weights(snr).to(x0.device).view(-1, *([1] * (x0.ndim - 1)))
+            denoise = error.mean()
             if not learned_prior:
                 return RestoreGradLossOutput(loss=denoise, latent_reg=zero, denoise=denoise, prior_match=zero)
 
@@ -135,4 +180,4 @@ class RestoreGradLoss:
         return RestoreGradLossOutput(loss=loss, latent_reg=latent_reg, denoise=denoise, prior_match=prior_match)
 
 
-__all__ = ["RestoreGradLoss", "RestoreGradLossOutput"]
+__all__ = ["RestoreGradLoss", "RestoreGradLossOutput", "WEIGHTINGS"]

@@ -166,21 +166,27 @@ class RestoreGradPipeline(DiffusionPipeline):
 
     Args:
         denoiser: a diffusers model (e.g. ``UNet2DModel``) called as ``denoiser(cat([x_t, y], 1), t).sample``,
-            with ``in_channels = 2 C`` and ``out_channels = C``; it predicts the noise of ``x_t``.
+            with ``in_channels = 2 C`` and ``out_channels = C``; it predicts what the scheduler's
+            ``prediction_type`` says (the noise, ``x0`` or ``v``).
         prior_net: the 2-D :class:`~restoregrad_adapter.PriorNet` for C-channel images.
         scheduler: a :class:`~restoregrad_adapter.LearnedPriorScheduler`, or any diffusers scheduler
-            (DDIM, DPM-Solver++, UniPC, ...) with ``prediction_type="epsilon"`` and sample clipping and
+            (DDIM, DPM-Solver++, UniPC, ...) with the denoiser's ``prediction_type`` and sample clipping and
             thresholding off, e.g. ``DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)``.
+        residual: the denoiser was trained on the residual ``x0 - y``: the restoration is ``y + r0_hat``
+            (saved in ``model_index.json``).
     """
 
     model_cpu_offload_seq = "prior_net->denoiser"
 
-    def __init__(self, denoiser: ModelMixin, prior_net: PriorNet, scheduler: SchedulerMixin):
+    def __init__(self, denoiser: ModelMixin, prior_net: PriorNet, scheduler: SchedulerMixin, residual: bool = False):
         super().__init__()
+        if not isinstance(residual, bool):
+            raise ValueError(f"`residual` must be a bool, got {residual!r}.")
         for module in (denoiser, prior_net):
             if isinstance(module, torch.nn.Module):
                 _align_cpu_tensors(module)
         self.register_modules(denoiser=denoiser, prior_net=prior_net, scheduler=scheduler)
+        self.register_to_config(residual=residual)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "RestoreGradPipeline":
@@ -229,10 +235,6 @@ class RestoreGradPipeline(DiffusionPipeline):
         if out_channels is not None and out_channels != channels:
             raise ValueError(f"`denoiser` gives {out_channels} output channels; the noise of {channels}-channel images "
                              f"has {channels}.")
-        kind = self.scheduler.config.get("prediction_type", "epsilon")
-        if kind != "epsilon":
-            raise ValueError(f"`scheduler` has prediction_type={kind!r}; the denoiser predicts the noise, so it must "
-                             "be 'epsilon'.")
         if not isinstance(self.scheduler, LearnedPriorScheduler):
             _check_no_clipping(self.scheduler)  # clipping would act in whitened units
         return channels
@@ -289,7 +291,8 @@ class RestoreGradPipeline(DiffusionPipeline):
         show_progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
         x = restore(_pipeline_integration().wrap(self.denoiser), y, prior, scheduler,
                     num_inference_steps=num_inference_steps, eta=eta, generator=generator, patch_size=patch_size,
-                    stride=stride, patch_batch_size=patch_batch_size, progress=show_progress)
+                    stride=stride, patch_batch_size=patch_batch_size, progress=show_progress,
+                    residual=self.config.residual)
         images = postprocess(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

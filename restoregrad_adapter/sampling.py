@@ -227,6 +227,7 @@ def restore(
     patch_batch_size: int | None = None,
     progress: bool = False,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    residual: bool = False,
 ) -> torch.Tensor:
     """Restore ``y`` with ``denoiser`` from the learned prior ``prior(y)`` (paper Algorithm 2).
 
@@ -249,6 +250,8 @@ def restore(
             the whole (padded) image.
         progress: show a progress bar.
         callback: see :func:`sample`.
+        residual: the denoiser was trained on the residual ``r0 = x0 - y``: the chain samples
+            ``r0`` and the restoration is ``y + r0_hat``.
 
     Returns:
         The restored signal, ``y``'s shape, in ``y``'s precision (at least float32).
@@ -305,4 +308,6 @@ def restore(
     sigma = sigma.expand(y.shape).to(dtype)
     x = sample(noise_estimate, sigma, scheduler, generator=generator, eta=eta, condition=y, progress=progress,
                callback=callback)
+    if residual:
+        x = y + x  # the chain sampled r0 = x0 - y
     return x[(..., *[slice(0, n) for n in spatial])] if patched else x

@@ -272,8 +272,8 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
         RestoreGrad(TinyConvDenoiser(), None, None, mode="restoregrad_no_posterior")
     with pytest.raises(ValueError, match="denoiser"):
         RestoreGrad("not a model", mode="ddpm")
-    with pytest.raises(ValueError, match="prediction_type"):
-        RestoreGrad(TinyConvDenoiser(), mode="ddpm", scheduler=LearnedPriorScheduler(prediction_type="v_prediction"))
+    with pytest.raises(ValueError, match="residual"):
+        RestoreGrad(TinyConvDenoiser(), mode="ddpm", residual="yes")
     with pytest.raises(ValueError, match="prior_std"):
         LearnedPriorScheduler().step(x0, 3, x0, prior_std=-torch.ones_like(x0))
     assert RestoreGrad(TinyConvDenoiser(), PriorNet(dims=1, in_channels=1), PosteriorNet(dims=1, in_channels=1))

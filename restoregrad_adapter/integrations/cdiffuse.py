@@ -431,7 +431,21 @@ class CDiffuSERestoreGrad(RestoreGrad):
 
     Build it with :meth:`from_model` (CDiffuSE's 50-step schedule, Prior and Posterior Nets), or as
     any :class:`~restoregrad_adapter.RestoreGrad` (``with_encoders`` etc.).
+
+    The network predicts ``C_t`` (``prediction_type="epsilon"``) and diffuses ``x0`` itself: the
+    reverse coefficients ``c1, c2, c3`` are derived for that prediction, and the process already
+    mixes ``y`` into ``x_t``, so ``sample``/``v_prediction`` and ``residual=True`` are refused.
     """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        kind = self.scheduler.config.prediction_type
+        if kind != "epsilon":
+            raise ValueError(f"CDiffuSE's reverse process is derived for its noise prediction C_t: the scheduler's "
+                             f"prediction_type must be 'epsilon', got {kind!r}.")
+        if self.residual:
+            raise ValueError("`residual=True` is not available with CDiffuSE: its forward process already moves x_t "
+                             "towards y (x_t mixes in m_t sqrt(abar_t) y).")
 
     @classmethod
     def from_model(

@@ -235,9 +235,6 @@ def ddim_scheduler(scheduler) -> WeatherDiffDDIMScheduler:
     the DDIM ``alphas_cumprod`` equal the scheduler's exactly.
     """
     config = scheduler.config
-    if config.get("prediction_type", "epsilon") != "epsilon":
-        raise ValueError("WeatherDiff's sampler needs an epsilon-prediction schedule, got "
-                         f"prediction_type={config.get('prediction_type')!r}.")
     kwargs = dict(
         num_train_timesteps=config.num_train_timesteps,
         beta_start=config.beta_start,
@@ -250,7 +247,7 @@ def ddim_scheduler(scheduler) -> WeatherDiffDDIMScheduler:
         set_alpha_to_one=True,
         steps_offset=0,
         timestep_spacing="leading",
-        prediction_type="epsilon",
+        prediction_type=config.get("prediction_type", "epsilon"),  # the original's is epsilon
     )
     ddim = None
     if kwargs["trained_betas"] is not None or kwargs["beta_schedule"] in ("linear", "scaled_linear",
