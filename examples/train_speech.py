@@ -12,30 +12,58 @@ Data (one of):
   --dataset_name NAME         a `datasets` dataset whose --clean_column / --noisy_column hold audio
                               (read undecoded: paths or bytes, decoded with soundfile);
   none of them                built-in: speech-like signals generated in code with additive noise at
-                              0-15 dB SNR (restoregrad_adapter/data/speech.py).
-Audio is resampled to 16 kHz. The denoiser is the reference DiffWave-style network with CDiffuSE's
-call signature (restoregrad_adapter.reference_nets.DiffWaveDenoiser); train your own CDiffuSE model
-by replacing `build_model`. Validation enhances held-out utterances with the fast 6-step sampler and
-reports SI-SNR, plus PESQ (wideband) and STOI when `pesq` / `pystoi` are installed.
+                              0-15 dB SNR (restoregrad_adapter.data.speech).
+Audio is mixed down to mono and resampled to 16 kHz. The denoiser is the reference DiffWave-style
+network with CDiffuSE's call signature (restoregrad_adapter.reference_nets.DiffWaveDenoiser); train
+your own CDiffuSE model by replacing `build_adapter`'s model. Validation enhances held-out utterances
+with the fast 6-step sampler and reports SI-SNR beside the noisy input's, plus PESQ (wideband) and
+STOI when `pesq` / `pystoi` are installed.
+
+A resumed run (--resume_from_checkpoint latest) continues with exactly the losses of an
+uninterrupted one: every training example and every noise draw depends only on the seed and the step.
 """
 
-from __future__ import annotations
-
 import argparse
-import io
+import logging
 import os
-import sys
-from pathlib import Path
+import time
 
 import numpy as np
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, MODES
+from restoregrad_adapter.data import LazyPairs
+from restoregrad_adapter.data.readers import audio_pair_files, normalize_level, read_audio_pair, voicebank_pair_files
+from restoregrad_adapter.figures import plot_curves
+from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
+from restoregrad_adapter.io import save_figure, write_audio, write_json
+from restoregrad_adapter.metrics import pesq_wb, si_snr, stoi
+from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+from restoregrad_adapter.training import (
+    JsonLog,
+    RandomCropDataset,
+    StepBatchSampler,
+    describe_learning,
+    ema_weights,
+    gather_loss_terms,
+    is_due,
+    mean_loss_terms,
+    noise_generator,
+    resolve_report_to,
+    resume_from_checkpoint,
+    save_checkpoint,
+)
 
-from examples import training_common as common  # noqa: E402
+logger = get_logger("restoregrad_speech")
 
 SAMPLE_RATE = 16000
-HOP = 256
+HOP = 256  # CDiffuSE's STFT hop: waveforms are whole numbers of frames
 MODEL_SIZES = {
     # name: (residual_layers, residual_channels, dilation_cycle_length)
     "tiny": (10, 32, 10),
@@ -62,12 +90,47 @@ def parse_args(argv=None):
     g.add_argument("--segment_length", type=int, default=HOP * 24, help="training crop, a multiple of 256 samples")
     g = parser.add_argument_group("model")
     g.add_argument("--model_size", choices=tuple(MODEL_SIZES), default="tiny")
-    common.add_common_arguments(parser, dict(
-        latent_weight=0.1, prior_matching_weight=0.5, encoder_size="base", output_dir="outputs/train_speech", max_train_steps=1500,
-        train_batch_size=8, learning_rate=1e-3, checkpointing_steps=500, validation_steps=500,
-        num_inference_steps=6))
+    g = parser.add_argument_group("RestoreGrad")
+    g.add_argument("--mode", choices=MODES, default="restoregrad",
+                   help="restoregrad (eq. 10), restoregrad_no_posterior (eq. 11), priorgrad, ddpm")
+    g.add_argument("--latent_weight", type=float, default=0.1,
+                   help="weight of the latent regulariser (the paper's eta)")
+    g.add_argument("--prior_matching_weight", type=float, default=0.5,
+                   help="weight of the prior-matching term (the paper's lambda)")
+    g.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned standard deviation")
+    g.add_argument("--encoder_size", choices=("tiny", "base", "large"), default="base")
+    g = parser.add_argument_group("training")
+    g.add_argument("--output_dir", default="outputs/train_speech")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max_train_steps", type=int, default=1500)
+    g.add_argument("--train_batch_size", type=int, default=8, help="per process")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--learning_rate", type=float, default=1e-3)
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="defaults to Accelerate's configuration")
+    g.add_argument("--ema_decay", type=float, default=0.999, help="0 disables the EMA of the weights")
+    g.add_argument("--checkpointing_steps", type=int, default=500)
+    g.add_argument("--checkpoints_total_limit", type=int, default=2)
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    g.add_argument("--validation_steps", type=int, default=500)
+    g.add_argument("--num_inference_steps", type=int, default=6)
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument("--report_to", default="auto", help="'auto' (tensorboard when installed), 'all', 'none', ...")
+    g.add_argument("--push_to_hub", action="store_true")
+    g.add_argument("--hub_model_id", default=None)
+    g.add_argument("--hub_token", default=None)
     args = parser.parse_args(argv)
-    common.check_common_arguments(args)
+
+    for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                 "validation_steps", "num_inference_steps"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.ema_decay < 1:
+        raise SystemExit(f"error: --ema_decay must be in [0, 1), got {args.ema_decay}")
+    if args.push_to_hub and not args.hub_model_id:
+        raise SystemExit("error: --push_to_hub needs --hub_model_id (e.g. your-name/restoregrad-speech)")
     args.sample_rate = SAMPLE_RATE
     if args.segment_length % HOP or args.segment_length < 3 * HOP:
         raise SystemExit(f"error: --segment_length must be a multiple of {HOP} of at least {3 * HOP}, "
@@ -82,222 +145,244 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------- data
-def read_wav(source) -> np.ndarray:
-    """A mono 16 kHz float32 waveform from a path or bytes (resampled when needed)."""
-    import soundfile
-
-    from restoregrad_adapter.data.speech import resample
-
-    try:
-        audio, rate = soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source, dtype="float32",
-                                     always_2d=True)
-    except (RuntimeError, OSError) as error:
-        raise SystemExit(f"error: cannot read audio {source if not isinstance(source, bytes) else '<bytes>'}: "
-                         f"{error}") from None
-    audio = audio.mean(axis=1)  # mono
-    return resample(audio, rate, SAMPLE_RATE).astype(np.float32) if rate != SAMPLE_RATE else audio
+def read_utterance(clean, noisy):
+    """A level-normalised ``(x0, y)`` = (clean, noisy) pair of 16 kHz mono waveforms from paths or bytes."""
+    return normalize_level(*read_audio_pair(clean, noisy, sample_rate=SAMPLE_RATE))
 
 
-def paired_files(clean_dir: str, noisy_dir: str) -> list[tuple[str, str]]:
-    """(noisy, clean) paths of the WAV files whose names appear in both folders."""
-    clean, noisy = Path(clean_dir), Path(noisy_dir)
-    for flag, folder in (("clean", clean), ("noisy", noisy)):
-        if not folder.is_dir():
-            raise SystemExit(f"error: the {flag} folder {folder} does not exist")
-    names = sorted(p.name for p in clean.iterdir() if p.suffix.lower() in (".wav", ".flac"))
-    pairs = [(str(noisy / n), str(clean / n)) for n in names if (noisy / n).exists()]
-    if not pairs:
-        raise SystemExit(f"error: no files with the same name in {clean} and {noisy}")
-    return pairs
-
-
-def normalize_level(noisy: np.ndarray, clean: np.ndarray, peak: float = 0.95):
-    """Scale a pair by one factor so that the noisy peak is ``peak`` (the SNR is unchanged).
-
-    The learned prior's scale follows the signal's: at very low levels sigma sits at its floor
-    sigma_min everywhere, so utterances are brought to a common level first.
-    """
-    top = float(np.abs(noisy).max())
-    return (noisy, clean) if top == 0 else (noisy * (peak / top), clean * (peak / top))
-
-
-def aligned_pair(noisy: np.ndarray, clean: np.ndarray):
-    """Cut a pair to its common length, then level-normalise it."""
-    length = min(len(noisy), len(clean))
-    return normalize_level(noisy[:length], clean[:length])
-
-
-def speech_source(items, loader) -> common.PairSource:
-    """(noisy, clean) 16 kHz float32 waveforms, loaded lazily, aligned, level-normalised, cached."""
-    return common.PairSource(items, lambda item: aligned_pair(*loader(item)), cache_size=512)
-
-
-def build_sources(args):
-    """(training source, validation (noisy, clean) pairs, description)."""
-    def load_files(pair):
-        return read_wav(pair[0]), read_wav(pair[1])
+def load_data(args):
+    """Training pairs and validation pairs ``(x0, y)`` (clean, noisy waveforms), and a description."""
+    def read_files(paths):
+        return read_utterance(*paths)
 
     if args.data_dir:
-        root = Path(args.data_dir)
-        train = paired_files(root / "clean_trainset_28spk_wav", root / "noisy_trainset_28spk_wav")
-        test = paired_files(root / "clean_testset_wav", root / "noisy_testset_wav")
-        validation = [aligned_pair(*load_files(p)) for p in test[: args.num_validation_utterances]]
-        return speech_source(train, load_files), validation, f"VoiceBank+DEMAND: {len(train)} training pairs"
+        train = voicebank_pair_files(args.data_dir, "train")
+        test = voicebank_pair_files(args.data_dir, "test")[: args.num_validation_utterances]
+        return (LazyPairs(train, read_files, cache_size=512), [read_files(p) for p in test],
+                f"VoiceBank+DEMAND: {len(train)} training pairs")
     if args.clean_dir:
-        pairs = paired_files(args.clean_dir, args.noisy_dir)
+        files = audio_pair_files(args.clean_dir, args.noisy_dir)
         if args.validation_clean_dir:
-            held = paired_files(args.validation_clean_dir, args.validation_noisy_dir)[: args.num_validation_utterances]
+            held = audio_pair_files(args.validation_clean_dir, args.validation_noisy_dir)
+            held = held[: args.num_validation_utterances]
         else:
-            count = min(args.num_validation_utterances, len(pairs) - 1)
-            held, pairs = pairs[len(pairs) - count:], pairs[: len(pairs) - count]
-        return (speech_source(pairs, load_files), [aligned_pair(*load_files(p)) for p in held],
-                f"{len(pairs)} pairs from {args.clean_dir} and {args.noisy_dir}")
+            count = min(args.num_validation_utterances, len(files) - 1)
+            held, files = files[len(files) - count:], files[: len(files) - count]
+        return (LazyPairs(files, read_files, cache_size=512), [read_files(p) for p in held],
+                f"{len(files)} pairs from {args.clean_dir} and {args.noisy_dir}")
     if args.dataset_name:
         import datasets
 
-        ds = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
+        rows = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
         for column in (args.clean_column, args.noisy_column):
-            if column not in ds.column_names:
-                raise SystemExit(f"error: column {column!r} not in {args.dataset_name} ({ds.column_names})")
-            ds = ds.cast_column(column, datasets.Audio(decode=False))  # decoded here with soundfile
+            if column not in rows.column_names:
+                raise SystemExit(f"error: column {column!r} not in {args.dataset_name} ({rows.column_names})")
+            rows = rows.cast_column(column, datasets.Audio(decode=False))  # decoded here with soundfile
 
-        def load_row(i):
-            row = ds[int(i)]
-            pick = lambda a: a["bytes"] if a.get("bytes") else a["path"]  # noqa: E731
-            return read_wav(pick(row[args.noisy_column])), read_wav(pick(row[args.clean_column]))
+        def read_row(i):
+            row = rows[int(i)]
+            clean, noisy = row[args.clean_column], row[args.noisy_column]
+            return read_utterance(clean.get("bytes") or clean["path"], noisy.get("bytes") or noisy["path"])
 
-        count = min(args.num_validation_utterances, len(ds) - 1)
-        validation = [aligned_pair(*load_row(i)) for i in range(len(ds) - count, len(ds))]
-        return (speech_source(list(range(len(ds) - count)), load_row), validation,
-                f"dataset {args.dataset_name} ({len(ds) - count} training pairs)")
+        count = min(args.num_validation_utterances, len(rows) - 1)
+        validation = [read_row(i) for i in range(len(rows) - count, len(rows))]
+        return (LazyPairs(range(len(rows) - count), read_row, cache_size=512), validation,
+                f"dataset {args.dataset_name} ({len(rows) - count} training pairs)")
 
     from restoregrad_adapter.data.speech import builtin_speech_pairs
 
     train = builtin_speech_pairs("train", num_utterances=args.builtin_utterances, seconds=2.0, seed=args.seed)
     held = builtin_speech_pairs("validation", num_utterances=args.num_validation_utterances,
                                 seconds=args.validation_seconds, seed=args.seed)
-    held = [normalize_level(noisy, clean) for noisy, clean in held]
-    return (speech_source(train, lambda pair: pair), held,
+    return ([normalize_level(x0, y) for x0, y in train], [normalize_level(x0, y) for x0, y in held],
             f"built-in: {len(train)} synthetic utterances with noise at 0-15 dB SNR, {len(held)} held out")
 
 
-class SegmentDataset(torch.utils.data.Dataset):
-    """Example i: a random ``segment_length`` crop of a random pair, drawn from (seed, i) only."""
-
-    def __init__(self, source: common.PairSource, segment_length: int, seed: int):
-        self.source, self.segment_length, self.seed = source, segment_length, seed
-
-    def __len__(self):
-        return 2**62  # indexed by a StepBatchSampler, never iterated whole
-
-    def __getitem__(self, index: int):
-        rng = common.example_rng(self.seed, index)
-        noisy, clean = self.source[int(rng.integers(len(self.source)))]
-        n = self.segment_length
-        if len(clean) < n:  # zero-pad short utterances
-            noisy, clean = np.pad(noisy, (0, n - len(noisy))), np.pad(clean, (0, n - len(clean)))
-        start = int(rng.integers(len(clean) - n + 1))
-        as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a[start:start + n]))[None].float()  # noqa: E731
-        return as_tensor(clean), as_tensor(noisy)
+def waveform_to_tensor(waveform: np.ndarray) -> torch.Tensor:
+    """``(L,)`` float32 -> a ``(1, L)`` tensor (one channel)."""
+    return torch.from_numpy(np.ascontiguousarray(waveform))[None].float()
 
 
 # ---------------------------------------------------------------------- model
-def build_model(args):
-    from restoregrad_adapter.reference_nets import DiffWaveDenoiser
-
-    layers, channels, cycle = MODEL_SIZES[args.model_size]
-    return DiffWaveDenoiser(residual_channels=channels, residual_layers=layers, dilation_cycle_length=cycle)
-
-
 def build_adapter(args):
-    from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
-
-    return CDiffuSERestoreGrad.from_model(build_model(args), size=args.encoder_size, mode=args.mode, eta=args.latent_weight,
+    layers, channels, cycle = MODEL_SIZES[args.model_size]
+    model = DiffWaveDenoiser(residual_channels=channels, residual_layers=layers, dilation_cycle_length=cycle)
+    return CDiffuSERestoreGrad.from_model(model, size=args.encoder_size, mode=args.mode,
+                                          latent_weight=args.latent_weight,
                                           prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min)
 
 
 # ---------------------------------------------------------------------- validation
-def _crop(noisy: np.ndarray, clean: np.ndarray, seconds: float):
-    length = min(len(clean), int(seconds * SAMPLE_RATE))
-    length -= length % HOP
-    if length < 3 * HOP:
-        raise SystemExit(f"error: a validation utterance is shorter than {3 * HOP} samples")
-    return noisy[:length], clean[:length]
-
-
 @torch.no_grad()
-def validate(adapter, validation, args, step, device, out_dir):
-    """Enhance held-out utterances; SI-SNR (PESQ, STOI when installed); a PNG and WAVs."""
+def log_validation(adapter, validation, args, step, device, folder):
+    """Enhance held-out utterances; SI-SNR beside the noisy input's (PESQ, STOI when installed); a PNG of
+    spectrograms and sigma; the WAVs at the first and the last step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import soundfile
-
-    from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6
-    from restoregrad_adapter.metrics import pesq_wb, si_snr, stoi
 
     betas = FAST_INFERENCE_BETAS_6 if args.num_inference_steps == 6 else FAST_INFERENCE_BETAS_3
     was_training = adapter.training
     adapter.eval()
     scores: dict[str, list[float]] = {}
     fig, axes = plt.subplots(len(validation), 4, figsize=(15, 2.6 * len(validation)), squeeze=False)
-    for i, (noisy, clean) in enumerate(validation):
-        noisy, clean = _crop(noisy, clean, args.validation_seconds)
-        y = torch.from_numpy(noisy)[None, None].to(device)
+    for i, (clean, noisy) in enumerate(validation):
+        length = min(len(clean), int(args.validation_seconds * SAMPLE_RATE))
+        length -= length % HOP  # whole STFT frames
+        if length < 3 * HOP:
+            raise SystemExit(f"error: a validation utterance is shorter than {3 * HOP} samples")
+        clean, noisy = clean[:length], noisy[:length]
         x0 = torch.from_numpy(clean)[None, None].to(device)
+        y = torch.from_numpy(noisy)[None, None].to(device)
         generator = torch.Generator(device=device).manual_seed(args.seed + i)
         restored = adapter.restore(y, inference_betas=betas, generator=generator).float()
         sigma = adapter.prior_std(y)[0, 0].float().cpu().numpy()
-        for name, value in (("si_snr", si_snr(restored[:, 0], x0[:, 0])), ("si_snr_noisy", si_snr(y[:, 0], x0[:, 0]))):
-            scores.setdefault(name, []).append(value.item())
-        for name, fn in (("pesq", pesq_wb), ("stoi", stoi)):
+        scores.setdefault("si_snr", []).append(si_snr(restored[:, 0], x0[:, 0]).item())
+        scores.setdefault("si_snr_noisy", []).append(si_snr(y[:, 0], x0[:, 0]).item())
+        for name, metric in (("pesq", pesq_wb), ("stoi", stoi)):
             try:
-                scores.setdefault(name, []).append(fn(restored[:, 0].cpu(), x0[:, 0].cpu()).item())
+                scores.setdefault(name, []).append(metric(restored[:, 0].cpu(), x0[:, 0].cpu()).item())
             except ImportError:
                 scores.pop(name, None)
         waves = {"noisy": noisy, "restored": restored[0, 0].cpu().numpy(), "clean": clean}
-        for c, (title, wave) in enumerate(waves.items()):
-            axes[i, c].specgram(wave + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384, cmap="magma", vmin=-120)
-            extra = f"  SI-SNR {scores['si_snr'][-1]:.1f} dB" if title == "restored" else (
-                f"  SI-SNR {scores['si_snr_noisy'][-1]:.1f} dB" if title == "noisy" else "")
-            axes[i, c].set_title(title + extra, fontsize=9)
-            if step == args.max_train_steps or step == 0:
-                soundfile.write(os.path.join(out_dir, f"step-{step:06d}-{i}-{title}.wav"), wave, SAMPLE_RATE)
+        labels = {"noisy": f"  SI-SNR {scores['si_snr_noisy'][-1]:.1f} dB",
+                  "restored": f"  SI-SNR {scores['si_snr'][-1]:.1f} dB", "clean": ""}
+        for ax, (title, wave) in zip(axes[i], waves.items()):
+            ax.specgram(wave + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384, cmap="magma", vmin=-120)
+            ax.set_title(title + labels[title], fontsize=9)
+            if step in (0, args.max_train_steps):
+                write_audio(os.path.join(folder, f"step-{step:06d}-{i}-{title}.wav"), wave, SAMPLE_RATE)
         axes[i, 3].plot(np.arange(len(sigma)) / SAMPLE_RATE, sigma, color="tab:red", linewidth=0.6)
         axes[i, 3].set_title("learned prior sigma", fontsize=9)
     fig.suptitle(f"validation at step {step} ({args.mode}, {len(betas)} sampling steps)")
     fig.tight_layout()
-    common.save_figure(fig, os.path.join(out_dir, f"step-{step:06d}.png"))
+    save_figure(fig, os.path.join(folder, f"step-{step:06d}.png"), dpi=90)
     adapter.train(was_training)
     return {name: float(np.mean(values)) for name, values in scores.items()}
 
 
-# ---------------------------------------------------------------------- main
-def main(argv=None):
-    args = parse_args(argv)
-
-    def data():
-        source, validation, description = build_sources(args)
-        return SegmentDataset(source, args.segment_length, args.seed), validation, description
-
-    def describe(m):
-        text = f"SI-SNR {m['si_snr']:.2f} dB (noisy {m['si_snr_noisy']:.2f} dB)"
-        return text + "".join(f", {k.upper()} {m[k]:.3f}" for k in ("pesq", "stoi") if k in m)
-
-    common.train(
-        args,
-        project="restoregrad_speech",
-        build_adapter=build_adapter,
-        build_data=data,
-        validate=lambda adapter, validation, step, device, out_dir: validate(adapter, validation, args, step, device,
-                                                                             out_dir),
-        headline=("si_snr", "dB"),
-        curve_metrics=["si_snr", "pesq", "stoi"],
-        describe_validation=describe,
-        describe_batch=f"segments of {args.segment_length} samples at {SAMPLE_RATE} Hz",
+# ---------------------------------------------------------------------- training
+def main(args):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        log_with=resolve_report_to(args.report_to),
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, "logs")),
+        # Modules unused in a mode (the Posterior Net outside 'restoregrad', both encoders in the
+        # baselines) must not stall DistributedDataParallel waiting for their gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.mode != "restoregrad")],
     )
+    set_seed(args.seed)
+    start_time = time.time()
+    validation_dir = os.path.join(args.output_dir, "validation")
+    if accelerator.is_main_process:
+        os.makedirs(validation_dir, exist_ok=True)
+
+    # Data: example i is an aligned random segment of a random pair, drawn from (seed, i) only;
+    # utterances shorter than a segment are padded with zeros, as CDiffuSE's collator does.
+    pairs, validation, description = load_data(args)
+    logger.info(f"data: {description}", main_process_only=True)
+    dataset = RandomCropDataset(pairs, args.segment_length, args.seed, waveform_to_tensor, pad="zeros")
+
+    # Model, optimizer, EMA of the weights.
+    adapter = build_adapter(args)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=args.lr_warmup_steps)
+    ema = EMAModel(adapter.parameters(), decay=args.ema_decay) if args.ema_decay > 0 else None
+    adapter, optimizer, lr_scheduler = accelerator.prepare(adapter, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    parameters = list(accelerator.unwrap_model(adapter).parameters())
+
+    global_step = resume_from_checkpoint(accelerator, args.output_dir, args.resume_from_checkpoint)
+    if accelerator.is_main_process:  # metrics.jsonl: records up to the checkpoint's step are kept
+        history = JsonLog(os.path.join(args.output_dir, "metrics.jsonl"), resume_from_step=global_step or None)
+        accelerator.init_trackers("restoregrad_speech", config={k: v for k, v in vars(args).items()
+                                                                if isinstance(v, (int, float, str, bool))})
+        write_json(vars(args), os.path.join(args.output_dir, "args.json"))
+    accumulation = args.gradient_accumulation_steps
+    sampler = StepBatchSampler(global_step * accumulation, args.max_train_steps * accumulation, args.train_batch_size,
+                               accelerator.process_index, accelerator.num_processes)
+    train_dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+                                                   num_workers=args.dataloader_num_workers)
+
+    def run_validation(step):
+        if accelerator.is_main_process:
+            with ema_weights(ema, parameters):  # validate the EMA weights
+                metrics = log_validation(accelerator.unwrap_model(adapter), validation, args, step,
+                                         accelerator.device, validation_dir)
+            history.append({"kind": "validation", "step": step, **metrics})
+            accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
+            optional = "".join(f", {k.upper()} {metrics[k]:.3f}" for k in ("pesq", "stoi") if k in metrics)
+            logger.info(f"step {step}: validation SI-SNR {metrics['si_snr']:.2f} dB (noisy "
+                        f"{metrics['si_snr_noisy']:.2f} dB){optional}; wrote {validation_dir}/step-{step:06d}.png",
+                        main_process_only=True)
+        accelerator.wait_for_everyone()
+
+    if global_step == 0:
+        run_validation(0)
+    logger.info(f"training {args.mode} for {args.max_train_steps} steps on {accelerator.num_processes} process(es), "
+                f"batch {args.train_batch_size} x {accumulation} accumulation, segments of {args.segment_length} "
+                f"samples at {SAMPLE_RATE} Hz", main_process_only=True)
+    progress_bar = tqdm(total=args.max_train_steps, initial=global_step, desc="training",
+                        disable=not accelerator.is_local_main_process)
+    adapter.train()
+    micro_step_terms = []
+    for micro_step, (x0, y) in enumerate(train_dataloader, start=global_step * accumulation):
+        generator = noise_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        with accelerator.accumulate(adapter):
+            terms = adapter(x0.to(accelerator.device), y.to(accelerator.device), generator=generator)
+            accelerator.backward(terms.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(adapter.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        micro_step_terms.append(gather_loss_terms(accelerator, terms))  # averaged over the processes
+        if not accelerator.sync_gradients:
+            continue
+
+        global_step += 1
+        if ema is not None:
+            ema.step(parameters)
+        record, micro_step_terms = mean_loss_terms(micro_step_terms), []
+        progress_bar.update(1)
+        progress_bar.set_postfix(loss=f"{record['loss']:.4f}", dm=f"{record['denoise']:.4f}",
+                                 lr_term=f"{record['latent_reg']:.3f}", pm=f"{record['prior_match']:.3f}")
+        accelerator.log({f"train/{k}": v for k, v in record.items()}, step=global_step)
+        if accelerator.is_main_process:
+            history.append({"kind": "train", "step": global_step, **record})
+        if is_due(global_step, args.checkpointing_steps, args.max_train_steps):
+            save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+        if is_due(global_step, args.validation_steps, args.max_train_steps):
+            run_validation(global_step)
+    progress_bar.close()
+
+    # Save the adapter with the EMA weights, the training curves, and push to the Hub.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        adapter = accelerator.unwrap_model(adapter)
+        if ema is not None:
+            ema.copy_to(parameters)
+        last = history.last("validation") or {}
+        metadata = {"training_data": description,
+                    "metrics": {k: v for k, v in last.items() if k in ("si_snr", "pesq", "stoi")},
+                    "sample_rate": SAMPLE_RATE}
+        folder = adapter.save_pretrained(os.path.join(args.output_dir, "adapter"), **metadata)
+        curves = os.path.join(args.output_dir, "training_curves.png")
+        plot_curves(history.records, ["si_snr", "pesq", "stoi"], curves)
+        logger.info(f"saved the trained adapter to {folder}" + (" (EMA weights)" if ema is not None else ""),
+                    main_process_only=True)
+        logger.info(f"{describe_learning(history.records, 'si_snr', 'dB')}; wall time "
+                    f"{time.time() - start_time:.0f} s; curves in {curves}", main_process_only=True)
+        if args.push_to_hub:
+            url = adapter.push_to_hub(args.hub_model_id, token=args.hub_token, **metadata)
+            logger.info(f"pushed to {url}", main_process_only=True)
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

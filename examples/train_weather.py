@@ -16,26 +16,58 @@ Data (one of):
 
 The denoiser is the reference WeatherDiff-style UNet (restoregrad_adapter.reference_nets.WeatherUNet,
 called as model(cat([y, x_t]), t) like the original); train your own WeatherDiff model by replacing
-`build_unet`. Validation restores whole held-out images with overlapping patches (restore_image) and
-reports PSNR and SSIM on the Y channel.
+`build_adapter`'s UNet. Validation restores whole held-out images with overlapping patches
+(restore_image) and reports PSNR and SSIM on the Y channel, beside the degraded input's PSNR.
+
+A resumed run (--resume_from_checkpoint latest) continues with exactly the losses of an
+uninterrupted one: every training example and every noise draw depends only on the seed and the step.
 """
 
-from __future__ import annotations
-
 import argparse
-import json
+import logging
 import os
-import sys
-from pathlib import Path
+import time
 
 import numpy as np
 import torch
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from restoregrad_adapter import MODES, LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
+from restoregrad_adapter.loss import WEIGHTINGS
+from restoregrad_adapter.data import LazyPairs
+from restoregrad_adapter.data.readers import (
+    downscale,
+    image_pair_files,
+    image_to_tensor,
+    read_image_pair,
+    tensor_to_image,
+)
+from restoregrad_adapter.figures import plot_curves, plot_image_restorations
+from restoregrad_adapter.integrations.weatherdiff import restore_image, wrap
+from restoregrad_adapter.io import write_json
+from restoregrad_adapter.metrics import psnr_y, ssim_y
+from restoregrad_adapter.reference_nets import WeatherUNet
+from restoregrad_adapter.training import (
+    JsonLog,
+    RandomCropDataset,
+    StepBatchSampler,
+    describe_learning,
+    ema_weights,
+    gather_loss_terms,
+    is_due,
+    mean_loss_terms,
+    noise_generator,
+    resolve_report_to,
+    resume_from_checkpoint,
+    save_checkpoint,
+)
 
-from examples import training_common as common  # noqa: E402
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+logger = get_logger("restoregrad_weather")
 
 UNET_SIZES = {
     # name: (ch, ch_mult, num_res_blocks, attn_resolutions)
@@ -65,12 +97,54 @@ def parse_args(argv=None):
     g.add_argument("--patch_size", type=int, default=32)
     g.add_argument("--stride", type=int, default=16, help="patch stride of whole-image restoration")
     g.add_argument("--num_train_timesteps", type=int, default=1000)
-    common.add_common_arguments(parser, dict(
-        eta=0.01, lam=1.0, encoder_size="tiny", output_dir="outputs/train_weather", max_train_steps=1200,
-        train_batch_size=16, learning_rate=1e-3, checkpointing_steps=600, validation_steps=400,
-        num_inference_steps=10))
+    g.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"), default="epsilon",
+                   help="what the UNet predicts: the noise (the paper's), x0 (sample) or v")
+    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False,
+                   help="diffuse the residual x0 - y and restore y + r0_hat (--no-residual: x0 itself)")
+    g.add_argument("--loss_weighting", choices=WEIGHTINGS, default="elbo",
+                   help="the denoising term's weighting: elbo (the paper's eq. 10), min_snr, x0 (plain x0 MSE)")
+    g.add_argument("--snr_gamma", type=float, default=5.0, help="gamma of --loss_weighting min_snr")
+    g = parser.add_argument_group("RestoreGrad")
+    g.add_argument("--mode", choices=MODES, default="restoregrad",
+                   help="restoregrad (eq. 10), restoregrad_no_posterior (eq. 11), priorgrad, ddpm")
+    g.add_argument("--latent_weight", type=float, default=0.01,
+                   help="weight of the latent regulariser (the paper's eta)")
+    g.add_argument("--prior_matching_weight", type=float, default=1.0,
+                   help="weight of the prior-matching term (the paper's lambda)")
+    g.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned standard deviation")
+    g.add_argument("--encoder_size", choices=("tiny", "base", "large"), default="tiny")
+    g = parser.add_argument_group("training")
+    g.add_argument("--output_dir", default="outputs/train_weather")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max_train_steps", type=int, default=1200)
+    g.add_argument("--train_batch_size", type=int, default=16, help="per process")
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--learning_rate", type=float, default=1e-3)
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="defaults to Accelerate's configuration")
+    g.add_argument("--ema_decay", type=float, default=0.999, help="0 disables the EMA of the weights")
+    g.add_argument("--checkpointing_steps", type=int, default=600)
+    g.add_argument("--checkpoints_total_limit", type=int, default=2)
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    g.add_argument("--validation_steps", type=int, default=400)
+    g.add_argument("--num_inference_steps", type=int, default=10)
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+    g.add_argument("--report_to", default="auto", help="'auto' (tensorboard when installed), 'all', 'none', ...")
+    g.add_argument("--push_to_hub", action="store_true")
+    g.add_argument("--hub_model_id", default=None)
+    g.add_argument("--hub_token", default=None)
     args = parser.parse_args(argv)
-    common.check_common_arguments(args)
+
+    for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                 "validation_steps", "num_inference_steps"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.ema_decay < 1:
+        raise SystemExit(f"error: --ema_decay must be in [0, 1), got {args.ema_decay}")
+    if args.push_to_hub and not args.hub_model_id:
+        raise SystemExit("error: --push_to_hub needs --hub_model_id (e.g. your-name/restoregrad-weather)")
     if args.dataset_name and args.train_data_dir:
         raise SystemExit("error: pass --dataset_name or --train_data_dir, not both")
     ch_mult = UNET_SIZES[args.model_size][1]
@@ -81,277 +155,223 @@ def parse_args(argv=None):
 
 
 # ---------------------------------------------------------------------- data
-def load_image(path: str) -> np.ndarray:
-    """An RGB image file -> HxWx3 float32 in [0, 1]."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"error: cannot read image {path}: {error}") from None
-
-
-def pairs_from_file_list(list_file: Path) -> list[tuple[str, str]]:
-    """WeatherDiff/AllWeather lists: one degraded path per line; the clean one has `gt` for `input`."""
-    pairs = []
-    for line in list_file.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        degraded = Path(line) if Path(line).is_absolute() else (list_file.parent / line)
-        if not degraded.exists() and Path(line).exists():
-            degraded = Path(line)
-        parts = list(degraded.parts)
-        if "input" not in parts:
-            raise SystemExit(f"error: {list_file}: path {line!r} has no folder named 'input' to map to 'gt'")
-        index = len(parts) - 1 - parts[::-1].index("input")
-        clean = Path(*parts[:index], "gt", *parts[index + 1:])
-        pairs.append((str(degraded), str(clean)))
-    return pairs
-
-
-def pairs_from_input_gt(folder: Path) -> list[tuple[str, str]]:
-    """RainDrop-style: input/NAME and gt/NAME (or gt/NAME with 'rain' replaced by 'clean')."""
-    pairs = []
-    for degraded in sorted((folder / "input").iterdir()):
-        if degraded.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        for name in (degraded.name, degraded.name.replace("rain", "clean")):
-            if (folder / "gt" / name).exists():
-                pairs.append((str(degraded), str(folder / "gt" / name)))
-                break
-        else:
-            raise SystemExit(f"error: no clean image in {folder / 'gt'} for {degraded.name}")
-    return pairs
-
-
-def pairs_from_metadata(folder: Path, clean_column: str) -> list[tuple[str, str]]:
-    """An imagefolder whose metadata.jsonl rows name the degraded file_name and the clean image."""
-    pairs = []
-    for number, line in enumerate((folder / "metadata.jsonl").read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        if "file_name" not in row or clean_column not in row:
-            raise SystemExit(f"error: {folder / 'metadata.jsonl'} line {number} needs 'file_name' and "
-                             f"'{clean_column}' (set --clean_column)")
-        pairs.append((str(folder / row["file_name"]), str(folder / row[clean_column])))
-    return pairs
-
-
-def pairs_from_dir(path: str, clean_column: str) -> list[tuple[str, str]]:
-    location = Path(path)
-    if location.is_file() and location.suffix == ".txt":
-        pairs = pairs_from_file_list(location)
-    elif (location / "input").is_dir() and (location / "gt").is_dir():
-        pairs = pairs_from_input_gt(location)
-    elif (location / "metadata.jsonl").is_file():
-        pairs = pairs_from_metadata(location, clean_column)
-    else:
-        raise SystemExit(f"error: {path} is not a .txt file list, a folder with input/ and gt/, or an imagefolder "
-                         "with metadata.jsonl")
-    missing = [p for pair in pairs for p in pair if not os.path.exists(p)]
-    if missing:
-        raise SystemExit(f"error: {len(missing)} listed image(s) do not exist, e.g. {missing[0]}")
-    if not pairs:
-        raise SystemExit(f"error: no image pairs found in {path}")
-    return pairs
-
-
-def _load_file_pair(pair):
-    return load_image(pair[0]), load_image(pair[1])
-
-
-def build_sources(args):
-    """(training source, list of validation (degraded, clean) pairs, description)."""
+def load_data(args):
+    """Training pairs and validation pairs ``(x0, y)`` (clean, degraded; HxWx3 in [0, 1]), and a description."""
     if args.dataset_name:
         import datasets
 
-        ds = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
+        train_split = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.dataset_split)
         for column in (args.degraded_column, args.clean_column):
-            if column not in ds.column_names:
-                raise SystemExit(f"error: column {column!r} not in {args.dataset_name} ({ds.column_names}); "
+            if column not in train_split.column_names:
+                raise SystemExit(f"error: column {column!r} not in {args.dataset_name} ({train_split.column_names}); "
                                  "set --degraded_column / --clean_column")
 
-        def to_array(image):
-            return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-
-        def load_row(i, split=ds):
+        def read_row(i, split=train_split):
             row = split[int(i)]
-            return to_array(row[args.degraded_column]), to_array(row[args.clean_column])
+            return read_image_pair(row[args.clean_column], row[args.degraded_column])
 
         if args.validation_split:
-            val_ds = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.validation_split)
-            validation = [load_row(i, val_ds) for i in range(min(args.num_validation_images, len(val_ds)))]
-            train_items = list(range(len(ds)))
+            held = datasets.load_dataset(args.dataset_name, args.dataset_config_name, split=args.validation_split)
+            validation = [read_row(i, held) for i in range(min(args.num_validation_images, len(held)))]
+            train_rows = range(len(train_split))
         else:
-            held = min(args.num_validation_images, len(ds) - 1)
-            validation = [load_row(i) for i in range(len(ds) - held, len(ds))]
-            train_items = list(range(len(ds) - held))
-        return common.PairSource(train_items, load_row), validation, f"dataset {args.dataset_name}"
+            count = min(args.num_validation_images, len(train_split) - 1)
+            validation = [read_row(i) for i in range(len(train_split) - count, len(train_split))]
+            train_rows = range(len(train_split) - count)
+        return LazyPairs(train_rows, read_row), validation, f"dataset {args.dataset_name}"
 
     if args.train_data_dir:
-        pairs = pairs_from_dir(args.train_data_dir, args.clean_column)
+        files = image_pair_files(args.train_data_dir, args.clean_column)
         if args.validation_data_dir:
-            validation_pairs = pairs_from_dir(args.validation_data_dir, args.clean_column)[: args.num_validation_images]
+            held = image_pair_files(args.validation_data_dir, args.clean_column)[: args.num_validation_images]
         else:
-            held = min(args.num_validation_images, len(pairs) - 1)
-            validation_pairs, pairs = pairs[len(pairs) - held:], pairs[: len(pairs) - held]
-        validation = [_load_file_pair(p) for p in validation_pairs]
-        return (common.PairSource(pairs, _load_file_pair, cache_size=256), validation,
-                f"{len(pairs)} pairs from {args.train_data_dir}")
+            count = min(args.num_validation_images, len(files) - 1)
+            held, files = files[len(files) - count:], files[: len(files) - count]
+        return (LazyPairs(files, lambda paths: read_image_pair(*paths), cache_size=256),
+                [read_image_pair(*paths) for paths in held],
+                f"{len(files)} pairs from {args.train_data_dir}")
 
     from restoregrad_adapter.data.weather import builtin_weather_pairs
 
     train = builtin_weather_pairs("train", seed=args.seed, size=args.builtin_size)
     held_out = builtin_weather_pairs("validation", seed=args.seed, size=args.builtin_size)
     # One held-out photo per kind of weather, so each validation shows a different degradation.
-    chosen, seen_kinds, seen_names = [], set(), set()
-    for degraded, clean, kind, name in held_out:
-        if kind not in seen_kinds and name not in seen_names and len(chosen) < args.num_validation_images:
-            chosen.append((degraded, clean))
+    validation, seen_kinds, seen_names = [], set(), set()
+    for clean, degraded, kind, name in held_out:
+        if kind not in seen_kinds and name not in seen_names and len(validation) < args.num_validation_images:
+            validation.append((clean, degraded))
             seen_kinds.add(kind)
             seen_names.add(name)
-    source = common.PairSource([(d, c) for d, c, _, _ in train], lambda pair: pair)
-    return source, chosen, (f"built-in: {len(train)} degraded photos (rain, snow, raindrops drawn in code), "
-                            f"{len(chosen)} held-out photos")
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWx3 in [0, 1] -> (3, H, W) in [-1, 1] (WeatherDiff's normalisation)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() * 2 - 1
-
-
-def downscale(image: np.ndarray, longest: int) -> np.ndarray:
-    height, width = image.shape[:2]
-    if max(height, width) <= longest:
-        return image
-    from PIL import Image
-
-    scale = longest / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    as_uint8 = Image.fromarray((image * 255).round().astype(np.uint8))
-    return np.asarray(as_uint8.resize(size, Image.BICUBIC), dtype=np.float32) / 255.0
-
-
-class PatchDataset(torch.utils.data.Dataset):
-    """Example i: an aligned random patch of a random pair, both drawn from (seed, i) only."""
-
-    def __init__(self, source: common.PairSource, patch_size: int, seed: int):
-        self.source, self.patch_size, self.seed = source, patch_size, seed
-
-    def __len__(self):
-        return 2**62  # indexed by a StepBatchSampler, never iterated whole
-
-    def __getitem__(self, index: int):
-        rng = common.example_rng(self.seed, index)
-        degraded, clean = self.source[int(rng.integers(len(self.source)))]
-        if degraded.shape != clean.shape:
-            raise ValueError(f"a degraded image {degraded.shape} and its clean image {clean.shape} differ in size")
-        p = self.patch_size
-        height, width = clean.shape[:2]
-        if height < p or width < p:  # pad small images by reflection so a patch fits
-            pad = ((0, max(0, p - height)), (0, max(0, p - width)), (0, 0))
-            degraded, clean = np.pad(degraded, pad, mode="reflect"), np.pad(clean, pad, mode="reflect")
-            height, width = clean.shape[:2]
-        top, left = int(rng.integers(height - p + 1)), int(rng.integers(width - p + 1))
-        crop = (slice(top, top + p), slice(left, left + p))
-        return to_tensor(clean[crop]), to_tensor(degraded[crop])
+    return ([(clean, degraded) for clean, degraded, _, _ in train], validation,
+            f"built-in: {len(train)} degraded photos (rain, snow, raindrops drawn in code), "
+            f"{len(validation)} held-out photos")
 
 
 # ---------------------------------------------------------------------- model
-def build_unet(args):
-    from restoregrad_adapter.reference_nets import WeatherUNet
-
-    ch, ch_mult, blocks, attn = UNET_SIZES[args.model_size]
-    return WeatherUNet(in_channels=6, out_channels=3, ch=ch, ch_mult=ch_mult, num_res_blocks=blocks,
-                       attn_resolutions=attn, image_size=args.patch_size)
-
-
 def build_adapter(args):
-    from restoregrad_adapter import LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
-    from restoregrad_adapter.integrations.weatherdiff import wrap
-
-    scheduler = LearnedPriorScheduler(num_train_timesteps=args.num_train_timesteps, beta_start=1e-4, beta_end=0.02)
+    scheduler = LearnedPriorScheduler(num_train_timesteps=args.num_train_timesteps, beta_start=1e-4, beta_end=0.02,
+                                      prediction_type=args.prediction_type)
     prior = PriorNet(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min)
     posterior = PosteriorNet(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min)
-    return RestoreGrad(wrap(build_unet(args), patch_size=args.patch_size), prior, posterior, scheduler=scheduler,
-                       loss=RestoreGradLoss(latent_weight=args.latent_weight, prior_matching_weight=args.lam), mode=args.mode)
+    ch, ch_mult, num_res_blocks, attn_resolutions = UNET_SIZES[args.model_size]
+    unet = WeatherUNet(in_channels=6, out_channels=3, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
+                       attn_resolutions=attn_resolutions, image_size=args.patch_size)
+    loss = RestoreGradLoss(latent_weight=args.latent_weight, prior_matching_weight=args.prior_matching_weight,
+                           weighting=args.loss_weighting, snr_gamma=args.snr_gamma)
+    return RestoreGrad(wrap(unet, patch_size=args.patch_size), prior, posterior, scheduler=scheduler, loss=loss,
+                       mode=args.mode, residual=args.residual)
 
 
 # ---------------------------------------------------------------------- validation
 @torch.no_grad()
-def validate(adapter, validation, args, step, device, out_dir):
-    """Restore whole held-out images; PSNR/SSIM on Y; one PNG of degraded / restored / clean / sigma."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from restoregrad_adapter.integrations.weatherdiff import restore_image
-    from restoregrad_adapter.metrics import psnr_y, ssim_y
-
+def log_validation(adapter, validation, args, step, device, folder):
+    """Restore whole held-out images; PSNR/SSIM on Y beside the degraded input's; one PNG."""
     was_training = adapter.training
     adapter.eval()
-    rows, psnrs, ssims, psnrs_in = [], [], [], []
-    for i, (degraded, clean) in enumerate(validation):
-        degraded, clean = downscale(degraded, args.max_validation_size), downscale(clean, args.max_validation_size)
-        y = to_tensor(degraded)[None].to(device)
-        x0 = to_tensor(clean)[None].to(device)
+    shown = {"degraded": [], "restored": [], "clean": [], "sigma": []}
+    psnrs, ssims, psnrs_degraded, ssims_degraded = [], [], [], []
+    for i, (clean, degraded) in enumerate(validation):
+        x0 = image_to_tensor(downscale(clean, args.max_validation_size))[None].to(device)
+        y = image_to_tensor(downscale(degraded, args.max_validation_size))[None].to(device)
         generator = torch.Generator(device=device).manual_seed(args.seed + i)
         restored = restore_image(adapter, y, patch_size=args.patch_size, stride=args.stride,
                                  num_inference_steps=args.num_inference_steps, eta=0.0, generator=generator,
                                  progress=False).clamp(-1, 1)
-        sigma = adapter.prior_std(y)
-        as01 = [(t.float() + 1) / 2 for t in (y, restored, x0)]
-        psnrs_in.append(psnr_y(as01[0], as01[2]).item())
-        psnrs.append(psnr_y(as01[1], as01[2]).item())
-        ssims.append(ssim_y(as01[1], as01[2]).item() if min(y.shape[-2:]) >= 11 else float("nan"))
-        rows.append([t[0].permute(1, 2, 0).cpu().numpy() for t in as01] + [sigma[0].mean(0).float().cpu().numpy()])
-    fig, axes = plt.subplots(len(rows), 4, figsize=(13, 3.2 * len(rows)), squeeze=False)
-    titles = ("degraded", "restored", "clean", "learned prior sigma")
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            ax = axes[r, c]
-            if c < 3:
-                ax.imshow(np.clip(image, 0, 1))
-                label = titles[c] + (f"  {psnrs_in[r]:.2f} dB" if c == 0 else f"  {psnrs[r]:.2f} dB" if c == 1 else "")
-                ax.set_title(label, fontsize=9)
-            else:
-                shown = ax.imshow(image, cmap="magma")
-                fig.colorbar(shown, ax=ax, fraction=0.046)
-                ax.set_title(titles[3], fontsize=9)
-            ax.axis("off")
-    fig.suptitle(f"validation at step {step} ({args.mode}, {args.num_inference_steps} sampling steps)")
-    common.save_figure(fig, os.path.join(out_dir, f"step-{step:06d}.png"))
+        y01, restored01, x01 = ((t.float() + 1) / 2 for t in (y, restored, x0))
+        psnrs_degraded.append(psnr_y(y01, x01).item())
+        psnrs.append(psnr_y(restored01, x01).item())
+        ssims.append(ssim_y(restored01, x01).item() if min(y.shape[-2:]) >= 11 else float("nan"))
+        ssims_degraded.append(ssim_y(y01, x01).item() if min(y.shape[-2:]) >= 11 else float("nan"))
+        for key, tensor in (("degraded", y), ("restored", restored), ("clean", x0)):
+            shown[key].append(tensor_to_image(tensor[0]))
+        shown["sigma"].append(adapter.prior_std(y)[0].mean(0).float().cpu().numpy())
+    plot_image_restorations(os.path.join(folder, f"step-{step:06d}.png"), **shown,
+                            scores=[(f"{a:.2f} dB", f"{b:.2f} dB") for a, b in zip(psnrs_degraded, psnrs)],
+                            title=f"validation at step {step} ({args.mode}, {args.num_inference_steps} sampling steps)")
     adapter.train(was_training)
     return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.nanmean(ssims)),
-            "psnr_y_degraded": float(np.mean(psnrs_in))}
+            "psnr_y_degraded": float(np.mean(psnrs_degraded)), "ssim_y_degraded": float(np.nanmean(ssims_degraded))}
 
 
-# ---------------------------------------------------------------------- main
-def main(argv=None):
-    args = parse_args(argv)
-    common.train(
-        args,
-        project="restoregrad_weather",
-        build_adapter=build_adapter,
-        build_data=lambda: _data(args),
-        validate=lambda adapter, validation, step, device, out_dir: validate(adapter, validation, args, step, device,
-                                                                             out_dir),
-        headline=("psnr_y", "dB"),
-        curve_metrics=["psnr_y", "ssim_y"],
-        describe_validation=lambda m: (f"PSNR(Y) {m['psnr_y']:.2f} dB (degraded {m['psnr_y_degraded']:.2f} dB), "
-                                       f"SSIM(Y) {m['ssim_y']:.4f}"),
-        describe_batch=f"patches {args.patch_size}",
+# ---------------------------------------------------------------------- training
+def main(args):
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps, mixed_precision=args.mixed_precision,
+        log_with=resolve_report_to(args.report_to),
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, "logs")),
+        # Modules unused in a mode (the Posterior Net outside 'restoregrad', both encoders in the
+        # baselines) must not stall DistributedDataParallel waiting for their gradients.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.mode != "restoregrad")],
     )
+    set_seed(args.seed)
+    start_time = time.time()
+    validation_dir = os.path.join(args.output_dir, "validation")
+    if accelerator.is_main_process:
+        os.makedirs(validation_dir, exist_ok=True)
 
+    # Data: example i is an aligned random patch of a random pair, drawn from (seed, i) only.
+    pairs, validation, description = load_data(args)
+    logger.info(f"data: {description}", main_process_only=True)
+    dataset = RandomCropDataset(pairs, args.patch_size, args.seed, image_to_tensor)
 
-def _data(args):
-    source, validation, description = build_sources(args)
-    return PatchDataset(source, args.patch_size, args.seed), validation, description
+    # Model, optimizer, EMA of the weights.
+    adapter = build_adapter(args)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=args.lr_warmup_steps)
+    ema = EMAModel(adapter.parameters(), decay=args.ema_decay) if args.ema_decay > 0 else None
+    adapter, optimizer, lr_scheduler = accelerator.prepare(adapter, optimizer, lr_scheduler)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    parameters = list(accelerator.unwrap_model(adapter).parameters())
+
+    global_step = resume_from_checkpoint(accelerator, args.output_dir, args.resume_from_checkpoint)
+    if accelerator.is_main_process:  # metrics.jsonl: records up to the checkpoint's step are kept
+        history = JsonLog(os.path.join(args.output_dir, "metrics.jsonl"), resume_from_step=global_step or None)
+        accelerator.init_trackers("restoregrad_weather", config={k: v for k, v in vars(args).items()
+                                                                 if isinstance(v, (int, float, str, bool))})
+        write_json(vars(args), os.path.join(args.output_dir, "args.json"))
+    accumulation = args.gradient_accumulation_steps
+    sampler = StepBatchSampler(global_step * accumulation, args.max_train_steps * accumulation, args.train_batch_size,
+                               accelerator.process_index, accelerator.num_processes)
+    train_dataloader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler,
+                                                   num_workers=args.dataloader_num_workers)
+
+    def run_validation(step):
+        if accelerator.is_main_process:
+            with ema_weights(ema, parameters):  # validate the EMA weights
+                metrics = log_validation(accelerator.unwrap_model(adapter), validation, args, step,
+                                         accelerator.device, validation_dir)
+            history.append({"kind": "validation", "step": step, **metrics})
+            accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
+            logger.info(f"step {step}: validation PSNR(Y) {metrics['psnr_y']:.2f} dB (degraded "
+                        f"{metrics['psnr_y_degraded']:.2f} dB), SSIM(Y) {metrics['ssim_y']:.4f} (degraded "
+                        f"{metrics['ssim_y_degraded']:.4f}); wrote "
+                        f"{validation_dir}/step-{step:06d}.png", main_process_only=True)
+        accelerator.wait_for_everyone()
+
+    if global_step == 0:
+        run_validation(0)
+    logger.info(f"training {args.mode} for {args.max_train_steps} steps on {accelerator.num_processes} process(es), "
+                f"batch {args.train_batch_size} x {accumulation} accumulation, patches {args.patch_size}",
+                main_process_only=True)
+    progress_bar = tqdm(total=args.max_train_steps, initial=global_step, desc="training",
+                        disable=not accelerator.is_local_main_process)
+    adapter.train()
+    micro_step_terms = []
+    for micro_step, (x0, y) in enumerate(train_dataloader, start=global_step * accumulation):
+        generator = noise_generator(args.seed, micro_step, accelerator.process_index, accelerator.device)
+        with accelerator.accumulate(adapter):
+            terms = adapter(x0.to(accelerator.device), y.to(accelerator.device), generator=generator)
+            accelerator.backward(terms.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(adapter.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        micro_step_terms.append(gather_loss_terms(accelerator, terms))  # averaged over the processes
+        if not accelerator.sync_gradients:
+            continue
+
+        global_step += 1
+        if ema is not None:
+            ema.step(parameters)
+        record, micro_step_terms = mean_loss_terms(micro_step_terms), []
+        progress_bar.update(1)
+        progress_bar.set_postfix(loss=f"{record['loss']:.4f}", dm=f"{record['denoise']:.4f}",
+                                 lr_term=f"{record['latent_reg']:.3f}", pm=f"{record['prior_match']:.3f}")
+        accelerator.log({f"train/{k}": v for k, v in record.items()}, step=global_step)
+        if accelerator.is_main_process:
+            history.append({"kind": "train", "step": global_step, **record})
+        if is_due(global_step, args.checkpointing_steps, args.max_train_steps):
+            save_checkpoint(accelerator, args.output_dir, global_step, args.checkpoints_total_limit)
+        if is_due(global_step, args.validation_steps, args.max_train_steps):
+            run_validation(global_step)
+    progress_bar.close()
+
+    # Save the adapter with the EMA weights, the training curves, and push to the Hub.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        adapter = accelerator.unwrap_model(adapter)
+        if ema is not None:
+            ema.copy_to(parameters)
+        last = history.last("validation") or {}
+        metadata = {"training_data": description,
+                    "metrics": {k: v for k, v in last.items() if k in ("psnr_y", "ssim_y")}}
+        folder = adapter.save_pretrained(os.path.join(args.output_dir, "adapter"), **metadata)
+        curves = os.path.join(args.output_dir, "training_curves.png")
+        plot_curves(history.records, ["psnr_y", "ssim_y"], curves)
+        logger.info(f"saved the trained adapter to {folder}" + (" (EMA weights)" if ema is not None else ""),
+                    main_process_only=True)
+        logger.info(f"{describe_learning(history.records, 'psnr_y', 'dB')}; wall time "
+                    f"{time.time() - start_time:.0f} s; curves in {curves}", main_process_only=True)
+        if args.push_to_hub:
+            url = adapter.push_to_hub(args.hub_model_id, token=args.hub_token, **metadata)
+            logger.info(f"pushed to {url}", main_process_only=True)
+    accelerator.end_training()
 
 
 if __name__ == "__main__":
-    main()
+    main(parse_args())

@@ -4,7 +4,7 @@ A small DiffWave network with CDiffuSE's call signature stands in for a CDiffuSE
 wrapped (``restoregrad_adapter.integrations.cdiffuse``), trained jointly with the Prior and Posterior
 Nets on noisy speech with CDiffuSE's conditional forward process, and restores a held-out utterance
 with CDiffuSE's 6-step fast sampler. Nothing is downloaded: by default the speech and noise are
-synthesised in code (restoregrad_adapter/data/speech.py); ``--data_dir`` reads your own pairs instead.
+synthesised in code (restoregrad_adapter.data.speech); ``--data_dir`` reads your own pairs instead.
 
     python integrations/cdiffuse_enhance.py                    # defaults
     python integrations/cdiffuse_enhance.py --steps 2000       # better enhancement
@@ -15,83 +15,36 @@ Writes ``noisy.wav``, ``enhanced.wav``, ``clean.wav`` and ``cdiffuse_enhance.png
 spectrograms and the learned sigma) to ``--output_dir``.
 """
 
-from __future__ import annotations
-
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from restoregrad_adapter.data.speech import builtin_speech_pairs  # noqa: E402
-from examples.training_common import save_figure as write_png  # noqa: E402
-from restoregrad_adapter import FAST_INFERENCE_BETAS_6  # noqa: E402
-from restoregrad_adapter.integrations.cdiffuse import (  # noqa: E402
-    HOP_LENGTH,
-    CDiffuSERestoreGrad,
-    log_magnitude_spectrogram,
-)
-from restoregrad_adapter.metrics import si_snr  # noqa: E402
-from restoregrad_adapter.reference_nets import DiffWaveDenoiser  # noqa: E402
+from restoregrad_adapter import FAST_INFERENCE_BETAS_6
+from restoregrad_adapter.data import random_batch
+from restoregrad_adapter.data.readers import audio_pair_files, normalize_level, read_audio_pair
+from restoregrad_adapter.data.speech import builtin_speech_pairs
+from restoregrad_adapter.integrations.cdiffuse import HOP_LENGTH, CDiffuSERestoreGrad, log_magnitude_spectrogram
+from restoregrad_adapter.io import save_figure, write_audio
+from restoregrad_adapter.metrics import si_snr
+from restoregrad_adapter.reference_nets import DiffWaveDenoiser
 
 SAMPLE_RATE = 16000
 
 
-def crop_to_hop(signal: np.ndarray) -> np.ndarray:
-    """Drop the samples past the last multiple of 256 (CDiffuSE needs L = 256 x frames)."""
-    return signal[: len(signal) // HOP_LENGTH * HOP_LENGTH]
-
-
-def peak_normalise(pairs, peak: float = 0.95):
-    """Scale each (noisy, clean) pair together so the noisy peak is ``peak`` (the SNR is unchanged)."""
-    out = []
-    for noisy, clean in pairs:
-        scale = np.float32(peak / max(float(np.abs(noisy).max()), 1e-8))
-        out.append((noisy * scale, clean * scale))
-    return out
-
-
 def read_pairs(data_dir: str) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(noisy, clean) float32 mono pairs from ``data_dir/noisy`` and ``data_dir/clean`` (same file names)."""
-    import soundfile
-
-    clean_dir, noisy_dir = os.path.join(data_dir, "clean"), os.path.join(data_dir, "noisy")
-    names = sorted(n for n in os.listdir(clean_dir) if n.lower().endswith(".wav"))
-    pairs = []
-    for name in names:
-        noisy_path = os.path.join(noisy_dir, name)
-        if not os.path.exists(noisy_path):
-            raise ValueError(f"{noisy_path} is missing: every clean/ file needs a noisy/ file of the same name.")
-        clean, rate_c = soundfile.read(os.path.join(clean_dir, name), dtype="float32", always_2d=True)
-        noisy, rate_n = soundfile.read(noisy_path, dtype="float32", always_2d=True)
-        if rate_c != SAMPLE_RATE or rate_n != SAMPLE_RATE:
-            raise ValueError(f"{name}: expected {SAMPLE_RATE} Hz audio, got {rate_c} and {rate_n} Hz.")
-        length = min(len(clean), len(noisy))
-        pairs.append((noisy[:length, 0], clean[:length, 0]))
-    if len(pairs) < 2:
-        raise ValueError(f"{data_dir} needs at least two clean/noisy pairs (one is held out), found {len(pairs)}.")
-    return pairs
+    """``(x0, y)`` = (clean, noisy) 16 kHz mono pairs from ``data_dir/clean`` and ``data_dir/noisy``
+    (files of the same name; other rates are resampled)."""
+    files = audio_pair_files(os.path.join(data_dir, "clean"), os.path.join(data_dir, "noisy"))
+    if len(files) < 2:
+        raise ValueError(f"{data_dir} needs at least two clean/noisy pairs (one is held out), found {len(files)}.")
+    return [read_audio_pair(clean, noisy, sample_rate=SAMPLE_RATE) for clean, noisy in files]
 
 
-def random_segments(pairs, frames: int, count: int, generator: torch.Generator):
-    """``count`` aligned random crops of ``256 * frames`` samples: (clean, noisy), each (count, 1, L)."""
-    length = frames * HOP_LENGTH
-    clean, noisy = [], []
-    for i in torch.randint(0, len(pairs), (count,), generator=generator).tolist():
-        y, x0 = pairs[i]
-        if len(x0) < length:  # zero-pad short utterances, as CDiffuSE's collator does
-            y, x0 = np.pad(y, (0, length - len(y))), np.pad(x0, (0, length - len(x0)))
-        start = int(torch.randint(0, len(x0) - length + 1, (1,), generator=generator)) // HOP_LENGTH * HOP_LENGTH
-        clean.append(torch.from_numpy(x0[start:start + length].copy()))
-        noisy.append(torch.from_numpy(y[start:start + length].copy()))
-    return torch.stack(clean).unsqueeze(1), torch.stack(noisy).unsqueeze(1)
-
-
-def save_figure(path: str, noisy, enhanced, clean, sigma) -> None:
+def plot_enhancement(path: str, noisy, enhanced, clean, sigma) -> None:
+    """Waveforms and spectrograms of the noisy, enhanced and clean utterance, and the learned sigma."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,7 +77,7 @@ def save_figure(path: str, noisy, enhanced, clean, sigma) -> None:
     axes[3, 1].set_ylabel("mean sigma per frame")
     axes[3, 1].set_title("learned sigma against the clean speech level")
     fig.tight_layout()
-    write_png(fig, path, dpi=80)
+    save_figure(fig, path, dpi=80)
 
 
 def main(argv=None):
@@ -136,7 +89,7 @@ def main(argv=None):
     parser.add_argument("--residual_channels", type=int, default=32, help="DiffWave width (CDiffuSE: 64)")
     parser.add_argument("--residual_layers", type=int, default=6, help="DiffWave depth (CDiffuSE: 30)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data_dir", default=None, help="folder with clean/ and noisy/ WAV pairs (16 kHz)")
+    parser.add_argument("--data_dir", default=None, help="folder with clean/ and noisy/ WAV pairs (resampled to 16 kHz)")
     parser.add_argument("--output_dir", default="outputs/cdiffuse_enhance")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default; 1 is best on a busy machine)")
@@ -148,14 +101,15 @@ def main(argv=None):
 
     if args.data_dir:
         pairs = read_pairs(args.data_dir)
-        train, (noisy_val, clean_val) = pairs[:-1], pairs[-1]
+        train, (clean_val, noisy_val) = pairs[:-1], pairs[-1]
     else:
         train = builtin_speech_pairs("train", num_utterances=24, seconds=1.5, seed=args.seed)
-        noisy_val, clean_val = builtin_speech_pairs("validation", num_utterances=1, seconds=2.0, seed=args.seed)[0]
+        clean_val, noisy_val = builtin_speech_pairs("validation", num_utterances=1, seconds=2.0, seed=args.seed)[0]
     # Level-normalise every utterance (enhancement is scale-free; SI-SNR too): the learned sigma
     # then has room above the encoders' floor sigma_min = 0.1 wherever the speech is loud.
-    train = peak_normalise(train)
-    ((noisy_val, clean_val),) = peak_normalise([(crop_to_hop(noisy_val), crop_to_hop(clean_val))])
+    train = [normalize_level(x0, y) for x0, y in train]
+    whole_frames = len(clean_val) // HOP_LENGTH * HOP_LENGTH  # CDiffuSE needs L = 256 x frames
+    clean_val, noisy_val = normalize_level(clean_val[:whole_frames], noisy_val[:whole_frames])
     print(f"data: {len(train)} training utterances, 1 held out ({len(clean_val) / SAMPLE_RATE:.2f} s)")
 
     # The user's CDiffuSE model object; here a small DiffWave with the same call signature.
@@ -167,8 +121,11 @@ def main(argv=None):
 
     start, losses = time.time(), []
     for step in range(1, args.steps + 1):
-        x0, y = random_segments(train, args.frames, args.batch_size, generator)
-        out = adapter.training_loss(x0, y, generator=generator)
+        # Aligned random crops of 256 x frames samples starting on a frame; short utterances are
+        # padded with zeros, as CDiffuSE's collator does.
+        x0, y = random_batch(train, args.frames * HOP_LENGTH, args.batch_size, generator, align=HOP_LENGTH,
+                             pad="zeros")
+        out = adapter.training_loss(torch.from_numpy(x0)[:, None], torch.from_numpy(y)[:, None], generator=generator)
         optimizer.zero_grad()
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter.parameters(), 1.0)
@@ -188,13 +145,11 @@ def main(argv=None):
     after = si_snr(enhanced[:, 0], x0_val[:, 0]).item()
     print(f"held-out SI-SNR: noisy {before:.2f} dB -> enhanced {after:.2f} dB (6-step fast sampling)")
 
-    import soundfile
-
     enhanced_np = enhanced[0, 0].numpy()
     for name, signal in (("noisy", noisy_val), ("enhanced", enhanced_np), ("clean", clean_val)):
-        soundfile.write(os.path.join(args.output_dir, f"{name}.wav"), np.clip(signal, -1, 1), SAMPLE_RATE)
+        write_audio(os.path.join(args.output_dir, f"{name}.wav"), np.clip(signal, -1, 1), SAMPLE_RATE)
     path = os.path.join(args.output_dir, "cdiffuse_enhance.png")
-    save_figure(path, noisy_val, enhanced_np, clean_val, sigma[0, 0].numpy())
+    plot_enhancement(path, noisy_val, enhanced_np, clean_val, sigma[0, 0].numpy())
     print(f"wrote {args.output_dir}/{{noisy,enhanced,clean}}.wav and {path} ({time.time() - start:.0f} s in all)")
     return {"si_snr_noisy": before, "si_snr_enhanced": after, "loss_first": float(np.mean(losses[:50])),
             "loss_last": float(np.mean(losses[-50:]))}

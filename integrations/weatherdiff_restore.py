@@ -8,9 +8,9 @@ one sigma map for the whole photo. Writes ``weatherdiff_restore.png`` (degraded 
 learned sigma) to ``--output_dir``.
 
 Runs on a CPU in about two minutes with nothing to download: the photos ship with scikit-image and
-the rain, snow and raindrops are drawn in code (restoregrad_adapter/data/weather.py). With ``--data_dir`` it
+the rain, snow and raindrops are drawn in code (restoregrad_adapter.data.weather). With ``--data_dir`` it
 reads your own pairs instead: ``input/`` and ``gt/`` images with matching names (the last name, in
-sorted order, is held out).
+sorted order, is held out), or another layout of ``restoregrad_adapter.data.readers.image_pair_files``.
 
 The default run shows the mechanics, not a useful restorer: sampling from pure noise needs noise
 estimates far more accurate than a couple of minutes of CPU training give (WeatherDiff trains for
@@ -21,37 +21,27 @@ training (``--steps``, preferably on a GPU) is what improves it.
     python integrations/weatherdiff_restore.py --steps 20000     # longer training
 """
 
-from __future__ import annotations
-
 import argparse
 import os
-import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from tqdm.auto import tqdm  # noqa: E402
-
-from examples.training_common import save_figure as write_png  # noqa: E402
-from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss  # noqa: E402
-from restoregrad_adapter.integrations.weatherdiff import (  # noqa: E402
+from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss
+from restoregrad_adapter.data.readers import image_pair_files, image_to_tensor, read_image_pair, tensor_to_image
+from restoregrad_adapter.data.weather import builtin_weather_pairs
+from restoregrad_adapter.figures import plot_image_restorations
+from restoregrad_adapter.integrations.weatherdiff import (
     antithetic_timesteps,
     random_patch_pairs,
     restore_image,
     wrap,
 )
-from restoregrad_adapter.metrics import psnr_y  # noqa: E402
-from restoregrad_adapter.reference_nets import WeatherUNet  # noqa: E402
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """An HxWx3 array in [0, 1] -> (1, 3, H, W) in [-1, 1] (WeatherDiff's ``2 * x - 1``)."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() * 2 - 1
+from restoregrad_adapter.metrics import psnr_y
+from restoregrad_adapter.reference_nets import WeatherUNet
 
 
 def to_unit(image: torch.Tensor) -> torch.Tensor:
@@ -59,47 +49,30 @@ def to_unit(image: torch.Tensor) -> torch.Tensor:
     return ((image + 1) / 2).clamp(0, 1)
 
 
-def load_folder_pairs(data_dir: str):
-    """``(degraded, clean, name)`` float32 HxWx3 arrays in [0, 1] from ``input/`` and ``gt/``."""
-    from PIL import Image
-
-    inputs, targets = os.path.join(data_dir, "input"), os.path.join(data_dir, "gt")
-    if not (os.path.isdir(inputs) and os.path.isdir(targets)):
-        raise SystemExit(f"--data_dir {data_dir!r} must contain the folders input/ and gt/.")
-    names = sorted(n for n in os.listdir(inputs) if n.lower().endswith(IMAGE_EXTENSIONS))
-    missing = [n for n in names if not os.path.isfile(os.path.join(targets, n))]
-    if not names or missing:
-        raise SystemExit(f"--data_dir: no images in input/, or no gt/ image for {missing[:5]}.")
-    pairs = []
-    for name in names:
-        degraded = np.asarray(Image.open(os.path.join(inputs, name)).convert("RGB"), dtype=np.float32) / 255
-        clean = np.asarray(Image.open(os.path.join(targets, name)).convert("RGB"), dtype=np.float32) / 255
-        if degraded.shape != clean.shape:
-            raise SystemExit(f"--data_dir: input/{name} is {degraded.shape[:2]} but gt/{name} is {clean.shape[:2]}.")
-        pairs.append((degraded, clean, name))
-    return pairs
+def as_tensors(pair):
+    """A pair of HxWx3 arrays in [0, 1] -> a pair of (1, 3, H, W) tensors in [-1, 1] (WeatherDiff's ``2 x - 1``)."""
+    return tuple(image_to_tensor(image)[None] for image in pair)
 
 
 def get_data(args):
-    """Training pairs and one held-out pair, as (clean, degraded) tensors (1, 3, H, W) in [-1, 1]."""
+    """Training pairs and one held-out pair, as ``(x0, y)`` = (clean, degraded) tensors (1, 3, H, W) in
+    [-1, 1], and the held-out pair's name."""
     if args.data_dir:
-        pairs = load_folder_pairs(args.data_dir)
-        held_out = pairs[-1]
-        train = pairs[:-1] or pairs
+        files = image_pair_files(args.data_dir)  # input/ and gt/ (or another supported layout)
+        pairs = [read_image_pair(clean, degraded) for clean, degraded in files]
         if len(pairs) == 1:
             print("warning: --data_dir has one image; it is used for training and for the held-out restoration")
-        train = [(to_tensor(clean), to_tensor(degraded)) for degraded, clean, _ in train]
-        return train, (to_tensor(held_out[1]), to_tensor(held_out[0])), held_out[2]
-
-    from restoregrad_adapter.data.weather import builtin_weather_pairs
-
-    kinds = ("rain", "snow", "raindrop")
-    train = builtin_weather_pairs("train", kinds=kinds, seed=args.seed, size=128)
-    validation = builtin_weather_pairs("validation", kinds=kinds, seed=args.seed, size=128)
-    print(f"data: {len(train)} training pairs, {len(validation)} held out (rain, snow and raindrops drawn in code)")
-    degraded, clean, kind, name = validation[0]
-    train = [(to_tensor(c), to_tensor(d)) for d, c, _, _ in train]
-    return train, (to_tensor(clean), to_tensor(degraded)), f"{name} ({kind})"
+        held_out, name = pairs[-1], Path(files[-1][1]).name
+        train = pairs[:-1] or pairs
+    else:
+        kinds = ("rain", "snow", "raindrop")
+        train = builtin_weather_pairs("train", kinds=kinds, seed=args.seed, size=128)
+        validation = builtin_weather_pairs("validation", kinds=kinds, seed=args.seed, size=128)
+        print(f"data: {len(train)} training pairs, {len(validation)} held out (rain, snow and raindrops drawn in code)")
+        clean, degraded, kind, photo = validation[0]
+        held_out, name = (clean, degraded), f"{photo} ({kind})"
+        train = [(clean, degraded) for clean, degraded, _, _ in train]
+    return [as_tensors(pair) for pair in train], as_tensors(held_out), name
 
 
 def crop_batch(pairs, patch_size, images, patches_per_image, generator):
@@ -111,27 +84,6 @@ def crop_batch(pairs, patch_size, images, patches_per_image, generator):
         clean.append(x0)
         degraded.append(y)
     return torch.cat(clean), torch.cat(degraded)
-
-
-def save_figure(path, degraded, restored, clean, sigma, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(14, 4))
-    panels = [(to_unit(degraded), "degraded"), (to_unit(restored), "restored"), (to_unit(clean), "clean")]
-    for ax, (image, label) in zip(axes, panels):
-        ax.imshow(image[0].permute(1, 2, 0).numpy())
-        ax.set_title(label)
-    shown = axes[3].imshow(sigma[0].mean(0).numpy(), cmap="magma")
-    axes[3].set_title("learned prior sigma")
-    fig.colorbar(shown, ax=axes[3], fraction=0.046)
-    for ax in axes:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.tight_layout()
-    write_png(fig, path, dpi=90)
 
 
 def main(argv=None):
@@ -198,8 +150,10 @@ def main(argv=None):
     print(f"held-out PSNR (Y): degraded {before:.2f} dB -> restored {after:.2f} dB")
     print(f"learned sigma: mean {sigma.mean():.3f}, range [{sigma.min():.3f}, {sigma.max():.3f}]")
     path = os.path.join(args.output_dir, "weatherdiff_restore.png")
-    save_figure(path, y_val, restored, x0_val, sigma,
-                f"{held_out_name}: PSNR {before:.2f} dB -> {after:.2f} dB after {args.steps} training steps")
+    plot_image_restorations(path, degraded=tensor_to_image(y_val), restored=tensor_to_image(restored),
+                            clean=tensor_to_image(x0_val), sigma=sigma.mean(1).numpy(),
+                            scores=[(f"{before:.2f} dB", f"{after:.2f} dB")],
+                            title=f"{held_out_name} after {args.steps} training steps")
     print(f"wrote {path}")
     return {"psnr_degraded": before, "psnr_restored": after, "loss_first": float(np.mean(losses[:window])),
             "loss_last": float(np.mean(losses[-window:]))}

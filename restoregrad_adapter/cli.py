@@ -16,11 +16,12 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .io import InputFileError, read_audio, read_image, save_figure, write_audio, write_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 AUDIO_EXTENSIONS = (".wav", ".flac")
@@ -39,77 +40,6 @@ def _kind(path: Path) -> str:
         return "waveform"
     raise CommandError(f"{path}: unsupported file type {suffix!r}; expected an image ({', '.join(IMAGE_EXTENSIONS)}) "
                        f"or audio ({', '.join(AUDIO_EXTENSIONS)}).")
-
-
-def read_image(path: Path) -> np.ndarray:
-    """HxWx3 float32 in [0, 1]."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as error:
-        raise CommandError(f"{path}: cannot read the image ({error}).") from None
-
-
-def read_audio(path: Path) -> tuple[np.ndarray, int]:
-    """A mono waveform (float32) and its sample rate."""
-    import soundfile
-
-    try:
-        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (RuntimeError, OSError) as error:
-        raise CommandError(f"{path}: cannot read the audio file ({error}).") from None
-    if audio.shape[1] != 1:
-        raise CommandError(f"{path}: has {audio.shape[1]} channels; the adapter restores mono audio "
-                           "(mix down first, e.g. `sox in.wav -c 1 out.wav`).")
-    return audio[:, 0], rate
-
-
-def _atomic_target(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    return Path(tmp)
-
-
-def write_image(path: Path, image: np.ndarray) -> None:
-    from PIL import Image
-
-    tmp = _atomic_target(path)
-    try:
-        Image.fromarray((np.clip(image, 0, 1) * 255).round().astype(np.uint8)).save(tmp, format=_pil_format(path))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _pil_format(path: Path) -> str:
-    return {".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP",
-            ".webp": "WEBP"}.get(path.suffix.lower(), "PNG")
-
-
-def write_audio(path: Path, audio: np.ndarray, rate: int) -> None:
-    import soundfile
-
-    tmp = _atomic_target(path)
-    try:
-        soundfile.write(str(tmp), audio, rate, subtype="PCM_16" if path.suffix.lower() == ".wav" else None)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    tmp = _atomic_target(path)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight", format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------- adapters
@@ -340,7 +270,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except CommandError as error:
+    except (CommandError, InputFileError) as error:
         print(f"restoregrad {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,7 +1,8 @@
-"""benchmarks/convergence.py in its seconds-long smoke configuration, both tasks: it must run and write
+"""benchmarks/convergence.py in its seconds-long smoke preset, both tasks: it must run and write
 per-seed curves for every mode, the chosen learning rates, the headline and the plot (the numbers of a
-few training steps are not asserted)."""
+few training steps are not asserted); its presets, the constant-prior mode and --summarize_only."""
 
+import importlib.util
 import json
 import math
 import os
@@ -13,18 +14,42 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("ddpm", "priorgrad", "restoregrad_no_posterior", "restoregrad")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def load(monkeypatch, *names):
+    """benchmarks/<name>.py loaded by path for one test, in the order given (the siblings a module imports
+    first); returns the last."""
+    for name in names:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+    return module
+
+
+def convergence_module(monkeypatch):
+    return load(monkeypatch, "tasks", "options", "runner", "report", "convergence")
+
+
+def run_convergence(*args, timeout=300):
+    return subprocess.run([sys.executable, "benchmarks/convergence.py", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("task, metric", [("speech", "si_snr"), ("image", "psnr_y")])
 def test_convergence_benchmark_smoke(tmp_path, task, metric):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", task, "--smoke",
-                          "--output_dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = run_convergence("--task", task, "--preset", "smoke", "--output_dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / f"convergence_{task}.json").read_text())
-    assert results["task"] == task and results["machine"]["smoke"] is True
+    assert results["task"] == task and results["preset"]["name"] == "smoke" and results["preset"]["given"] == {}
     assert results["modes"] == list(MODES)
+    # the preset's values are printed, recorded, and are the run's settings
+    assert "preset smoke: " in out.stdout
+    for name, value in results["preset"]["values"].items():
+        assert results["config"][name] == value or (name, task) == ("pesq", "speech")  # pesq: whether installed
+    assert results["config"]["steps"] == 4 and results["config"]["seeds"] == [0]
+    assert set(results["input_quality"]) == set(results["summary"]["ddpm"])  # the degraded input, every metric
     steps = results["steps"]
     assert steps[0] == 0 and steps[-1] == results["config"]["steps"] and steps == sorted(steps)
     for mode in MODES:
@@ -64,17 +89,15 @@ def test_convergence_benchmark_smoke(tmp_path, task, metric):
 
 def test_parallel_workers_give_the_same_runs_as_one_process(tmp_path):
     """Runs are independent: two worker processes of one thread each reproduce a one-thread sequential run."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     results = {}
     for workers in (1, 2):
         out_dir = tmp_path / f"workers{workers}"
-        out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--smoke",
-                              "--learning_rates", "1e-3", "3e-3", "--workers", str(workers),
-                              "--threads", str(workers), "--output_dir", str(out_dir)],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        out = run_convergence("--task", "speech", "--preset", "smoke", "--learning_rates", "1e-3", "3e-3",
+                              "--workers", str(workers), "--threads", str(workers), "--output_dir", str(out_dir))
         assert out.returncode == 0, out.stderr[-3000:]
         results[workers] = json.loads((out_dir / "convergence_speech.json").read_text())
     assert results[2]["machine"]["workers"] == 2
+    assert results[2]["preset"]["given"] == {"learning_rates": [1e-3, 3e-3], "workers": 2}
     for mode in MODES:
         for lr, run in results[1]["learning_rate_search"][mode].items():
             assert results[2]["learning_rate_search"][mode][lr]["curve"] == run["curve"]
@@ -82,25 +105,39 @@ def test_parallel_workers_give_the_same_runs_as_one_process(tmp_path):
     assert results[2]["headline"] == results[1]["headline"]
 
 
-def test_evaluation_steps_resolve_early_convergence():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import convergence
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    speech = convergence.parse_args(["--task", "speech"])
-    assert sorted(convergence.evaluation_steps(speech)) == [5, 10, 15, 20, 25, 50, 75, 100, 125, 150]
-    image = convergence.parse_args(["--task", "image", "--early_evals", "0", "--steps", "1100"])
-    assert sorted(convergence.evaluation_steps(image)) == [250, 500, 750, 1000, 1100]  # and always the last
-    short = convergence.parse_args(["--task", "speech", "--steps", "3", "--eval_every", "10", "--early_evals", "2"])
-    assert sorted(convergence.evaluation_steps(short)) == [1, 2, 3]
+def test_evaluation_steps_resolve_early_convergence(monkeypatch):
+    convergence = convergence_module(monkeypatch)
+    runner = sys.modules["runner"]
+
+    def evaluation_steps(argv):
+        args = convergence.parse_args(argv)
+        return sorted(runner.evaluation_steps(args.steps, args.eval_every, args.early_evals))
+
+    assert evaluation_steps(["--task", "speech"]) == [5, 10, 15, 20, 25, 50, 75, 100, 125, 150]
+    assert evaluation_steps(["--task", "image", "--early_evals", "0", "--steps", "1100"]) == [250, 500, 750, 1000, 1100]
+    short = ["--task", "speech", "--steps", "3", "--eval_every", "10", "--early_evals", "2"]
+    assert evaluation_steps(short) == [1, 2, 3]
+
+
+def test_default_preset_is_the_documented_setup(monkeypatch):
+    """docs/benchmarks.md's setups: the default preset's values, whatever the machine."""
+    convergence = convergence_module(monkeypatch)
+    speech = convergence.parse_args(["--task", "speech", "--workers", "2"])
+    assert (speech.steps, speech.eval_every, speech.early_evals, speech.seeds) == (150, 25, 4, [0, 1, 2])
+    assert speech.learning_rates == [3e-4, 1e-3, 3e-3] and speech.modes == list(MODES)
+    assert (speech.residual_channels, speech.residual_layers, speech.batch_size, speech.crop_frames) == (16, 6, 4, 8)
+    assert (speech.num_train, speech.num_eval, speech.seconds, speech.eval_frames) == (32, 4, 1.0, 32)
+    assert (speech.latent_weight, speech.prior_matching_weight, speech.sigma_min) == (0.1, 0.5, 0.1)
+    image = convergence.parse_args(["--task", "image", "--workers", "2"])
+    assert (image.steps, image.eval_every, image.batch_size, image.patch_size, image.stride) == (2000, 250, 16, 16, 8)
+    assert (image.unet_ch, image.unet_ch_mult, image.image_size, image.num_eval, image.sampling_steps) == (
+        16, [1, 2], 32, 18, 10)
+    assert (image.latent_weight, image.prior_matching_weight, image.num_train) == (0.01, 1.0, None)
 
 
 def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--smoke", "--seeds", "0", "1",
-                          "--output_dir", str(tmp_path / "run")], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    run = run_convergence("--task", "speech", "--preset", "smoke", "--seeds", "0", "1",
+                          "--output_dir", str(tmp_path / "run"))
     assert run.returncode == 0, run.stderr[-3000:]
     saved = json.loads((tmp_path / "run" / "convergence_speech.json").read_text())
     # Make seed 1 of RestoreGrad reach DDPM's final mean at the second evaluation, seed 0 at the last.
@@ -111,9 +148,8 @@ def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
 
     def summarize_only(results: dict, name: str) -> dict:
         (tmp_path / f"{name}.json").write_text(json.dumps(results))
-        out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "speech", "--summarize_only",
-                              str(tmp_path / f"{name}.json"), "--output_dir", str(tmp_path / name)],
-                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        out = run_convergence("--task", "speech", "--summarize_only", str(tmp_path / f"{name}.json"),
+                              "--output_dir", str(tmp_path / name), timeout=120)
         assert out.returncode == 0, out.stderr[-3000:]
         return json.loads((tmp_path / name / "convergence_speech.json").read_text())
 
@@ -132,29 +168,51 @@ def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
     older = summarize_only(saved, "older")
     assert "prior_std_summary" not in older and older["headline"] == again["headline"]
 
+    # A run saved when the constant prior ran in PriorGrad's slot (--fixed_prior) and the loss weights were
+    # eta and lam: summarised in today's terms.
+    config = saved["config"]
+    config["eta"], config["lam"] = config.pop("latent_weight"), config.pop("prior_matching_weight")
+    config["fixed_prior"] = "0.25"
+    del config["constant_prior_std"], config["modes"], saved["labels"], saved["headline_metric"], saved["preset"]
+    renamed = summarize_only(saved, "renamed")
+    assert renamed["modes"] == ["ddpm", "constant_prior", "restoregrad_no_posterior", "restoregrad"]
+    assert renamed["labels"]["constant_prior"] == "constant prior (sigma 0.25)"
+    assert renamed["config"]["constant_prior_std"] == 0.25 and renamed["config"]["latent_weight"] == 0.1
+    assert renamed["headline"]["modes"]["constant_prior"] == older["headline"]["modes"]["priorgrad"]
 
-def test_fixed_prior_can_be_a_constant(tmp_path):
-    """The ablation of PriorGrad's slot: a constant sigma everywhere, recorded, named in the report."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "benchmarks/convergence.py", "--task", "image", "--smoke", "--fixed_prior",
-                          "0.25", "--output_dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+
+def test_constant_prior_is_a_mode_of_its_own(tmp_path):
+    """The ablation of the learned prior: a constant sigma everywhere, recorded, named in the report."""
+    out = run_convergence("--task", "image", "--preset", "smoke", "--modes", "ddpm", "priorgrad", "constant_prior",
+                          "--constant_prior_std", "0.25", "--output_dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "constant prior (sigma 0.25)" in out.stdout
     results = json.loads((tmp_path / "convergence_image.json").read_text())
-    assert results["config"]["fixed_prior"] == "0.25"
-    for sigma in results["curves"]["priorgrad"]["0"]["prior_std"]:
+    assert results["config"]["constant_prior_std"] == 0.25
+    assert results["modes"] == ["ddpm", "priorgrad", "constant_prior"]
+    assert results["labels"]["constant_prior"] == "constant prior (sigma 0.25)"
+    for sigma in results["curves"]["constant_prior"]["0"]["prior_std"]:
         assert sigma == {"mean": 0.25, "min": 0.25, "max": 0.25}
+    assert results["curves"]["priorgrad"]["0"]["prior_std"][0]["min"] < 0.25 < 1.0  # PriorGrad's energy prior
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf"])
-def test_fixed_prior_refuses_what_is_not_energy_or_a_positive_number(value, capsys):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import convergence
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
+@pytest.mark.parametrize("argv", [["--constant_prior_std", value] for value in ("abc", "0", "-1", "inf")])
+def test_constant_prior_std_must_be_a_positive_number(monkeypatch, argv, capsys):
+    convergence = convergence_module(monkeypatch)
     with pytest.raises(SystemExit):
-        convergence.parse_args(["--task", "speech", "--fixed_prior", value])
-    assert "--fixed_prior must be 'energy' or a positive number" in capsys.readouterr().err
+        convergence.parse_args(["--task", "speech", "--modes", "ddpm", "constant_prior", *argv])
+    assert "--constant_prior_std: must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--modes", "ddpm", "constant_prior"], "--constant_prior_std and mode constant_prior in --modes go together"),
+    (["--constant_prior_std", "0.2"], "--constant_prior_std and mode constant_prior in --modes go together"),
+    (["--modes", "restoregrad"], "--modes must be distinct and include ddpm"),
+    (["--modes", "ddpm", "ddpm"], "--modes must be distinct and include ddpm"),
+])
+def test_modes_are_checked(monkeypatch, argv, error, capsys):
+    """constant_prior and its sigma go together; DDPM, the reference, is always run; no mode twice."""
+    convergence = convergence_module(monkeypatch)
+    with pytest.raises(SystemExit):
+        convergence.parse_args(["--task", "speech", *argv])
+    assert error in capsys.readouterr().err

@@ -15,29 +15,29 @@ ROOT = Path(__file__).resolve().parents[1]
 MODES = ("ddpm", "priorgrad", "restoregrad_no_posterior", "restoregrad")
 
 
-def load_sampling():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location("sampling_benchmark", ROOT / "benchmarks" / "sampling.py")
+def load(monkeypatch, *names):
+    """benchmarks/<name>.py loaded by path for one test, in the order given (the siblings a module imports
+    first); returns the last."""
+    for name in names:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
         spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
 
 
-def test_fast_schedules_are_cdiffuses_and_end_below_one_half():
+def test_fast_schedules_are_cdiffuses_and_end_below_one_half(monkeypatch):
     from restoregrad_adapter.integrations.cdiffuse import reverse_schedule
     from restoregrad_adapter.scheduler import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6
 
-    sampling = load_sampling()
-    assert sampling.fast_inference_betas(6) == FAST_INFERENCE_BETAS_6
-    assert sampling.fast_inference_betas(3) == FAST_INFERENCE_BETAS_3
-    assert sampling.fast_inference_betas(5) == FAST_INFERENCE_BETAS_6[1:]
-    assert sampling.fast_inference_betas(2) == pytest.approx((1 - 0.95 * 0.8, 0.35), abs=1e-12)
-    assert sampling.fast_inference_betas(1) == pytest.approx((1 - 0.95 * 0.8 * 0.65,), abs=1e-12)
+    tasks = load(monkeypatch, "tasks")
+    assert tasks.fast_inference_betas(6) == FAST_INFERENCE_BETAS_6
+    assert tasks.fast_inference_betas(3) == FAST_INFERENCE_BETAS_3
+    assert tasks.fast_inference_betas(5) == FAST_INFERENCE_BETAS_6[1:]
+    assert tasks.fast_inference_betas(2) == pytest.approx((1 - 0.95 * 0.8, 0.35), abs=1e-12)
+    assert tasks.fast_inference_betas(1) == pytest.approx((1 - 0.95 * 0.8 * 0.65,), abs=1e-12)
     for steps in range(1, 7):
-        betas = sampling.fast_inference_betas(steps)
+        betas = tasks.fast_inference_betas(steps)
         assert len(betas) == steps
         assert math.prod(1 - b for b in betas) < 0.5  # what CDiffuSE's reverse process needs
         if steps <= 3:  # merged steps keep the 3-step schedule's final alpha_bar
@@ -46,7 +46,7 @@ def test_fast_schedules_are_cdiffuses_and_end_below_one_half():
         assert len(reverse_schedule(training_betas, betas)) == steps
     for bad in (0, 7, 2.0, True):
         with pytest.raises(ValueError, match="num_steps"):
-            sampling.fast_inference_betas(bad)
+            tasks.fast_inference_betas(bad)
 
 
 @pytest.mark.parametrize("task, metric, samplers", [
@@ -55,12 +55,14 @@ def test_fast_schedules_are_cdiffuses_and_end_below_one_half():
 ])
 def test_sampling_benchmark_smoke(tmp_path, task, metric, samplers):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "benchmarks/sampling.py", "--task", task, "--smoke",
+    out = subprocess.run([sys.executable, "benchmarks/sampling.py", "--task", task, "--preset", "smoke",
                           "--output_dir", str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / f"sampling_{task}.json").read_text())
-    assert results["task"] == task and results["machine"]["smoke"] is True
+    assert results["task"] == task and results["preset"]["name"] == "smoke"
+    assert results["step_grid"] == results["preset"]["values"]["step_grid"]
+    assert set(results["input_quality"]) == set(results["summary"]["ddpm"][samplers["ddpm"][0]])  # degraded input
     grid = results["step_grid"]
     assert grid == sorted(grid) and len(grid) >= 2
     for mode in MODES:
@@ -82,15 +84,25 @@ def test_sampling_benchmark_smoke(tmp_path, task, metric, samplers):
 
 def test_learning_rates_from_a_convergence_run_of_another_task_are_refused(tmp_path):
     (tmp_path / "convergence_image.json").write_text(json.dumps({"task": "image", "chosen_learning_rates": {}}))
-    out = subprocess.run([sys.executable, "benchmarks/sampling.py", "--task", "speech", "--smoke",
+    out = subprocess.run([sys.executable, "benchmarks/sampling.py", "--task", "speech", "--preset", "smoke",
                           "--learning_rates_from", str(tmp_path / "convergence_image.json")],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--learning_rates_from" in out.stderr and "'image'" in out.stderr
 
 
-def test_headline_flags_quality_that_falls_with_more_steps():
+def test_learning_rates_from_a_convergence_run_without_a_mode_are_refused(tmp_path):
+    run = {"task": "speech", "config": {}, "modes": list(MODES), "chosen_learning_rates": {m: 1e-3 for m in MODES}}
+    (tmp_path / "convergence_speech.json").write_text(json.dumps(run))
+    out = subprocess.run([sys.executable, "benchmarks/sampling.py", "--task", "speech", "--preset", "smoke",
+                          "--modes", "ddpm", "constant_prior", "--constant_prior_std", "0.2",
+                          "--learning_rates_from", str(tmp_path / "convergence_speech.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "has no mode constant_prior" in out.stderr
+
+
+def test_headline_flags_quality_that_falls_with_more_steps(monkeypatch):
     """The fewest-S ratio is a speed-up only when quality rises with S; falling quality is flagged."""
-    sampling = load_sampling()
+    report = load(monkeypatch, "report")
 
     def results(ddpm_mean, std=0.1):
         def entry(mean):
@@ -100,15 +112,15 @@ def test_headline_flags_quality_that_falls_with_more_steps():
         summary["restoregrad"]["ddim"] = entry([11.0, 12.0, 12.5, 12.6])
         return {"task": "image", "step_grid": [2, 5, 10, 25], "summary": summary}
 
-    rising = sampling.fewest_steps(results([10.0, 11.0, 12.0, 12.5]), "psnr_y")
+    rising = report.fewest_steps(results([10.0, 11.0, 12.0, 12.5]), "psnr_y")
     assert rising["target_is_saturated"] and rising["target"] == 12.5
     rg = rising["modes"]["restoregrad"]["ddim"]
     assert rg["steps_to_reach"] == 10 and rg["fewer_steps"] == 2.5
     assert rg["best_steps"] == 25 and not rg["falls_with_steps"]
 
-    falling = sampling.fewest_steps(results([18.0, 13.0, 12.0, 11.5]), "psnr_y")
+    falling = report.fewest_steps(results([18.0, 13.0, 12.0, 11.5]), "psnr_y")
     ddpm = falling["modes"]["ddpm"]["ddim"]
     assert ddpm["best_steps"] == 2 and ddpm["best_mean"] == 18.0 and ddpm["falls_with_steps"]
     assert not falling["target_is_saturated"]
     # within the seeds' spread it is not called a fall
-    assert sampling.fewest_steps(results([12.0, 11.6, 11.7, 11.5], std=0.6), "psnr_y")["target_is_saturated"]
+    assert report.fewest_steps(results([12.0, 11.6, 11.7, 11.5], std=0.6), "psnr_y")["target_is_saturated"]

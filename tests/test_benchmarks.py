@@ -1,6 +1,7 @@
 """Benchmarks run in their seconds-long smoke configuration (timings are not asserted: they are noisy;
 the scripts must run and write their raw numbers and plots), and the CPU memory measure against closed forms."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -9,8 +10,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load(monkeypatch, *names):
+    """benchmarks/<name>.py loaded by path for one test, in the order given (the siblings a module imports
+    first); returns the last."""
+    for name in names:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, name, module)
+        spec.loader.exec_module(module)
+    return module
+
+
 def test_overhead_benchmark_smoke(tmp_path):
-    out = subprocess.run([sys.executable, "benchmarks/overhead.py", "--smoke", "--output_dir", str(tmp_path)],
+    out = subprocess.run([sys.executable, "benchmarks/overhead.py", "--preset", "smoke", "--output_dir", str(tmp_path)],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "overhead.json").read_text())
@@ -23,20 +35,17 @@ def test_overhead_benchmark_smoke(tmp_path):
         memory = results[task]["train_peak_memory_bytes"]
         assert memory["baseline"] > 0 and memory["restoregrad"] > memory["baseline"]  # the encoders' share
         assert memory["ratio"] == memory["restoregrad"] / memory["baseline"]
-    assert results["scheduler_step"]["ratio"] > 0 and results["machine"]["smoke"] is True
+    assert results["scheduler_step"]["ratio"] > 0 and results["preset"]["name"] == "smoke"
+    assert results["preset"]["values"]["repeats"] == results["machine"]["repeats"] == 2
     assert (tmp_path / "overhead.png").stat().st_size > 1000
 
 
-def test_cpu_peak_memory_counts_the_tensors_a_step_holds():
+def test_cpu_peak_memory_counts_the_tensors_a_step_holds(monkeypatch):
     """Closed forms: a no-grad forward of a linear layer holds its parameters (and a 1 x 1000 output);
     an Adam step holds at least parameters, gradients and the two moment buffers."""
     import torch
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import overhead
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    costs = load(monkeypatch, "tasks", "costs")
     torch.manual_seed(0)
     model = torch.nn.Linear(1000, 1000)
     parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -46,7 +55,7 @@ def test_cpu_peak_memory_counts_the_tensors_a_step_holds():
         with torch.no_grad():
             model(x)
 
-    assert parameter_bytes <= overhead.cpu_peak_memory(forward) <= parameter_bytes + 16 * 1000
+    assert parameter_bytes <= costs.cpu_peak_memory(forward) <= parameter_bytes + 16 * 1000
 
     optimizer = torch.optim.Adam(model.parameters())
 
@@ -56,4 +65,4 @@ def test_cpu_peak_memory_counts_the_tensors_a_step_holds():
         loss.backward()
         optimizer.step()
 
-    assert overhead.cpu_peak_memory(train) >= 4 * parameter_bytes
+    assert costs.cpu_peak_memory(train) >= 4 * parameter_bytes

@@ -1,18 +1,13 @@
-"""Tests of the synthetic data helpers used by the example scripts."""
+"""Tests of restoregrad_adapter.data (built-in data, paired-file layouts, crops) and restoregrad_adapter.io."""
 
+import json
 import math
 import socket
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from restoregrad_adapter.data import speech, weather  # noqa: E402
+from restoregrad_adapter.data import speech, weather
 
 
 @pytest.fixture(autouse=True)
@@ -141,12 +136,12 @@ def test_weather_pairs_splits_are_disjoint_and_deterministic():
     assert {kind for _, _, kind, _ in val} == set(weather.KINDS)
 
     assert len(train) == len(again) == len(other)
-    for (d1, c1, k1, n1), (d2, c2, k2, n2) in zip(train, again):
+    for (c1, d1, k1, n1), (c2, d2, k2, n2) in zip(train, again):
         assert (k1, n1) == (k2, n2)
         assert np.array_equal(d1, d2) and np.array_equal(c1, c2)
-    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(train, other))
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(train, other))  # the degraded images
 
-    for degraded, clean, kind, name in train + val:
+    for clean, degraded, kind, name in train + val:  # (x0, y) order
         assert kind in weather.KINDS
         assert degraded.shape == clean.shape and max(clean.shape[:2]) == 48
         assert degraded.dtype == clean.dtype == np.float32
@@ -159,7 +154,7 @@ def test_weather_pairs_full_resolution_and_variants():
         "validation", kinds=("snow",), size=None, variants=2)
     photos = weather.builtin_photos()
     assert len(pairs) == 2 * len(weather.VALIDATION_PHOTOS)
-    for degraded, clean, kind, name in pairs:
+    for clean, degraded, kind, name in pairs:
         assert kind == "snow"
         assert clean.shape == photos[name].shape
 
@@ -315,14 +310,14 @@ def test_builtin_speech_pairs():
     again = speech.builtin_speech_pairs("train", seed=3, **kw)
     val = speech.builtin_speech_pairs("validation", seed=3, **kw)
     assert len(train) == len(val) == 4
-    for (n1, c1), (n2, c2) in zip(train, again):
+    for (c1, n1), (c2, n2) in zip(train, again):
         assert np.array_equal(n1, n2) and np.array_equal(c1, c2)
-    for noisy, clean in train + val:
+    for clean, noisy in train + val:  # (x0, y) order
         assert noisy.shape == clean.shape == (4000,)
         assert noisy.dtype == clean.dtype == np.float32
         assert np.abs(noisy).max() <= 0.99 + 1e-6
         assert -1e-3 <= _snr_db(noisy, clean) <= 15 + 1e-3
-    for (n1, c1), (n2, c2) in zip(train, val):
+    for (c1, n1), (c2, n2) in zip(train, val):
         assert not np.array_equal(c1, c2)
 
 
@@ -401,3 +396,191 @@ def test_resample_bad_arguments():
         speech.resample(np.float32(1.0), 16000, 8000)
     with pytest.raises(ValueError, match="waveform"):
         speech.resample(np.array([1.0, np.nan]), 16000, 8000)
+
+
+# ---------------------------------------------------------------------------
+# crops
+# ---------------------------------------------------------------------------
+
+
+def test_random_crop_is_aligned_and_drawn_corner_by_corner():
+    from restoregrad_adapter.data import random_crop
+
+    x0 = np.arange(10 * 12 * 3, dtype=np.float32).reshape(10, 12, 3)
+    y = -x0
+    a, b = random_crop(x0, y, 4, np.random.default_rng(5))
+    rng = np.random.default_rng(5)
+    top, left = int(rng.integers(7)), int(rng.integers(9))  # the draws: top, then left
+    assert np.array_equal(a, x0[top:top + 4, left:left + 4]) and np.array_equal(b, -a)
+    centre, _ = random_crop(x0, y, (4, 6))  # rng=None: the centred crop
+    assert np.array_equal(centre, x0[3:7, 3:9])
+
+    import torch
+
+    wave = np.arange(3000, dtype=np.float32)
+    a, b = random_crop(wave, wave + 1, 512, torch.Generator().manual_seed(0), align=256)
+    start = int(torch.randint(0, 3000 - 512 + 1, (1,), generator=torch.Generator().manual_seed(0))) // 256 * 256
+    assert a[0] == start and start % 256 == 0 and len(a) == 512 and np.array_equal(b, a + 1)
+
+
+def test_random_crop_pads_short_signals():
+    from restoregrad_adapter.data import random_crop
+
+    wave = np.ones(100, np.float32)
+    a, b = random_crop(wave, 2 * wave, 256, np.random.default_rng(0), pad="zeros")
+    assert a.shape == (256,) and a[:100].sum() == 100 and not a[100:].any() and np.array_equal(b, 2 * a)
+    image = np.random.default_rng(0).random((5, 20, 3)).astype(np.float32)
+    a, _ = random_crop(image, image, 8, np.random.default_rng(0))  # reflected to 8 rows
+    assert a.shape == (8, 8, 3)
+    with pytest.raises(ValueError, match="same shape"):
+        random_crop(image, image[:4], 4)
+    with pytest.raises(ValueError, match="pad"):
+        random_crop(wave, wave, 256, pad="edge")
+    with pytest.raises(ValueError, match="rng"):
+        random_crop(wave, wave, 10, rng=0)
+
+
+def test_random_batch_picks_then_crops():
+    import torch
+
+    from restoregrad_adapter.data import random_batch, random_crop
+
+    pairs = [(np.full(50, i, np.float32), np.full(50, -i, np.float32)) for i in range(4)]
+    x0, y = random_batch(pairs, 16, 3, torch.Generator().manual_seed(1))
+    generator = torch.Generator().manual_seed(1)
+    picks = torch.randint(0, 4, (3,), generator=generator).tolist()
+    expected = [random_crop(*pairs[i], 16, generator)[0] for i in picks]
+    assert x0.shape == y.shape == (3, 16) and np.array_equal(x0, np.stack(expected)) and np.array_equal(y, -x0)
+
+
+def test_lazy_pairs_reads_on_demand_with_a_cache():
+    from restoregrad_adapter.data import LazyPairs
+
+    calls = []
+
+    def load(item):
+        calls.append(item)
+        return item, -item
+
+    pairs = LazyPairs([1, 2, 3], load, cache_size=2)
+    assert len(pairs) == 3 and pairs[0] == (1, -1) and pairs[0] == (1, -1) and calls == [1]
+    pairs[1], pairs[2], pairs[0]
+    assert calls == [1, 2, 3, 1]  # 1 was dropped as the least recently used
+
+
+# ---------------------------------------------------------------------------
+# paired files: the (x0, y) = (clean, degraded) order
+# ---------------------------------------------------------------------------
+
+
+def _png(path, value, size=(6, 8)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full(size + (3,), value, np.uint8)).save(path)
+
+
+def test_image_pair_files_layouts(tmp_path):
+    from restoregrad_adapter.data.readers import image_pair_files, read_image_pair
+
+    raindrop = tmp_path / "raindrop"
+    _png(raindrop / "input" / "0_rain.png", 200)
+    _png(raindrop / "gt" / "0_clean.png", 100)
+    ((clean, degraded),) = image_pair_files(raindrop)
+    assert clean.endswith("gt/0_clean.png") and degraded.endswith("input/0_rain.png")
+    x0, y = read_image_pair(clean, degraded)
+    assert x0.shape == (6, 8, 3) and x0.dtype == np.float32
+    assert np.allclose(x0, 100 / 255) and np.allclose(y, 200 / 255)
+
+    allweather = tmp_path / "allweather"
+    _png(allweather / "rain" / "input" / "a.png", 1)
+    _png(allweather / "rain" / "gt" / "a.png", 2)
+    (allweather / "list.txt").write_text("rain/input/a.png\n\n")
+    assert image_pair_files(allweather / "list.txt") == [(str(allweather / "rain/gt/a.png"),
+                                                          str(allweather / "rain/input/a.png"))]
+
+    folder = tmp_path / "imagefolder"
+    _png(folder / "d.png", 1)
+    _png(folder / "c.png", 2)
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": "d.png", "target": "c.png"}) + "\n")
+    assert image_pair_files(folder) == [(str(folder / "c.png"), str(folder / "d.png"))]
+
+    with pytest.raises(ValueError, match="not a .txt file list"):
+        image_pair_files(tmp_path / "nothing")
+    _png(raindrop / "input" / "1.png", 3)
+    with pytest.raises(ValueError, match="no clean image"):
+        image_pair_files(raindrop)
+    _png(tmp_path / "small.png", 3, size=(4, 4))
+    with pytest.raises(ValueError, match="degraded image"):
+        read_image_pair(clean, tmp_path / "small.png")
+
+
+def test_audio_pair_files_and_reading(tmp_path):
+    soundfile = pytest.importorskip("soundfile")
+    from restoregrad_adapter.data.readers import audio_pair_files, normalize_level, read_audio_pair, voicebank_pair_files
+
+    root = tmp_path / "vb"
+    for folder in ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"):
+        (root / folder).mkdir(parents=True)
+    tone = 0.25 * np.sin(np.arange(8000) / 5).astype(np.float32)
+    soundfile.write(root / "clean_trainset_28spk_wav" / "p1.wav", tone, 8000)
+    soundfile.write(root / "noisy_trainset_28spk_wav" / "p1.wav", np.stack([tone, 0 * tone], 1)[:7000], 8000)
+    soundfile.write(root / "clean_trainset_28spk_wav" / "only_clean.wav", tone, 8000)
+    ((clean, noisy),) = voicebank_pair_files(root, "train")
+    assert clean.endswith("clean_trainset_28spk_wav/p1.wav") and noisy.endswith("noisy_trainset_28spk_wav/p1.wav")
+    x0, y = read_audio_pair(clean, noisy, sample_rate=16000)  # resampled, mixed down, common length
+    assert x0.shape == y.shape == (14000,) and x0.dtype == y.dtype == np.float32
+    assert np.allclose(x0[1000:12000], 2 * y[1000:12000], atol=1e-3)  # the mix-down halves the noisy copy
+    x1, y1 = normalize_level(x0, y)
+    scale = 0.95 / np.abs(y).max()  # one factor for both: the noisy peak becomes 0.95
+    assert np.allclose(x1, x0 * scale) and np.allclose(y1, y * scale)
+    with pytest.raises(ValueError, match="split"):
+        voicebank_pair_files(root, "dev")
+    with pytest.raises(ValueError, match="no files with the same name"):
+        audio_pair_files(root / "clean_trainset_28spk_wav", tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# restoregrad_adapter.io
+# ---------------------------------------------------------------------------
+
+
+def test_writers_are_atomic_and_readers_name_the_file(tmp_path):
+    soundfile = pytest.importorskip("soundfile")
+    from PIL import Image
+
+    from restoregrad_adapter import io
+
+    io.write_json({"a": [1, 2]}, tmp_path / "sub" / "x.json")
+    assert json.loads((tmp_path / "sub" / "x.json").read_text()) == {"a": [1, 2]}
+    image = np.random.default_rng(0).random((5, 7, 3)).astype(np.float32)
+    io.write_image(tmp_path / "x.png", image)
+    assert np.abs(io.read_image(tmp_path / "x.png") - image).max() <= 0.5 / 255 + 1e-6
+    io.write_image(tmp_path / "x.jpg", image)
+    assert Image.open(tmp_path / "x.jpg").format == "JPEG"
+    io.write_audio(tmp_path / "x.wav", np.zeros(100, np.float32), 16000)
+    audio, rate = io.read_audio(tmp_path / "x.wav")
+    assert rate == 16000 and audio.shape == (100,)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()
+    io.save_figure(fig, tmp_path / "f.png")
+    assert Image.open(tmp_path / "f.png").format == "PNG" and not plt.get_fignums()
+
+    with pytest.raises(RuntimeError):  # a failed write leaves neither the target nor a temporary file
+        with io.atomic_path(tmp_path / "y.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.png", "sub", "x.jpg", "x.png", "x.wav"]
+
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(io.InputFileError, match="broken.png: cannot read the image"):
+        io.read_image(tmp_path / "broken.png")
+    soundfile.write(tmp_path / "stereo.wav", np.zeros((100, 2), np.float32), 16000)
+    with pytest.raises(ValueError, match="2 channels"):
+        io.read_audio(tmp_path / "stereo.wav")
+    assert io.read_audio((tmp_path / "stereo.wav").read_bytes(), mix_to_mono=True)[0].shape == (100,)

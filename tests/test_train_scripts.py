@@ -1,5 +1,5 @@
 """The Accelerate training scripts run end to end on CPU in a tiny configuration, resume exactly,
-and train on two processes."""
+and train on two processes; the helpers they share (restoregrad_adapter.training) behave."""
 
 import json
 import os
@@ -18,7 +18,7 @@ TINY_WEATHER = ["--train_batch_size", "2", "--builtin_size", "40", "--patch_size
 
 
 def run(command, env_extra=None, timeout=600):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
+    env = {**os.environ, **(env_extra or {})}
     out = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out.stdout + out.stderr
@@ -128,3 +128,40 @@ def test_train_speech_reads_paired_folders_and_resamples(tmp_path):
                str(noisy_dir), "--max_train_steps", "1", "--validation_steps", "1", "--checkpointing_steps", "1",
                "--output_dir", str(out)])
     assert "2 pairs from" in log and (out / "adapter").is_dir()
+
+
+# ---------------------------------------------------------------------- the shared helpers
+def test_step_batch_sampler_and_examples_depend_only_on_seed_and_step():
+    from restoregrad_adapter.training import RandomCropDataset, StepBatchSampler, noise_generator
+
+    batches = list(StepBatchSampler(2, 4, batch_size=3, process_index=1, num_processes=2))
+    assert batches == [[15, 16, 17], [21, 22, 23]]  # (m * P + p) * B + k
+    pairs = [(np.arange(40, dtype=np.float32), -np.arange(40, dtype=np.float32))]
+    dataset = RandomCropDataset(pairs, 8, seed=0, to_tensor=lambda a: a)
+    x0, y = dataset[17]
+    again, _ = RandomCropDataset(pairs, 8, seed=0, to_tensor=lambda a: a)[17]
+    assert np.array_equal(x0, again) and np.array_equal(y, -x0) and len(x0) == 8
+    first = noise_generator(0, 5, 1, "cpu").initial_seed()
+    assert first == noise_generator(0, 5, 1, "cpu").initial_seed() != noise_generator(0, 6, 1, "cpu").initial_seed()
+
+
+def test_checkpoints_and_json_log(tmp_path):
+    from restoregrad_adapter.training import JsonLog, checkpoint_step, find_checkpoint, prune_checkpoints
+
+    assert find_checkpoint(tmp_path, "latest") is None and find_checkpoint(tmp_path, None) is None
+    for step in (2, 10, 4):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    (tmp_path / "checkpoint-x").mkdir()
+    latest = find_checkpoint(tmp_path, "latest")
+    assert latest == str(tmp_path / "checkpoint-10") and checkpoint_step(latest) == 10
+    prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-4", "checkpoint-x"]
+
+    log = JsonLog(tmp_path / "metrics.jsonl")
+    for step in (0, 1, 2, 3):
+        log.append({"kind": "train", "step": step, "loss": float(step)})
+    assert log.last("train")["step"] == 3 and log.last("validation") is None
+    resumed = JsonLog(tmp_path / "metrics.jsonl", resume_from_step=2)  # drops what came after the checkpoint
+    assert [r["step"] for r in resumed.records] == [0, 1, 2]
+    assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert JsonLog(tmp_path / "metrics.jsonl").records == []  # a new run starts empty

@@ -9,7 +9,7 @@ Everything here is generated in code, so the examples run offline:
 * :func:`noise` -- ``"white"``, ``"pink"``, ``"brown"``, ``"babble"``,
   ``"hum"`` and ``"traffic"`` noise.
 * :func:`mix_at_snr` -- adds noise to a clean signal at an exact SNR.
-* :func:`builtin_speech_pairs` -- deterministic ``(noisy, clean)`` pairs.
+* :func:`builtin_speech_pairs` -- deterministic ``(clean, noisy)`` pairs (the library's ``(x0, y)``).
 * :func:`resample` -- polyphase resampling between integer sample rates.
 
 All waveforms are float32 numpy arrays; time is the last axis.
@@ -22,7 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from restoregrad_adapter.data import check_rng
+from . import check_rng
 
 try:  # scipy ships with scikit-image; resample() has a numpy fallback
     from scipy import signal as _signal
@@ -95,6 +95,16 @@ def _check_rate(value, name: str) -> int:
     return rate
 
 
+
+
+def _check_synthesis(what: str, num_samples, sample_rate, rng) -> Tuple[int, int, np.random.Generator]:
+    """The checked arguments of a generator of ``num_samples`` at ``sample_rate`` (>= 4 kHz) from ``rng``."""
+    _require_scipy(what)
+    num_samples = _check_count(num_samples, "num_samples")
+    rate = _check_rate(sample_rate, "sample_rate")
+    if rate < 4000:
+        raise ValueError(f"sample_rate must be >= 4000 Hz, got {sample_rate!r}")
+    return num_samples, rate, check_rng(rng)
 
 
 def _smooth(x: np.ndarray, width: int) -> np.ndarray:
@@ -245,12 +255,7 @@ def synth_speech(
     The result is float32, peak-normalised to 0.5, and fully determined by
     the arguments and the generator state.
     """
-    _require_scipy("synth_speech")
-    num_samples = _check_count(num_samples, "num_samples")
-    sample_rate = _check_rate(sample_rate, "sample_rate")
-    if sample_rate < 4000:
-        raise ValueError(f"sample_rate must be >= 4000 Hz, got {sample_rate!r}")
-    rng = check_rng(rng)
+    num_samples, sample_rate, rng = _check_synthesis("synth_speech", num_samples, sample_rate, rng)
     if f0_mean is None:
         f0_mean = rng.uniform(100.0, 210.0)
     else:
@@ -366,12 +371,7 @@ def noise(kind: str, num_samples: int, sample_rate: int,
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"kind must be one of {NOISE_KINDS}, got {kind!r}")
-    _require_scipy("noise")
-    n = _check_count(num_samples, "num_samples")
-    sr = _check_rate(sample_rate, "sample_rate")
-    if sr < 4000:
-        raise ValueError(f"sample_rate must be >= 4000 Hz, got {sample_rate!r}")
-    rng = check_rng(rng)
+    n, sr, rng = _check_synthesis("noise", num_samples, sample_rate, rng)
     t = np.arange(n) / sr
 
     if kind == "white":
@@ -465,7 +465,7 @@ def builtin_speech_pairs(
     seed: int = 0,
     noise_kinds: Sequence[str] = NOISE_KINDS,
 ) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Deterministic ``(noisy, clean)`` float32 pairs of synthetic speech.
+    """Deterministic ``(clean, noisy)`` float32 pairs of synthetic speech (``(x0, y)``, each ``(L,)``).
 
     Each utterance is :func:`synth_speech` of ``seconds`` length mixed with a
     noise kind drawn from ``noise_kinds`` at an SNR drawn uniformly from
@@ -516,7 +516,7 @@ def builtin_speech_pairs(
             scale = np.float32(0.99 / peak)
             noisy = noisy * scale
             clean = clean * scale
-        pairs.append((noisy.astype(np.float32), clean.astype(np.float32)))
+        pairs.append((clean.astype(np.float32), noisy.astype(np.float32)))
     return pairs
 
 

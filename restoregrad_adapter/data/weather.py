@@ -19,7 +19,7 @@ image, the arguments and the generator state):
 :func:`builtin_photos` returns the photographs that ship inside scikit-image
 (read straight from its package folder, so nothing is ever downloaded) and
 :func:`builtin_weather_pairs` turns them into deterministic
-``(degraded, clean, kind, name)`` training / validation pairs.
+``(clean, degraded, kind, name)`` training / validation pairs (the library's ``(x0, y)`` order).
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from restoregrad_adapter.data import check_rng
 from scipy import ndimage, signal
+
+from . import check_rng
 
 __all__ = [
     "KINDS",
@@ -164,16 +165,9 @@ def _rain_layer(shape, rng, density, length, angle, width, pad) -> np.ndarray:
     return np.clip(layer, 0.0, 1.0)
 
 
-def add_rain_streaks(
-    image,
-    rng: np.random.Generator,
-    *,
-    density: Optional[float] = None,
-    angle: Optional[float] = None,
-    length: Optional[float] = None,
-    brightness: Optional[float] = None,
-    haze: Optional[float] = None,
-) -> np.ndarray:
+def add_rain_streaks(image, rng: np.random.Generator, *, density: Optional[float] = None,
+                     angle: Optional[float] = None, length: Optional[float] = None,
+                     brightness: Optional[float] = None, haze: Optional[float] = None) -> np.ndarray:
     """Overlay falling rain: thin bright slanted streaks.
 
     Parameters (``None`` draws a random value from ``rng``):
@@ -231,15 +225,9 @@ def add_rain_streaks(
 # ---------------------------------------------------------------------------
 
 
-def add_snow(
-    image,
-    rng: np.random.Generator,
-    *,
-    amount: Optional[float] = None,
-    flake_size: Optional[float] = None,
-    angle: Optional[float] = None,
-    haze: Optional[float] = None,
-) -> np.ndarray:
+def add_snow(image, rng: np.random.Generator, *, amount: Optional[float] = None,
+             flake_size: Optional[float] = None, angle: Optional[float] = None,
+             haze: Optional[float] = None) -> np.ndarray:
     """Overlay falling snow: flakes of several sizes, the large ones defocused.
 
     Parameters (``None`` draws a random value from ``rng``):
@@ -323,14 +311,8 @@ def add_snow(
 # ---------------------------------------------------------------------------
 
 
-def add_raindrops(
-    image,
-    rng: np.random.Generator,
-    *,
-    num_drops: Optional[int] = None,
-    drop_size: Optional[float] = None,
-    blur: Optional[float] = None,
-) -> np.ndarray:
+def add_raindrops(image, rng: np.random.Generator, *, num_drops: Optional[int] = None,
+                  drop_size: Optional[float] = None, blur: Optional[float] = None) -> np.ndarray:
     """Put water drops on the lens: each shows a blurred, inverted view.
 
     Parameters (``None`` draws a random value from ``rng``):
@@ -503,7 +485,10 @@ def builtin_weather_pairs(
     size: Optional[int] = 128,
     variants: Optional[int] = None,
 ) -> List[Tuple[np.ndarray, np.ndarray, str, str]]:
-    """Deterministic ``(degraded, clean, kind, name)`` pairs from bundled photos.
+    """Deterministic ``(clean, degraded, kind, name)`` pairs from bundled photos.
+
+    ``clean`` is the photo (``x0``), ``degraded`` the same photo with the weather ``kind`` drawn on
+    it (``y``): ``HxWx3`` float32 arrays in ``[0, 1]``; ``name`` is the photo's name.
 
     split:
         ``"train"`` uses :data:`TRAIN_PHOTOS`, ``"validation"`` the held-out
@@ -549,5 +534,5 @@ def builtin_weather_pairs(
             kind_id = KINDS.index(kind)
             for v in range(int(variants)):
                 rng = np.random.default_rng([int(seed), split_id, name_id, kind_id, v])
-                pairs.append((degrade(clean, kind, rng), clean, kind, name))
+                pairs.append((clean, degrade(clean, kind, rng), kind, name))
     return pairs

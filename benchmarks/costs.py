@@ -1,0 +1,239 @@
+"""What the adapter costs: time and peak memory of a training step and of a restoration, with and without it.
+
+Ratios are measured within one run, the two variants interleaved and repeated, so machine noise
+affects both alike; the median ratio is reported with its spread (min-max over repetitions).
+
+- training step (forward + backward + Adam) of the bare denoiser with the standard DDPM loss, against
+  the same denoiser inside RestoreGrad (Prior Net, Posterior Net, eq. 10 loss);
+- restoration: the same sampler with sigma = 1 (mode "ddpm") against the learned prior (Prior Net
+  once, sigma-scaled noise every step), through ``integrations.weatherdiff.restore_image`` and
+  ``CDiffuSERestoreGrad.restore``;
+- one scheduler step: LearnedPriorScheduler.step with a sigma map against DDPMScheduler.step;
+- peak tensor memory of a training step (parameters, gradients, optimizer state, activations): on CUDA
+  the allocator's peak; on CPU the peak of the torch profiler's memory timeline over one step.
+
+The models' sizes come from the settings (``overhead.py``'s preset): ``weather_unet`` "weatherdiff64"
+(WeatherDiff64: ch 128, multipliers 1-2-3-4) or "tiny", ``speech_model`` "cdiffuse" (30 residual
+layers, 64 channels) or "tiny".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from tasks import parameter_counts
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compare(baseline, candidate, repeats: int, device) -> dict:
+    """Interleaved timings; the ratio candidate / baseline per repetition."""
+    baseline(), candidate()  # warm-up
+    base_times, cand_times = [], []
+    for _ in range(repeats):
+        base_times.append(timed(baseline, device))
+        cand_times.append(timed(candidate, device))
+    ratios = [c / b for b, c in zip(base_times, cand_times)]
+    return {"baseline_s": statistics.median(base_times), "restoregrad_s": statistics.median(cand_times),
+            "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
+def peak_memory(step, device) -> int | None:
+    """Peak CUDA memory allocated during ``step`` (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device)
+
+
+def cpu_peak_memory(step) -> int | None:
+    """Peak tensor memory on the CPU during ``step``: the torch profiler records every allocation and free,
+    and its memory timeline (all categories: parameters, gradients, optimizer state, activations, temporaries)
+    is summed at each instant. ``step`` is run once before, so the optimizer's state exists in both variants.
+
+    ``export_memory_timeline`` is marked deprecated in favour of CUDA-only tools, and has no CPU successor;
+    where a torch no longer has it, None is returned (not measured)."""
+    import tempfile
+    import warnings
+
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        step()
+    if not hasattr(prof, "export_memory_timeline"):
+        return None
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "timeline.json")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            prof.export_memory_timeline(path, device="cpu")
+        with open(path) as f:
+            _, sizes = json.load(f)  # [times, sizes per instant and category]
+    return int(max(sum(row) for row in sizes))
+
+
+def step_peak_memory(bare, full, device) -> dict:
+    """Peak memory of one training step, baseline and RestoreGrad, and their ratio."""
+    if device.type == "cuda":
+        out = {"what": "peak CUDA memory allocated during a step",
+               "baseline": peak_memory(bare, device), "restoregrad": peak_memory(full, device)}
+    else:
+        out = {"what": "peak CPU tensor memory during a step (torch profiler memory timeline)",
+               "baseline": cpu_peak_memory(bare), "restoregrad": cpu_peak_memory(full)}
+    measured = out["baseline"] is not None and out["restoregrad"] is not None
+    out["ratio"] = out["restoregrad"] / out["baseline"] if measured else None
+    return out
+
+
+def training_pair(adapter, x0, y, device):
+    """(bare DDPM step, RestoreGrad step) closures on the same denoiser."""
+    scheduler = adapter.scheduler
+    bare_opt = torch.optim.Adam(adapter.denoiser.parameters(), lr=1e-5)
+    full_opt = torch.optim.Adam(adapter.parameters(), lr=1e-5)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def bare():
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
+                          device=device)
+        noise = torch.randn(x0.shape, generator=generator, device=device)
+        loss = F.mse_loss(adapter.denoiser(scheduler.add_noise(x0, noise, t), y, t), noise)
+        bare_opt.zero_grad()
+        loss.backward()
+        bare_opt.step()
+
+    def full():
+        loss = adapter.training_loss(x0, y, generator=generator).loss
+        full_opt.zero_grad()
+        loss.backward()
+        full_opt.step()
+
+    return bare, full
+
+
+def measure(adapter, steps, restore, settings, device) -> dict:
+    """Time and peak memory of the (baseline, RestoreGrad) training ``steps``, and the time of
+    ``restore(adapter)`` in mode "ddpm" (sigma = 1) against the learned prior."""
+    bare, full = steps
+    counts = parameter_counts(adapter)
+    result = {"denoiser_parameters": counts["denoiser"], "encoder_parameters": counts["encoders"],
+              "train_step": compare(bare, full, settings.repeats, device)}
+    result["train_peak_memory_bytes"] = step_peak_memory(bare, full, device)
+
+    def restoring(mode):
+        def run():
+            adapter.mode = mode
+            with torch.no_grad():
+                restore(adapter)
+        return run
+
+    result["restore"] = compare(restoring("ddpm"), restoring("restoregrad"), settings.repeats, device)
+    adapter.mode = "restoregrad"
+    return result
+
+
+def weather_setup(settings, device):
+    """The WeatherDiff adapter of ``settings.weather_unet`` and its (bare DDPM step, RestoreGrad step) closures."""
+    from restoregrad_adapter import RestoreGrad
+    from restoregrad_adapter.integrations.weatherdiff import wrap
+    from restoregrad_adapter.reference_nets import WeatherUNet
+
+    size = settings.patch_size
+    unet = (WeatherUNet(image_size=size) if settings.weather_unet == "weatherdiff64"
+            else WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=size))
+    adapter = RestoreGrad.with_encoders(wrap(unet, patch_size=size), dims=2, in_channels=3,
+                                        size=settings.encoder_size).to(device)
+    x0 = torch.rand(settings.batch_size, 3, size, size, device=device) * 2 - 1
+    y = (x0 + 0.2 * torch.randn_like(x0)).clamp(-1, 1)
+    return adapter, training_pair(adapter, x0, y, device)
+
+
+def bench_weather(settings, device) -> dict:
+    """WeatherDiff: a training step on patches; ``restore_image`` of an image of 4 overlapping patches."""
+    from restoregrad_adapter.integrations.weatherdiff import restore_image
+
+    adapter, steps = weather_setup(settings, device)
+    size = settings.patch_size
+    image = torch.rand(1, 3, size + size // 2, size + size // 2, device=device) * 2 - 1
+
+    def restore(adapter):
+        restore_image(adapter, image, patch_size=size, stride=size // 2, num_inference_steps=settings.sampling_steps,
+                      generator=torch.Generator(device=device).manual_seed(0), progress=False)
+
+    return measure(adapter, steps, restore, settings, device)
+
+
+def speech_setup(settings, device):
+    """The CDiffuSE adapter of ``settings.speech_model``, its (CDiffuSE step, RestoreGrad step) closures and a
+    noisy input."""
+    from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
+    from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+
+    model = (DiffWaveDenoiser() if settings.speech_model == "cdiffuse"
+             else DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32))
+    adapter = CDiffuSERestoreGrad.from_model(model, size=settings.encoder_size).to(device)
+    x0 = 0.3 * torch.randn(settings.batch_size, 1, 256 * settings.speech_frames, device=device)
+    y = x0 + 0.1 * torch.randn_like(x0)
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=1e-5)
+
+    def step(mode):  # mode "ddpm" is CDiffuSE itself: its process and loss with sigma = 1
+        def run():
+            adapter.mode = mode
+            loss = adapter.training_loss(x0, y, generator=torch.Generator(device=device).manual_seed(1)).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return run
+
+    return adapter, (step("ddpm"), step("restoregrad")), y[:1]
+
+
+def bench_speech(settings, device) -> dict:
+    """CDiffuSE: a training step on waveforms; ``CDiffuSERestoreGrad.restore`` with its 6-step fast sampler."""
+    adapter, steps, noisy = speech_setup(settings, device)
+
+    def restore(adapter):
+        adapter.restore(noisy, generator=torch.Generator(device=device).manual_seed(0))
+
+    return measure(adapter, steps, restore, settings, device)
+
+
+def bench_scheduler(settings, device) -> dict:
+    """``settings.scheduler_steps`` scheduler steps on 1 x 3 x 64 x 64: DDPMScheduler against
+    LearnedPriorScheduler with a sigma map."""
+    from diffusers import DDPMScheduler
+
+    from restoregrad_adapter import LearnedPriorScheduler
+
+    ours, stock = LearnedPriorScheduler(), DDPMScheduler(clip_sample=False)
+    sample = torch.randn(1, 3, 64, 64, device=device)
+    output = torch.randn_like(sample)
+    sigma = torch.rand_like(sample) + 0.1
+
+    def loop(step):
+        def run():
+            generator = torch.Generator(device=device).manual_seed(0)
+            for _ in range(settings.scheduler_steps):
+                step(generator)
+        return run
+
+    return compare(loop(lambda g: stock.step(output, 500, sample, generator=g)),
+                   loop(lambda g: ours.step(output, 500, sample, generator=g, prior_std=sigma)), settings.repeats,
+                   device)
