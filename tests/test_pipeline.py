@@ -275,6 +275,10 @@ def test_a_pipeline_built_from_components_restores_grayscale_images():
                        norm_num_groups=4)
     with pytest.raises(ValueError, match="`denoiser` takes 6 input channels"):
         RestoreGradPipeline(denoiser=wide, prior_net=prior, scheduler=scheduler)(y)
+    # A v-predicting denoiser restores through its own scheduler, in the pipeline as in the adapter.
     v = LearnedPriorScheduler(num_train_timesteps=50, prediction_type="v_prediction")
-    with pytest.raises(ValueError, match="`scheduler`.*epsilon"):
-        RestoreGradPipeline(denoiser=unet, prior_net=prior, scheduler=v)(y)
+    v_pipe = RestoreGradPipeline(denoiser=unet, prior_net=prior, scheduler=v)
+    v_pipe.set_progress_bar_config(disable=True)
+    v_adapter = RestoreGrad(wrap_diffusers(unet), prior, scheduler=v, mode="restoregrad_no_posterior")
+    assert torch.equal(v_pipe(y, num_inference_steps=5, generator=seeded(), output_type="pt").images,
+                       v_adapter.restore(y, num_inference_steps=5, generator=seeded()).clamp(-1, 1))
