@@ -376,7 +376,7 @@ def main(args):
         plot_curves(history.records, ["si_snr", "pesq", "stoi"], curves)
         logger.info(f"saved the trained adapter to {folder}" + (" (EMA weights)" if ema is not None else ""),
                     main_process_only=True)
-        logger.info(f"{describe_learning(history.records, 'si_snr', 'dB')}; wall time "
+        logger.info(f"{describe_learning(history.records, 'si_snr', 'dB', 'si_snr_noisy')}; wall time "
                     f"{time.time() - start_time:.0f} s; curves in {curves}", main_process_only=True)
         if args.push_to_hub:
             url = adapter.push_to_hub(args.hub_model_id, token=args.hub_token, **metadata)

@@ -77,6 +77,15 @@ UNET_SIZES = {
 }
 
 
+#: What the UNet predicts, what is diffused and how the denoising term is weighted. "restoring" is the
+#: default because it restores within the default budget (README, "The two commands"); "paper" is
+#: the RestoreGrad paper's image recipe.
+RECIPES = {
+    "restoring": {"prediction_type": "sample", "residual": True, "loss_weighting": "x0"},
+    "paper": {"prediction_type": "epsilon", "residual": False, "loss_weighting": "elbo"},
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("data")
@@ -97,12 +106,16 @@ def parse_args(argv=None):
     g.add_argument("--patch_size", type=int, default=32)
     g.add_argument("--stride", type=int, default=16, help="patch stride of whole-image restoration")
     g.add_argument("--num_train_timesteps", type=int, default=1000)
-    g.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"), default="epsilon",
-                   help="what the UNet predicts: the noise (the paper's), x0 (sample) or v")
-    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False,
-                   help="diffuse the residual x0 - y and restore y + r0_hat (--no-residual: x0 itself)")
-    g.add_argument("--loss_weighting", choices=WEIGHTINGS, default="elbo",
-                   help="the denoising term's weighting: elbo (the paper's eq. 10), min_snr, x0 (plain x0 MSE)")
+    g.add_argument("--recipe", choices=tuple(RECIPES), default="restoring",
+                   help="restoring (default): the UNet predicts the clean residual x0 - y with a plain x0 loss; "
+                        "paper: the paper's image recipe, noise prediction of x0 itself with eq. 10 (README)")
+    g.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"), default=None,
+                   help="what the UNet predicts: the noise, x0 (sample) or v (default: the recipe's)")
+    g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
+                   help="diffuse the residual x0 - y and restore y + r0_hat (default: the recipe's)")
+    g.add_argument("--loss_weighting", choices=WEIGHTINGS, default=None,
+                   help="the denoising term's weighting: elbo (the paper's eq. 10), min_snr, x0 (plain x0 MSE); "
+                        "default: the recipe's")
     g.add_argument("--snr_gamma", type=float, default=5.0, help="gamma of --loss_weighting min_snr")
     g = parser.add_argument_group("RestoreGrad")
     g.add_argument("--mode", choices=MODES, default="restoregrad",
@@ -136,6 +149,9 @@ def parse_args(argv=None):
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
     args = parser.parse_args(argv)
+    for name, value in RECIPES[args.recipe].items():  # what the command line leaves out
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
                  "validation_steps", "num_inference_steps"):
@@ -359,14 +375,16 @@ def main(args):
             ema.copy_to(parameters)
         last = history.last("validation") or {}
         metadata = {"training_data": description,
-                    "metrics": {k: v for k, v in last.items() if k in ("psnr_y", "ssim_y")}}
+                    "metrics": {k: v for k, v in last.items()
+                                if k in ("psnr_y", "ssim_y", "psnr_y_degraded", "ssim_y_degraded")}}
         folder = adapter.save_pretrained(os.path.join(args.output_dir, "adapter"), **metadata)
         curves = os.path.join(args.output_dir, "training_curves.png")
         plot_curves(history.records, ["psnr_y", "ssim_y"], curves)
         logger.info(f"saved the trained adapter to {folder}" + (" (EMA weights)" if ema is not None else ""),
                     main_process_only=True)
-        logger.info(f"{describe_learning(history.records, 'psnr_y', 'dB')}; wall time "
+        logger.info(f"{describe_learning(history.records, 'psnr_y', 'dB', 'psnr_y_degraded')}; wall time "
                     f"{time.time() - start_time:.0f} s; curves in {curves}", main_process_only=True)
+        logger.info(f"{describe_learning(history.records, 'ssim_y', '', 'ssim_y_degraded', digits=4)}", main_process_only=True)
         if args.push_to_hub:
             url = adapter.push_to_hub(args.hub_model_id, token=args.hub_token, **metadata)
             logger.info(f"pushed to {url}", main_process_only=True)

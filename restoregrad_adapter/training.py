@@ -256,11 +256,24 @@ class JsonLog:
         return next((r for r in reversed(self.records) if r.get("kind") == kind), None)
 
 
-def describe_learning(records: list[dict], metric: str, unit: str) -> str:
-    """One honest line: the validation metric at the first and at the last validation."""
-    points = [(r["step"], r[metric]) for r in records if r.get("kind") == "validation" and metric in r]
+def describe_learning(records: list[dict], metric: str, unit: str = "", input_metric: str | None = None,
+                      digits: int = 2) -> str:
+    """One honest line: the validation metric at the first and the last validation, and against the input.
+
+    ``input_metric``: the record's key for the degraded input's score (e.g. ``"psnr_y_degraded"``); a
+    restoration that scores below its own input is said to be worse than the input. ``digits``: decimals shown.
+    """
+    unit = f" {unit}" if unit else ""
+    points = [(r["step"], r[metric], r.get(input_metric)) for r in records
+              if r.get("kind") == "validation" and metric in r]
     if len(points) < 2:
         return f"validation {metric}: not enough validations to compare"
-    (s0, v0), (s1, v1) = points[0], points[-1]
-    verdict = "improved: the model is learning" if v1 > v0 else "did not improve yet: train longer"
-    return f"validation {metric}: {v0:.2f} {unit} at step {s0} -> {v1:.2f} {unit} at step {s1} ({verdict})"
+    (s0, v0, _), (s1, v1, degraded) = points[0], points[-1]
+    line = f"validation {metric}: {v0:.{digits}f}{unit} at step {s0} -> {v1:.{digits}f}{unit} at step {s1}"
+    if degraded is None:
+        return line + (" (improved: the model is learning)" if v1 > v0 else " (did not improve yet: train longer)")
+    gain = v1 - degraded
+    verdict = (f"{gain:+.{digits}f}{unit} above the degraded input's {degraded:.{digits}f}{unit}" if gain > 0 else
+               f"{gain:+.{digits}f}{unit}, BELOW the degraded input's {degraded:.{digits}f}{unit}: the restoration "
+               "is worse than its input (train longer, or check the recipe)")
+    return f"{line}, {verdict}"

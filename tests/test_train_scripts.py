@@ -165,3 +165,21 @@ def test_checkpoints_and_json_log(tmp_path):
     assert [r["step"] for r in resumed.records] == [0, 1, 2]
     assert [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
     assert JsonLog(tmp_path / "metrics.jsonl").records == []  # a new run starts empty
+
+
+def test_train_weather_recipes_fill_what_the_command_line_leaves_out():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_weather_recipes", ROOT / "examples" / "train_weather.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    default = script.parse_args([])
+    assert (default.recipe, default.prediction_type, default.residual, default.loss_weighting) == (
+        "restoring", "sample", True, "x0")
+    paper = script.parse_args(["--recipe", "paper"])
+    assert (paper.prediction_type, paper.residual, paper.loss_weighting) == ("epsilon", False, "elbo")
+    mixed = script.parse_args(["--recipe", "paper", "--residual", "--loss_weighting", "min_snr"])
+    assert (mixed.prediction_type, mixed.residual, mixed.loss_weighting) == ("epsilon", True, "min_snr")
+    adapter = script.build_adapter(script.parse_args(["--model_size", "tiny"]))
+    assert adapter.residual and adapter.scheduler.config.prediction_type == "sample"
+    assert adapter.loss_fn.weighting == "x0"
