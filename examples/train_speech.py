@@ -274,6 +274,9 @@ def main(args):
         # baselines) must not stall DistributedDataParallel waiting for their gradients.
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.mode != "restoregrad")],
     )
+    if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
+        # `accelerate launch` pins one thread per process (OMP_NUM_THREADS=1); a single process may use every core.
+        torch.set_num_threads(os.cpu_count() or 1)
     set_seed(args.seed)
     start_time = time.time()
     validation_dir = os.path.join(args.output_dir, "validation")
