@@ -2,7 +2,6 @@
 per-seed curves for every mode, the chosen learning rates, the headline and the plot (the numbers of a
 few training steps are not asserted); its presets, the constant-prior mode and --summarize_only."""
 
-import importlib.util
 import json
 import math
 import os
@@ -12,20 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmark_modules import load
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("ddpm", "priorgrad", "restoregrad_no_posterior", "restoregrad")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def load(monkeypatch, *names):
-    """benchmarks/<name>.py loaded by path for one test, in the order given (the siblings a module imports
-    first); returns the last."""
-    for name in names:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-    return module
 
 
 def convergence_module(monkeypatch):

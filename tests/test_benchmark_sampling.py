@@ -1,7 +1,6 @@
 """benchmarks/sampling.py: its fast-sampling schedules against CDiffuSE's published ones, and its
 seconds-long smoke configuration for both tasks (the numbers of a few training steps are not asserted)."""
 
-import importlib.util
 import json
 import math
 import os
@@ -11,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmark_modules import load
+
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("ddpm", "priorgrad", "restoregrad_no_posterior", "restoregrad")
-
-
-def load(monkeypatch, *names):
-    """benchmarks/<name>.py loaded by path for one test, in the order given (the siblings a module imports
-    first); returns the last."""
-    for name in names:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-    return module
 
 
 def test_fast_schedules_are_cdiffuses_and_end_below_one_half(monkeypatch):

@@ -1,24 +1,14 @@
 """Benchmarks run in their seconds-long smoke configuration (timings are not asserted: they are noisy;
 the scripts must run and write their raw numbers and plots), and the CPU memory measure against closed forms."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+from benchmark_modules import load
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load(monkeypatch, *names):
-    """benchmarks/<name>.py loaded by path for one test, in the order given (the siblings a module imports
-    first); returns the last."""
-    for name in names:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        monkeypatch.setitem(sys.modules, name, module)
-        spec.loader.exec_module(module)
-    return module
 
 
 def test_overhead_benchmark_smoke(tmp_path):
