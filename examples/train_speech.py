@@ -39,7 +39,13 @@ from tqdm.auto import tqdm
 
 from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, MODES
 from restoregrad_adapter.data import LazyPairs
-from restoregrad_adapter.data.readers import audio_pair_files, normalize_level, read_audio_pair, voicebank_pair_files
+from restoregrad_adapter.data.readers import (
+    SPEECH_PEAK,
+    audio_pair_files,
+    normalize_level,
+    read_audio_pair,
+    voicebank_pair_files,
+)
 from restoregrad_adapter.figures import plot_curves
 from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
 from restoregrad_adapter.io import save_figure, write_audio, write_json
@@ -207,9 +213,12 @@ def waveform_to_tensor(waveform: np.ndarray) -> torch.Tensor:
 def build_adapter(args):
     layers, channels, cycle = MODEL_SIZES[args.model_size]
     model = DiffWaveDenoiser(residual_channels=channels, residual_layers=layers, dilation_cycle_length=cycle)
+    # Training brings every pair to one level (normalize_level); the adapter records it, so restoring a
+    # file at any level applies the same normalisation and undoes it on the output.
     return CDiffuSERestoreGrad.from_model(model, size=args.encoder_size, mode=args.mode,
                                           latent_weight=args.latent_weight,
-                                          prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min)
+                                          prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min,
+                                          input_peak=SPEECH_PEAK)
 
 
 # ---------------------------------------------------------------------- validation

@@ -92,6 +92,9 @@ class RestoreGrad(nn.Module):
         handcrafted_prior: the PriorGrad prior ``y -> std map`` (default :func:`energy_prior`).
         residual: diffuse the residual ``r0 = x0 - y`` instead of ``x0`` and restore ``y + r0_hat``
             (docs/design.md, "Parameterizations and targets"); everything else applies to ``r0``.
+        input_peak: the level normalisation training used: each degraded example was scaled so its
+            peak is ``input_peak`` (speech). ``restore`` does the same to its input and undoes it on the
+            output, so a signal restores alike at any level. None: inputs are used as they are.
 
     What the denoiser predicts is the scheduler's ``prediction_type``: the noise (``"epsilon"``, the
     paper's), the clean target (``"sample"``) or ``v`` (``"v_prediction"``); the loss compares the
@@ -108,6 +111,7 @@ class RestoreGrad(nn.Module):
         mode: str = "restoregrad",
         handcrafted_prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
         residual: bool = False,
+        input_peak: float | None = None,
     ):
         super().__init__()
         if not callable(denoiser):
@@ -122,6 +126,10 @@ class RestoreGrad(nn.Module):
         if not isinstance(residual, bool):
             raise ValueError(f"`residual` must be a bool, got {residual!r}.")
         self.residual = residual
+        if input_peak is not None and (isinstance(input_peak, bool) or not isinstance(input_peak, (int, float))
+                                       or not 0 < input_peak < float("inf")):
+            raise ValueError(f"`input_peak` must be a positive number or None, got {input_peak!r}.")
+        self.input_peak = None if input_peak is None else float(input_peak)
         self.loss_fn = loss if loss is not None else RestoreGradLoss()
         self.handcrafted_prior = handcrafted_prior if handcrafted_prior is not None else energy_prior
         self.mode = mode
@@ -344,10 +352,24 @@ class RestoreGrad(nn.Module):
         from .sampling import restore
 
         self._check_condition(y)
-        return restore(self.denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler,
-                       num_inference_steps=num_inference_steps, inference_betas=inference_betas, eta=eta,
-                       generator=generator, patch_size=patch_size, stride=stride, patch_batch_size=patch_batch_size,
-                       progress=progress, callback=callback, residual=self.residual)
+        scale = self.input_scale(y)
+        restored = restore(self.denoiser, y * scale, self.prior_std, self.scheduler, scheduler=scheduler,
+                           num_inference_steps=num_inference_steps, inference_betas=inference_betas, eta=eta,
+                           generator=generator, patch_size=patch_size, stride=stride,
+                           patch_batch_size=patch_batch_size, progress=progress, callback=callback,
+                           residual=self.residual)
+        return restored / scale
+
+    def input_scale(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-example factors that bring ``y`` to the level training used (``input_peak``; 1 without one).
+
+        Shape ``(B, 1, ...)``; a silent example keeps factor 1. Powers of two commute with it exactly.
+        """
+        ones = torch.ones((y.shape[0],) + (1,) * (y.ndim - 1), dtype=y.dtype, device=y.device)
+        if self.input_peak is None:
+            return ones
+        peak = y.detach().abs().flatten(1).amax(dim=1).view_as(ones)
+        return torch.where(peak > 0, self.input_peak / peak.clamp_min(torch.finfo(y.dtype).tiny), ones)
 
 
 __all__ = ["RestoreGrad", "MODES", "energy_prior"]

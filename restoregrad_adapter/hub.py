@@ -93,6 +93,7 @@ def _config_for(adapter, integration, model, wrapper_kwargs: dict, extra: dict) 
         "prior_matching_weight": adapter.loss_fn.prior_matching_weight,
         "mode": adapter.mode,
         "residual": adapter.residual,
+        "input_peak": adapter.input_peak,
         "prediction_type": adapter.scheduler.config.prediction_type,
         "weighting": adapter.loss_fn.weighting,
         "snr_gamma": adapter.loss_fn.snr_gamma,
@@ -451,7 +452,7 @@ def from_pretrained(cls, pretrained: str | os.PathLike, denoiser=None, revision:
                            prior_matching_weight=config.get("prior_matching_weight", config.get("lam")),
                            weighting=config.get("weighting", "elbo"), snr_gamma=config.get("snr_gamma", 5.0))
     adapter = adapter_cls(denoiser, prior, posterior, scheduler=scheduler, loss=loss, mode=saved_mode,
-                          residual=config.get("residual", False))
+                          residual=config.get("residual", False), input_peak=config.get("input_peak"))
     adapter.hub_config = config
     return adapter
 

@@ -191,3 +191,34 @@ def test_cdiffuse_refuses_what_its_process_cannot_do():
         CDiffuSERestoreGrad.from_model(copy.deepcopy(model), size="tiny", scheduler=v_schedule)
     with pytest.raises(ValueError, match="residual"):
         CDiffuSERestoreGrad.from_model(model, size="tiny", residual=True)
+
+
+def test_the_training_level_is_applied_and_undone_at_any_input_level(tmp_path):
+    from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
+    from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+
+    torch.manual_seed(0)
+    model = DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32)
+    torch.nn.init.normal_(model.output_projection.weight, std=0.1)
+    speech = CDiffuSERestoreGrad.from_model(model, size="tiny", input_peak=0.95).eval()
+    torch.nn.init.normal_(speech.prior_net.encoder.head.weight, std=0.05)
+    _, y = pairs(batch=2, length=1024)
+    loud = speech.restore(y, generator=seeded())
+    # A quieter copy is brought to the same level, restored identically, and given back at its own level.
+    assert torch.equal(speech.restore(0.5 * y, generator=seeded()), 0.5 * loud)
+    assert torch.equal(speech.restore(0.5 * y, generator=seeded(), mix_noisy=True),
+                       0.5 * speech.restore(y, generator=seeded(), mix_noisy=True))
+    # Without a recorded level the input is used as it is: the level changes the result.
+    plain = CDiffuSERestoreGrad.from_model(copy.deepcopy(model), size="tiny").eval()
+    assert not torch.allclose(plain.restore(0.5 * y, generator=seeded()), 0.5 * plain.restore(y, generator=seeded()))
+    # The level travels with the adapter folder.
+    loaded = CDiffuSERestoreGrad.from_pretrained(speech.save_pretrained(tmp_path / "speech"), denoiser=copy.deepcopy(model))
+    assert loaded.input_peak == 0.95
+    assert torch.equal(loaded.restore(0.25 * y, generator=seeded()), 0.25 * loud)
+    generic = adapter_for("epsilon", "ddpm")
+    generic.input_peak = 0.5
+    y = y[..., :64]
+    assert torch.equal(generic.restore(2 * y, num_inference_steps=5, generator=seeded()),
+                       2 * generic.restore(y, num_inference_steps=5, generator=seeded()))
+    with pytest.raises(ValueError, match="input_peak"):
+        RestoreGrad(NoiseFunction(LearnedPriorScheduler(), "epsilon"), mode="ddpm", input_peak=0.0)

@@ -176,7 +176,11 @@ def read_audio_pair(clean, noisy, sample_rate: int | None = None) -> tuple[np.nd
     return x0[:length], y[:length]
 
 
-def normalize_level(x0: np.ndarray, y: np.ndarray, peak: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+#: The noisy peak :func:`normalize_level` brings speech pairs to (saved as the adapter's ``input_peak``).
+SPEECH_PEAK = 0.95
+
+
+def normalize_level(x0: np.ndarray, y: np.ndarray, peak: float = SPEECH_PEAK) -> tuple[np.ndarray, np.ndarray]:
     """Scale a (clean, noisy) pair by one factor so that the noisy peak is ``peak`` (the SNR is unchanged).
 
     The learned prior's scale follows the signal's: at very low levels sigma sits at its floor

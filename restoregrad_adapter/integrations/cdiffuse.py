@@ -555,6 +555,8 @@ class CDiffuSERestoreGrad(RestoreGrad):
         if not 0.0 <= weight <= 1.0:
             raise ValueError(f"`mix_noisy` must be a bool or a weight in [0, 1], got {mix_noisy!r}.")
         scheduler = CDiffuSEScheduler(self.scheduler, initial=initial, clamp=clamp)
+        scale = self.input_scale(y)  # the level training used (input_peak), undone on the output
+        y = y * scale
         if inference_betas is None:  # every training step
             x = sampling.restore(self.denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler,
                                  num_inference_steps=self.scheduler.config.num_train_timesteps, generator=generator,
@@ -567,7 +569,7 @@ class CDiffuSERestoreGrad(RestoreGrad):
             x = (1 - weight) * x + weight * y.to(x.dtype)
             if clamp:
                 x = x.clamp(-1.0, 1.0)
-        return x
+        return x / scale.to(x.dtype)
 
 
 # ---------------------------------------------------------------------- checkpoints
