@@ -21,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.readers import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
 from .io import InputFileError, read_audio, read_image, save_figure, write_audio, write_image
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 class CommandError(Exception):

@@ -21,9 +21,12 @@ import torch.nn.functional as F
 __all__ = ["PatchGrid", "averaged_patch_eps", "grid_positions", "overlap_counts", "reflect_pad_to"]
 
 
-def _check_positive_int(name: str, value) -> int:
+def _check_positive_int(name: str, value, allow_none: bool = False):
+    """``value`` when it is a positive integer (or None, if allowed); else a ValueError naming ``name``."""
+    if value is None and allow_none:
+        return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
+        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
     return value
 
 
@@ -140,10 +143,13 @@ class PatchGrid:
 
 
 def _check_image(name: str, tensor) -> None:
-    if not isinstance(tensor, torch.Tensor) or tensor.ndim != 4 or not tensor.is_floating_point():
-        got = (f"{tensor.dtype} of shape {tuple(tensor.shape)}" if isinstance(tensor, torch.Tensor)
-               else type(tensor).__name__)
-        raise ValueError(f"`{name}` must be a floating-point tensor of shape (B, C, H, W), got {got}.")
+    """A ValueError naming ``name`` unless ``tensor`` is a finite floating ``(B, C, H, W)`` tensor."""
+    if not isinstance(tensor, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}.")
+    if tensor.ndim != 4:
+        raise ValueError(f"`{name}` must have shape (B, C, H, W), got {tuple(tensor.shape)}.")
+    if not tensor.is_floating_point():
+        raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
     if not torch.isfinite(tensor).all():
         raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
 

@@ -38,7 +38,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from restoregrad_adapter.encoders import PriorNet
 from restoregrad_adapter.hub import CONFIG_NAME, PIPELINE_INDEX_NAME, integration_of, read_config
 from restoregrad_adapter.integrations import find_integration, registered_integrations
-from restoregrad_adapter.sampling import _check_positive_int, restore
+from restoregrad_adapter.patches import _check_positive_int
+from restoregrad_adapter.sampling import restore
 from restoregrad_adapter.scheduler import LearnedPriorScheduler, _check_no_clipping
 
 OUTPUT_TYPES = ("pil", "np", "pt")
@@ -279,7 +280,7 @@ class RestoreGradPipeline(DiffusionPipeline):
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        _check_positive_int("num_inference_steps", num_inference_steps, allow_none=False)
+        _check_positive_int("num_inference_steps", num_inference_steps)
         channels = self._check_components()
         scheduler = self.scheduler
         device = self._execution_device

@@ -37,7 +37,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from restoregrad_adapter.patches import PatchGrid, reflect_pad_to
+from restoregrad_adapter.patches import PatchGrid, _check_positive_int, reflect_pad_to
 from restoregrad_adapter.scheduler import (_check_no_clipping, check_prior_std, scale_model_input_whitened,
                                            whitened_initial_sample, whitened_step)
 
@@ -78,13 +78,6 @@ def restoration_defaults(denoiser) -> RestorationDefaults:
 
     integration = find_integration(denoiser)
     return integration.restoration_defaults(denoiser) if integration is not None else RestorationDefaults()
-
-
-def _check_positive_int(name: str, value, allow_none: bool = True) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
 
 
 def _takes_prior(scheduler) -> bool:
@@ -162,6 +155,11 @@ def sample(
         The sample after the last step (``prior_std``'s shape and dtype).
     """
     check_prior_std(prior_std, prior_std)
+    return _run_chain(noise_estimate, prior_std, scheduler, generator, eta, condition, progress, callback)
+
+
+def _run_chain(noise_estimate, prior_std, scheduler, generator, eta, condition, progress, callback) -> torch.Tensor:
+    """:func:`sample` for a ``prior_std`` already checked (once per restoration, not per step)."""
     own = _takes_prior(scheduler)
     conditional = {"condition": condition} if own and getattr(scheduler, "needs_condition", False) else {}
     step_kwargs = _step_kwargs(scheduler, eta, generator)
@@ -259,7 +257,7 @@ def restore(
     defaults = restoration_defaults(denoiser)
     for name, value in (("num_inference_steps", num_inference_steps), ("patch_size", patch_size),
                         ("stride", stride), ("patch_batch_size", patch_batch_size)):
-        _check_positive_int(name, value)
+        _check_positive_int(name, value, allow_none=True)
     if not isinstance(y, torch.Tensor) or not y.is_floating_point() or y.ndim < 3:
         got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"`y` must be a floating-point tensor of shape (B, C, *spatial), got {got}.")
@@ -306,8 +304,7 @@ def restore(
     sigma = prior(y.float())  # one prior for the whole (padded) signal; the encoders run in float32
     check_prior_std(sigma, y, name="the prior std")
     sigma = sigma.expand(y.shape).to(dtype)
-    x = sample(noise_estimate, sigma, scheduler, generator=generator, eta=eta, condition=y, progress=progress,
-               callback=callback)
+    x = _run_chain(noise_estimate, sigma, scheduler, generator, eta, y, progress, callback)
     if residual:
         x = y + x  # the chain sampled r0 = x0 - y
     return x[(..., *[slice(0, n) for n in spatial])] if patched else x

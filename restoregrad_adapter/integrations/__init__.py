@@ -32,6 +32,7 @@ entry-point group, which the library loads when it meets an unknown name.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -113,7 +114,7 @@ def register_integration(integration: Integration, replace: bool = False) -> Int
     if not isinstance(integration.wrapper_class, type):
         raise ValueError(f"`integration.wrapper_class` must be a class, got {integration.wrapper_class!r}.")
     if not integration.module:
-        integration = Integration(**{**integration.__dict__, "module": integration.wrapper_class.__module__})
+        integration = dataclasses.replace(integration, module=integration.wrapper_class.__module__)
     known = _REGISTRY.get(integration.name)
     # The same module registering again (it was reloaded) replaces its own record.
     if known is not None and known != integration and known.module != integration.module and not replace:

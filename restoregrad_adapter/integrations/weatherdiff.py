@@ -28,6 +28,7 @@ import pickle
 from typing import Iterable
 
 from restoregrad_adapter.integrations import Integration, check_concatenated_channels, register_integration
+from restoregrad_adapter.patches import _check_image, _check_positive_int
 from restoregrad_adapter.patches import averaged_patch_eps, grid_positions, overlap_counts  # noqa: F401 (re-exported)
 from restoregrad_adapter.sampling import RestorationDefaults
 
@@ -49,23 +50,6 @@ __all__ = [
     "restore_image",
     "load_checkpoint",
 ]
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return value
-
-
-def _check_image(name: str, tensor) -> None:
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}.")
-    if tensor.ndim != 4:
-        raise ValueError(f"`{name}` must have shape (B, C, H, W), got {tuple(tensor.shape)}.")
-    if not tensor.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
 
 
 # ---------------------------------------------------------------------- the denoiser
