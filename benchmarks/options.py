@@ -14,7 +14,7 @@ import copy
 import math
 import os
 
-from tasks import DEFAULT_MODES, IMAGE_STEPS, MODES, SPEECH_STEPS, TASKS
+from tasks import DEFAULT_MODES, IMAGE_STEPS, MODES, RECIPES, SPEECH_STEPS, TASKS
 
 PRESET_NAMES = ("default", "smoke")
 LEARNING_RATE_GRID = [3e-4, 1e-3, 3e-3]
@@ -100,6 +100,9 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
     """The settings of a training run, shared by convergence.py and sampling.py."""
     parser = preset_parser(doc, {task: run_presets(task) for task in TASKS}, PRESET_NOTES)
     parser.add_argument("--task", choices=TASKS, required=True)
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default="restoring",
+                        help="restoring (default): x0 prediction with an x0 loss (images: of the residual x0 - y), "
+                             "as the training scripts' default; paper: the paper's noise prediction with eq. 10")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
                         help=f"modes to train (default: {' '.join(DEFAULT_MODES)}); ddpm is the reference")
     parser.add_argument("--constant_prior_std", type=positive_number, default=None,

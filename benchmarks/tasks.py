@@ -17,6 +17,10 @@ Modes (:data:`MODES`): the library's four (``ddpm``, ``priorgrad``, ``restoregra
 ``config.constant_prior_std`` everywhere (the library's ``mode="priorgrad"`` with that constant as
 ``handcrafted_prior``). In every mode the denoiser's initial weights depend on the seed only.
 
+Both tasks train with one of the training scripts' recipes (:data:`RECIPES`, ``--recipe``): by
+default the one that restores within these budgets (x0 prediction with a plain x0 loss, and for
+images the residual ``x0 - y``), or the paper's (noise prediction, eq. 10).
+
 A task is built from the run's settings (an ``argparse.Namespace``, see ``options.py``) and holds its
 training and held-out data as (clean, degraded) pairs, the library's ``(x0, y)``; ``input_quality``
 scores the degraded input with the restorations' metrics.
@@ -38,6 +42,17 @@ LABELS = {"ddpm": "standard DDPM", "priorgrad": "PriorGrad", "constant_prior": "
           "restoregrad_no_posterior": "RestoreGrad, no Posterior Net", "restoregrad": "RestoreGrad"}
 LIBRARY_MODE = {"constant_prior": "priorgrad"}  # the library mode a benchmark mode runs as (default: its name)
 TASKS = ("speech", "image")
+
+#: What the denoiser predicts, what is diffused and how the denoising term is weighted, per task: the
+#: training scripts' recipes (examples/train_weather.py, examples/train_speech.py). "restoring" is
+#: their default; "paper" is the RestoreGrad paper's (noise prediction of x0 itself, eq. 10).
+#: CDiffuSE's process already mixes y into x_t, so speech never diffuses the residual.
+RECIPES = {
+    "restoring": {"image": {"prediction_type": "sample", "residual": True, "loss_weighting": "x0"},
+                  "speech": {"prediction_type": "sample", "loss_weighting": "x0"}},
+    "paper": {"image": {"prediction_type": "epsilon", "residual": False, "loss_weighting": "elbo"},
+              "speech": {"prediction_type": "epsilon", "loss_weighting": "elbo"}},
+}
 HEADLINE_METRIC = {"speech": "si_snr", "image": "psnr_y"}
 
 SPEECH_STEPS = (1, 2, 3, 4, 5, 6)
@@ -199,12 +214,19 @@ class SpeechTask(_Task):
         from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
         from restoregrad_adapter.reference_nets import DiffWaveDenoiser
 
+        from restoregrad_adapter import LearnedPriorScheduler
+        from restoregrad_adapter.integrations.cdiffuse import cdiffuse_scheduler
+
         c = self.config
+        recipe = RECIPES[c.recipe]["speech"]
         model = DiffWaveDenoiser(residual_channels=c.residual_channels, residual_layers=c.residual_layers,
                                  dilation_cycle_length=min(10, c.residual_layers), embedding_dim=c.embedding_dim)
+        scheduler = LearnedPriorScheduler.from_config(cdiffuse_scheduler().config,
+                                                      prediction_type=recipe["prediction_type"])
         return CDiffuSERestoreGrad.from_model(model, size=c.encoder_size, latent_weight=c.latent_weight,
                                               prior_matching_weight=c.prior_matching_weight,
-                                              sigma_min=c.sigma_min, handcrafted_prior=prior)
+                                              sigma_min=c.sigma_min, handcrafted_prior=prior, scheduler=scheduler,
+                                              weighting=recipe["loss_weighting"])
 
     def batch(self, generator: torch.Generator):
         """(clean, noisy) crops of random training utterances, all drawn from ``generator``."""
@@ -306,14 +328,17 @@ class ImageTask(_Task):
         from restoregrad_adapter.reference_nets import WeatherUNet
 
         c = self.config
+        recipe = RECIPES[c.recipe]["image"]
         unet = WeatherUNet(in_channels=6, out_channels=3, ch=c.unet_ch, ch_mult=tuple(c.unet_ch_mult),
                            num_res_blocks=c.unet_blocks, attn_resolutions=(), image_size=c.patch_size)
         encoder = dict(dims=2, in_channels=3, size=c.encoder_size, sigma_min=c.sigma_min)
         prior_net, posterior_net = PriorNet(**encoder), PosteriorNet(**encoder)
-        scheduler = LearnedPriorScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02)
-        loss = RestoreGradLoss(latent_weight=c.latent_weight, prior_matching_weight=c.prior_matching_weight)
+        scheduler = LearnedPriorScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
+                                          prediction_type=recipe["prediction_type"])
+        loss = RestoreGradLoss(latent_weight=c.latent_weight, prior_matching_weight=c.prior_matching_weight,
+                               weighting=recipe["loss_weighting"])
         return RestoreGrad(wrap(unet, patch_size=c.patch_size), prior_net, posterior_net, scheduler=scheduler,
-                           loss=loss, handcrafted_prior=prior)
+                           loss=loss, handcrafted_prior=prior, residual=recipe["residual"])
 
     def batch(self, generator: torch.Generator):
         """(clean, degraded) aligned random patches of random training images, all drawn from ``generator``."""

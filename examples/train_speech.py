@@ -37,7 +37,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, MODES
+from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, MODES, LearnedPriorScheduler
 from restoregrad_adapter.data import LazyPairs
 from restoregrad_adapter.data.readers import (
     SPEECH_PEAK,
@@ -47,7 +47,8 @@ from restoregrad_adapter.data.readers import (
     voicebank_pair_files,
 )
 from restoregrad_adapter.figures import plot_curves
-from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
+from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad, cdiffuse_scheduler
+from restoregrad_adapter.loss import WEIGHTINGS
 from restoregrad_adapter.io import save_figure, write_audio, write_json
 from restoregrad_adapter.metrics import pesq_wb, si_snr, stoi
 from restoregrad_adapter.reference_nets import DiffWaveDenoiser
@@ -71,9 +72,17 @@ logger = get_logger("restoregrad_speech")
 SAMPLE_RATE = 16000
 HOP = 256  # CDiffuSE's STFT hop: waveforms are whole numbers of frames
 MODEL_SIZES = {
-    # name: (residual_layers, residual_channels, dilation_cycle_length)
-    "tiny": (10, 32, 10),
-    "cdiffuse": (30, 64, 10),  # the original CDiffuSE configuration
+    # name: (residual_layers, residual_channels, dilation_cycle_length, conditioner_channels)
+    "tiny": (10, 32, 10, 64),  # the spectrogram compressed to 64 rows: about 5x cheaper on a CPU
+    "cdiffuse": (30, 64, 10, None),  # the original CDiffuSE configuration
+}
+
+#: What the network predicts and how the denoising term is weighted. "restoring" is the default
+#: because it restores within the default budget (README, "The two commands"); "paper" is the
+#: RestoreGrad paper's speech recipe (CDiffuSE's noise prediction, eq. 10).
+RECIPES = {
+    "restoring": {"prediction_type": "sample", "loss_weighting": "x0"},
+    "paper": {"prediction_type": "epsilon", "loss_weighting": "elbo"},
 }
 
 
@@ -96,6 +105,16 @@ def parse_args(argv=None):
     g.add_argument("--segment_length", type=int, default=HOP * 24, help="training crop, a multiple of 256 samples")
     g = parser.add_argument_group("model")
     g.add_argument("--model_size", choices=tuple(MODEL_SIZES), default="tiny")
+    g.add_argument("--recipe", choices=tuple(RECIPES), default="restoring",
+                   help="restoring (default): the network predicts the clean waveform x0 with a plain x0 loss; "
+                        "paper: the paper's speech recipe, CDiffuSE's noise prediction with eq. 10 (README)")
+    g.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"), default=None,
+                   help="what the network predicts: CDiffuSE's combined noise, x0 (sample) or v "
+                        "(default: the recipe's)")
+    g.add_argument("--loss_weighting", choices=WEIGHTINGS, default=None,
+                   help="the denoising term's weighting: elbo (the paper's eq. 10), min_snr, x0 (plain x0 MSE); "
+                        "default: the recipe's")
+    g.add_argument("--snr_gamma", type=float, default=5.0, help="gamma of --loss_weighting min_snr")
     g = parser.add_argument_group("RestoreGrad")
     g.add_argument("--mode", choices=MODES, default="restoregrad",
                    help="restoregrad (eq. 10), restoregrad_no_posterior (eq. 11), priorgrad, ddpm")
@@ -128,6 +147,9 @@ def parse_args(argv=None):
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
     args = parser.parse_args(argv)
+    for name, value in RECIPES[args.recipe].items():  # what the command line leaves out
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
     for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
                  "validation_steps", "num_inference_steps"):
@@ -211,14 +233,17 @@ def waveform_to_tensor(waveform: np.ndarray) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- model
 def build_adapter(args):
-    layers, channels, cycle = MODEL_SIZES[args.model_size]
-    model = DiffWaveDenoiser(residual_channels=channels, residual_layers=layers, dilation_cycle_length=cycle)
+    layers, channels, cycle, conditioner = MODEL_SIZES[args.model_size]
+    model = DiffWaveDenoiser(residual_channels=channels, residual_layers=layers, dilation_cycle_length=cycle,
+                             conditioner_channels=conditioner)
+    scheduler = LearnedPriorScheduler.from_config(cdiffuse_scheduler().config, prediction_type=args.prediction_type)
     # Training brings every pair to one level (normalize_level); the adapter records it, so restoring a
     # file at any level applies the same normalisation and undoes it on the output.
     return CDiffuSERestoreGrad.from_model(model, size=args.encoder_size, mode=args.mode,
                                           latent_weight=args.latent_weight,
                                           prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min,
-                                          input_peak=SPEECH_PEAK)
+                                          scheduler=scheduler, weighting=args.loss_weighting,
+                                          snr_gamma=args.snr_gamma, input_peak=SPEECH_PEAK)
 
 
 # ---------------------------------------------------------------------- validation
@@ -230,6 +255,7 @@ def log_validation(adapter, validation, args, step, device, folder):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import mlab
 
     betas = FAST_INFERENCE_BETAS_6 if args.num_inference_steps == 6 else FAST_INFERENCE_BETAS_3
     was_training = adapter.training
@@ -257,8 +283,10 @@ def log_validation(adapter, validation, args, step, device, folder):
         waves = {"noisy": noisy, "restored": restored[0, 0].cpu().numpy(), "clean": clean}
         labels = {"noisy": f"  SI-SNR {scores['si_snr_noisy'][-1]:.1f} dB",
                   "restored": f"  SI-SNR {scores['si_snr'][-1]:.1f} dB", "clean": ""}
+        # One colour scale per row, from the clean spectrogram (a silent restoration stays drawable).
+        top = 10 * np.log10(mlab.specgram(clean + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384)[0].max())
         for ax, (title, wave) in zip(axes[i], waves.items()):
-            ax.specgram(wave + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384, cmap="magma", vmin=-120)
+            ax.specgram(wave + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384, cmap="magma", vmin=top - 100, vmax=top)
             ax.set_title(title + labels[title], fontsize=9)
             if step in (0, args.max_train_steps):
                 write_audio(os.path.join(folder, f"step-{step:06d}-{i}-{title}.wav"), wave, SAMPLE_RATE)

@@ -63,15 +63,37 @@ def energy_prior(y: torch.Tensor, frame_length: int | None = None, std_min: floa
     return std
 
 
-def _check_signal(name: str, tensor: torch.Tensor) -> None:
+def _check_signal(name: str, tensor: torch.Tensor, finite: bool = True) -> None:
+    """A floating ``(B, C, *spatial)`` tensor with no empty dimension (and, unless ``finite=False``, no
+    NaN or inf: one host synchronisation)."""
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}.")
     if not tensor.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
     if tensor.ndim < 3:
         raise ValueError(f"`{name}` must have shape (B, C, *spatial), got {tuple(tensor.shape)}.")
-    if not torch.isfinite(tensor).all():
+    if tensor.numel() == 0:
+        raise ValueError(f"`{name}` is empty (shape {tuple(tensor.shape)}); expected at least one example and sample.")
+    if finite and not torch.isfinite(tensor).all():
         raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+
+
+def _check_inputs(finite: dict[str, torch.Tensor], positive: dict[str, torch.Tensor]) -> None:
+    """One host synchronisation for a training step's inputs: ``finite`` tensors hold no NaN or inf,
+    ``positive`` ones (standard deviations) are finite and > 0; the error names the first that fails."""
+    def ok(tensor, must_be_positive):
+        tensor = tensor.detach()
+        good = torch.isfinite(tensor).all()
+        return good & (tensor > 0).all() if must_be_positive else good
+
+    checks = [(name, t, False) for name, t in finite.items()] + [(name, t, True) for name, t in positive.items()]
+    if bool(torch.stack([ok(t, p) for _, t, p in checks]).all()):
+        return
+    name, tensor, must_be_positive = next(c for c in checks if not bool(ok(c[1], c[2])))
+    if must_be_positive and bool(torch.isfinite(tensor.detach()).all()):
+        raise ValueError(f"`{name}` must be > 0 everywhere (a standard deviation), got a minimum of "
+                         f"{tensor.detach().min().item():.4g}.")
+    raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
 
 
 class RestoreGrad(nn.Module):
@@ -170,13 +192,23 @@ class RestoreGrad(nn.Module):
         return self._mode in ("restoregrad", "restoregrad_no_posterior")
 
     def _check_pair(self, x0: torch.Tensor, y: torch.Tensor) -> None:
-        _check_signal("x0", x0)
-        _check_signal("y", y)
+        _check_signal("x0", x0, finite=False)
+        _check_signal("y", y, finite=False)
         if x0.shape != y.shape:
             raise ValueError(f"`x0` and `y` must have the same shape, got {tuple(x0.shape)} and {tuple(y.shape)}.")
+        expected = self._parameter_dtype()
+        if expected is not None and not torch.is_autocast_enabled(x0.device.type):
+            for name, tensor in (("x0", x0), ("y", y)):
+                if tensor.dtype != expected:
+                    raise ValueError(f"`{name}` is {tensor.dtype} but the adapter's weights are {expected}; convert "
+                                     f"the batch (e.g. `.to({expected})`) or train under autocast (mixed precision).")
 
-    def _check_condition(self, y: torch.Tensor) -> None:
-        _check_signal("y", y)
+    def _parameter_dtype(self) -> torch.dtype | None:
+        parameter = next(iter(self.parameters()), None)
+        return parameter.dtype if parameter is not None else None
+
+    def _check_condition(self, y: torch.Tensor, finite: bool = True) -> None:
+        _check_signal("y", y, finite=finite)
         nets = [n for n in (self.prior_net, self.posterior_net) if n is not None]
         for net in nets:
             expected = getattr(getattr(net, "config", None), "in_channels", None)
@@ -213,7 +245,7 @@ class RestoreGrad(nn.Module):
             timesteps: ``(B,)`` integer training steps in ``[0, T)``.
         """
         self._check_pair(x0, y)
-        self._check_condition(y)
+        self._check_condition(y, finite=False)
         if self._mode == "restoregrad" and self.posterior_net is None:
             raise ValueError("training in mode 'restoregrad' needs a `posterior_net` (an adapter loaded for restoration "
                              "only has none); pass one, or train in mode 'restoregrad_no_posterior'.")
@@ -221,8 +253,10 @@ class RestoreGrad(nn.Module):
         T = self.scheduler.config.num_train_timesteps
         if noise is None:
             noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
-        elif noise.shape != x0.shape:
-            raise ValueError(f"`noise` must have the shape of `x0` {tuple(x0.shape)}, got {tuple(noise.shape)}.")
+        elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape or not noise.is_floating_point():
+            got = f"{noise.dtype} of shape {tuple(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"`noise` must be a floating tensor of the shape of `x0` {tuple(x0.shape)}, got {got}.")
+
         if timesteps is None:
             gen_device = generator.device if generator is not None else x0.device
             timesteps = torch.randint(0, T, (batch,), generator=generator, device=gen_device).to(x0.device)
@@ -235,6 +269,8 @@ class RestoreGrad(nn.Module):
         target_signal = (x0 - y if self.residual else x0).float()
         prior_std = self.prior_std(y)
         posterior_std = self.posterior_net(target_signal, y) if self._mode == "restoregrad" else None
+        stds = {"prior_std": prior_std} if posterior_std is None else {"prior_std": prior_std, "posterior_std": posterior_std}
+        _check_inputs({"x0": x0, "y": y, "noise": noise}, stds)  # the step's one host synchronisation for its inputs
         noise_std = posterior_std if posterior_std is not None else prior_std
         eps = noise_std * noise  # reparameterised: gradients reach the encoder through eps
         x_t = self.add_noise(target_signal, y, eps, timesteps)
@@ -242,7 +278,7 @@ class RestoreGrad(nn.Module):
         eps_hat = self.noise_estimate(self.denoiser(x_t, y, timesteps), x_t, timesteps)
         abar = self.scheduler.alphas_cumprod.to(x_t.device)[timesteps].float()
         return self.loss_fn(eps_hat, target, target_signal, prior_std, posterior_std, self.scheduler.alpha_bar_T,
-                            learned_prior=self.learned_prior, snr=abar / (1 - abar))
+                            learned_prior=self.learned_prior, snr=abar / (1 - abar), check_stds=False)
 
     def noise_estimate(self, prediction: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The noise estimate ``eps_hat`` implied by the denoiser's output in the scheduler's ``prediction_type``.

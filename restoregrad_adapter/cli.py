@@ -5,7 +5,10 @@
     restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
 
 Images (PNG, JPEG, ...) of any size and WAV files are restored with the adapter's integration's
-defaults (e.g. overlapping patches and WeatherDiff's DDIM; CDiffuSE's fast sampling). An adapter whose denoiser was saved as a plain state dict needs the model object:
+defaults (e.g. overlapping patches and WeatherDiff's DDIM; CDiffuSE's fast sampling). Every input
+transform training used is applied and undone: the level (``input_peak``), the value range, the
+residual, and for audio the sample rate (a file at another rate is resampled to the adapter's, as
+training resampled its data, and the result back to the file's rate). An adapter whose denoiser was saved as a plain state dict needs the model object:
 ``--model-factory package.module:function`` names a function (in your code) that builds it.
 Outputs are written atomically: a temporary name, then a rename.
 """
@@ -90,22 +93,63 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
         return ((restored[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy(), None
 
     audio, rate = read_audio(path)
-    expected_rate = adapter.hub_config.get("sample_rate") or 16000
-    if rate != expected_rate:
-        raise CommandError(f"{path}: sample rate {rate} Hz, but the adapter was trained at {expected_rate} Hz; "
-                           f"resample first (e.g. `sox {path.name} -r {expected_rate} out.wav`).")
+    file_length = len(audio)
+    audio, model_rate = _at_adapter_rate(adapter, path, audio, rate)
     from .sampling import restoration_defaults
 
-    multiple = restoration_defaults(adapter.denoiser).length_multiple  # e.g. CDiffuSE's whole STFT frames
+    defaults = restoration_defaults(adapter.denoiser)  # e.g. CDiffuSE's whole STFT frames, at least 3 of them
     length = len(audio)
-    padded = np.pad(audio, (0, (-length) % multiple))
+    padded_length = max(length, defaults.min_length)
+    padded_length += (-padded_length) % defaults.length_multiple
+    padded = np.pad(audio, (0, padded_length - length))
     y = torch.from_numpy(padded)[None, None].to(device)
-    restored = adapter.restore(y, generator=generator, progress=not args.quiet)
-    return restored[0, 0, :length].cpu().numpy(), rate
+    restored = adapter.restore(y, generator=generator, progress=not args.quiet)[0, 0, :length].cpu().numpy()
+    if model_rate != rate:  # back to the file's own rate and length
+        from .data.speech import resample
+
+        restored = np.pad(resample(restored, model_rate, rate), (0, file_length))[:file_length]
+    return restored, rate
+
+
+def _at_adapter_rate(adapter, path: Path, audio: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
+    """``audio`` resampled to the rate the adapter was trained at, as training resampled its data
+    (polyphase, :func:`restoregrad_adapter.data.speech.resample`), saying so; and that rate."""
+    model_rate = adapter.hub_config.get("sample_rate") or 16000
+    if rate == model_rate:
+        return audio, rate
+    from .data.speech import resample
+
+    print(f"{path}: resampling {rate} Hz to the adapter's {model_rate} Hz (and the result back to {rate} Hz), "
+          "as training resampled its data", file=sys.stderr)
+    return resample(audio, rate, model_rate).astype(np.float32), model_rate
+
+
+def output_path(out: Path, path: Path, kind: str) -> Path:
+    """Where the restoration of ``path`` is written: ``out/<name>``, as PNG for JPEG inputs (no
+    second lossy compression) and as WAV for audio."""
+    target = out / path.name
+    if kind == "waveform":
+        return target.with_suffix(".wav")
+    return target.with_suffix(".png") if target.suffix.lower() in (".jpg", ".jpeg") else target
+
+
+def plan_outputs(inputs: list[Path], kinds: list[str], out: Path) -> list[Path]:
+    """Every input's output path, checked before any work: none may be an input, none may be shared."""
+    targets = [output_path(out, path, kind) for path, kind in zip(inputs, kinds)]
+    resolved_inputs = {path.resolve(): path for path in inputs}
+    seen: dict[Path, Path] = {}
+    for path, target in zip(inputs, targets):
+        if target.resolve() in resolved_inputs:
+            raise CommandError(f"-o {out}: the restoration of {path} would be written over the input "
+                               f"{resolved_inputs[target.resolve()]}; choose another output folder.")
+        if target.resolve() in seen:
+            raise CommandError(f"{seen[target.resolve()]} and {path} would both be written to {target}; restore them "
+                               "into different output folders.")
+        seen[target.resolve()] = path
+    return targets
 
 
 def command_restore(args) -> None:
-    adapter = load_adapter(args.adapter, args.model_factory, args.device)
     out = Path(args.output)
     if out.exists() and not out.is_dir():
         raise CommandError(f"-o {out} exists and is not a folder.")
@@ -113,14 +157,20 @@ def command_restore(args) -> None:
     for path in inputs:
         if not path.is_file():
             raise CommandError(f"{path}: no such file.")
-        _check_kind(adapter, path)
-    for path in inputs:
+    adapter = load_adapter(args.adapter, args.model_factory, args.device)
+    targets = plan_outputs(inputs, [_check_kind(adapter, path) for path in inputs], out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise CommandError(f"-o {out}: cannot create the output folder ({error.strerror}).") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CommandError(f"-o {out}: the output folder is not writable.")
+    for path, target in zip(inputs, targets):
         restored, rate = restore_file(adapter, path, args)
-        target = out / path.name
         if rate is None:
-            write_image(target.with_suffix(".png") if target.suffix.lower() in (".jpg", ".jpeg") else target, restored)
+            write_image(target, restored)
         else:
-            write_audio(target.with_suffix(".wav"), restored, rate)
+            write_audio(target, restored, rate)
         print(f"{path} -> {target}")
 
 
@@ -129,11 +179,17 @@ def _match(pred_dir: Path, ref_dir: Path) -> list[tuple[Path, Path]]:
     for name, folder in (("--pred", pred_dir), ("--ref", ref_dir)):
         if not folder.is_dir():
             raise CommandError(f"{name} {folder} is not a folder.")
-    refs = {p.stem: p for p in ref_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS + AUDIO_EXTENSIONS}
-    pairs = [(p, refs[p.stem]) for p in sorted(pred_dir.iterdir()) if p.stem in refs
-             and p.suffix.lower() in IMAGE_EXTENSIONS + AUDIO_EXTENSIONS]
+    known = IMAGE_EXTENSIONS + AUDIO_EXTENSIONS
+    refs = {p.stem: p for p in ref_dir.iterdir() if p.suffix.lower() in known}
+    preds = [p for p in sorted(pred_dir.iterdir()) if p.suffix.lower() in known]
+    pairs = [(p, refs[p.stem]) for p in preds if p.stem in refs]
     if not pairs:
         raise CommandError(f"no files in {pred_dir} have a reference of the same name in {ref_dir}.")
+    unmatched = [p.name for p in preds if p.stem not in refs]
+    unmatched += [p.name for stem, p in sorted(refs.items()) if stem not in {q.stem for q in preds}]
+    if unmatched:
+        print(f"note: not scored, no file of the same name in the other folder: {', '.join(unmatched)}",
+              file=sys.stderr)
     return pairs
 
 
@@ -211,6 +267,7 @@ def command_show_prior(args) -> None:
             ax.axis("off")
     else:
         audio, rate = read_audio(path)
+        audio, rate = _at_adapter_rate(adapter, path, audio, rate)
         y = torch.from_numpy(audio)[None, None].to(device)
         with torch.no_grad():
             sigma = adapter.prior_std(y)[0, 0].cpu().numpy()
@@ -226,6 +283,26 @@ def command_show_prior(args) -> None:
 
 
 # ---------------------------------------------------------------------- main
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="restoregrad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -236,17 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model-factory", default=None,
                        help="package.module:function building the denoiser model, for adapters saved as state dicts")
         p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
 
     restore = sub.add_parser("restore", help="restore image or WAV files")
     adapter_arguments(restore)
     restore.add_argument("inputs", nargs="+", metavar="INPUT")
     restore.add_argument("-o", "--output", required=True, help="output folder")
-    restore.add_argument("--steps", type=int, default=None,
+    restore.add_argument("--steps", type=_positive_int, default=None,
                          help="sampling steps for images (default: the adapter's integration's, e.g. 10)")
-    restore.add_argument("--eta", type=float, default=0.0, help="DDIM eta for images")
-    restore.add_argument("--stride", type=int, default=None,
+    restore.add_argument("--eta", type=_non_negative_float, default=0.0, help="DDIM eta for images")
+    restore.add_argument("--stride", type=_positive_int, default=None,
                          help="patch stride for images larger than the model's patch (default patch / 4)")
-    restore.add_argument("--patch-batch-size", type=int, default=64)
+    restore.add_argument("--patch-batch-size", type=_positive_int, default=64)
     restore.add_argument("--seed", type=int, default=0)
     restore.add_argument("--quiet", action="store_true", help="no progress bars")
     restore.set_defaults(run=command_restore)
@@ -254,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="metrics of restored files against references of the same name")
     evaluate.add_argument("--pred", required=True)
     evaluate.add_argument("--ref", required=True)
+    evaluate.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     evaluate.set_defaults(run=command_evaluate)
 
     show = sub.add_parser("show-prior", help="a PNG of the input beside its learned prior sigma map")
@@ -268,7 +347,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (CommandError, InputFileError) as error:
+    except (CommandError, InputFileError, ValueError) as error:
+        # The library's ValueErrors name the argument and what was expected: one line, no traceback.
+        if getattr(args, "debug", False):
+            raise
         print(f"restoregrad {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

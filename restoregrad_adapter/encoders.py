@@ -79,8 +79,9 @@ class _StdEncoder(nn.Module):
             raise ValueError(f"`norm` must be one of {NORMS}, got {norm!r}.")
         if not (isinstance(in_channels, int) and in_channels > 0):
             raise ValueError(f"`in_channels` must be a positive integer, got {in_channels!r}.")
-        if not sigma_min >= 0 or not math.isfinite(sigma_min):
-            raise ValueError(f"`sigma_min` must be a finite number >= 0, got {sigma_min!r}.")
+        if isinstance(sigma_min, bool) or not isinstance(sigma_min, (int, float)) or not 0 <= sigma_min < 1:
+            raise ValueError(f"`sigma_min` must be a number in [0, 1) (sigma starts at 1, the standard prior, "
+                             f"and never goes below sigma_min), got {sigma_min!r}.")
         widths = SIZES[size]
         conv = _conv(dims)
         self.stem = nn.Sequential(conv(in_channels, widths[0], 3, padding=1), nn.ReLU())
@@ -91,9 +92,9 @@ class _StdEncoder(nn.Module):
                 width = stage_width
         self.blocks = nn.Sequential(*blocks)
         self.head = conv(width, out_channels, 3, padding=1)
-        # Start at sigma = sigma_min + exp(h) = 1: the standard prior (requires sigma_min < 1).
+        # Start at sigma = sigma_min + exp(h) = 1: the standard prior.
         nn.init.zeros_(self.head.weight)
-        nn.init.constant_(self.head.bias, math.log(1.0 - sigma_min) if sigma_min < 1 else 0.0)
+        nn.init.constant_(self.head.bias, math.log(1.0 - sigma_min))
         self.sigma_min = sigma_min
         self.dims = dims
 

@@ -117,9 +117,12 @@ def save_pretrained(adapter, save_directory: str | os.PathLike, include_posterio
                     safe_serialization: bool = True, **metadata) -> Path:
     """Write ``adapter`` to ``save_directory`` (see the module docstring). Returns the folder.
 
-    The folder is written under a temporary name beside it and renamed into place, so an
-    interrupted save never leaves a half-written adapter; an existing adapter folder is replaced,
-    but a ``README.md`` the user wrote there is kept.
+    Like diffusers' ``save_pretrained``, it writes into ``save_directory`` whether or not it exists,
+    and touches only the adapter's own entries (:data:`ADAPTER_ENTRIES`): everything else a folder
+    holds (your scripts, data, ``checkpoint-*`` folders) is kept, and so is a ``README.md`` you wrote.
+    The entries are written under a temporary folder beside it and each is then renamed into place,
+    so an interrupted save never leaves a half-written file. Folders get the usual permissions
+    (``0o777`` and files ``0o666``, less the umask).
 
     Args:
         include_posterior: also save the Posterior Net (needed to resume training, not to restore).
@@ -133,6 +136,8 @@ def save_pretrained(adapter, save_directory: str | os.PathLike, include_posterio
     from safetensors.torch import save_model
 
     target = Path(save_directory)
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"`save_directory` {str(target)!r} is a file; expected a folder (new or existing).")
     integration, model, wrapper_kwargs = _describe_denoiser(adapter.denoiser)
     if integration is None and not isinstance(model, nn.Module):
         raise ValueError("the adapter's denoiser is a plain callable, not an nn.Module: its weights cannot be saved.")
@@ -157,21 +162,49 @@ def save_pretrained(adapter, save_directory: str | os.PathLike, include_posterio
             index = pipeline_index(model, adapter.prior_net, adapter.scheduler, residual=adapter.residual)
             (staging / PIPELINE_INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         user_readme = target / "README.md"
-        if user_readme.is_file() and _CARD_MARKER not in user_readme.read_text(errors="replace"):
-            shutil.copy2(user_readme, staging / "README.md")
-        else:
-            (staging / "README.md").write_text(model_card(config))
-        if target.exists():
-            backup = target.with_name(f".{target.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            target.rename(backup)
+        if not (user_readme.is_file() and _CARD_MARKER not in user_readme.read_text(errors="replace")):
+            (staging / "README.md").write_text(model_card(config))  # a README you wrote is left as it is
+        _set_usual_permissions(staging)
+        if not target.exists():
             staging.rename(target)
-            shutil.rmtree(backup, ignore_errors=True)
         else:
-            staging.rename(target)
+            _move_entries_into(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+#: What an adapter folder consists of: the only entries :func:`save_pretrained` writes, replaces or removes.
+ADAPTER_ENTRIES = (CONFIG_NAME, "prior_net", "posterior_net", "scheduler", "denoiser", PIPELINE_INDEX_NAME, "README.md")
+
+
+def _set_usual_permissions(folder: Path) -> None:
+    """``mkdtemp`` creates 0o700: give the staged folders and files what a plain mkdir/open would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
+def _move_entries_into(staging: Path, target: Path) -> None:
+    """Replace the adapter's own entries of ``target`` by ``staging``'s, one rename each.
+
+    When ``target`` held an adapter before, an entry the new save does not have (``posterior_net/``
+    saved without it) belonged to that adapter and is removed. A README.md you wrote, and anything
+    outside :data:`ADAPTER_ENTRIES`, is never touched.
+    """
+    held_an_adapter = (target / CONFIG_NAME).is_file()
+    for name in ADAPTER_ENTRIES:
+        new, old = staging / name, target / name
+        if not new.exists() and (name == "README.md" or not held_an_adapter):
+            continue
+        if old.exists() or old.is_symlink():
+            backup = staging / f".{name}.replaced"
+            old.rename(backup)  # out of the way first, so a failure never leaves a mix of old and new
+        if new.exists():
+            new.rename(old)
 
 
 def _component_library(component) -> str:
@@ -325,7 +358,8 @@ def _load_encoder(cls, folder: Path, subfolder: str):
     from safetensors import SafetensorError
 
     try:
-        return _own_memory(cls.from_pretrained(folder, subfolder=subfolder))
+        # use_safetensors=True: a missing .safetensors is an error, never a fall-back to a pickled .bin.
+        return _own_memory(cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True))
     except (SafetensorError, OSError, EnvironmentError) as error:
         raise ValueError(f"could not read {folder / subfolder}: the weights file is missing, truncated or corrupted "
                          f"({type(error).__name__}: {error}).") from None

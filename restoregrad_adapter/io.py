@@ -40,8 +40,24 @@ class InputFileError(ValueError):
 
 
 # ---------------------------------------------------------------------- reading
+#: Full scale of PIL's single-channel integer modes (16-bit PNGs open as "I;16*" or "I").
+_HIGH_BIT_DEPTH_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+
+
+def _image_to_array(image) -> np.ndarray:
+    if image.mode in _HIGH_BIT_DEPTH_SCALE:
+        # 16-bit greyscale: PIL's convert("RGB") would clip it to 8 bits (a white image); scale it instead.
+        grey = np.asarray(image, dtype=np.float64) / _HIGH_BIT_DEPTH_SCALE[image.mode]
+        return np.repeat(grey.clip(0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
+    if image.mode == "F":
+        raise InputFileError(f"{getattr(image, 'filename', '') or 'the image'}: a floating-point image (PIL mode 'F') "
+                             "has no defined range; expected 8- or 16-bit images.")
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
 def read_image(source) -> np.ndarray:
-    """An image as an ``HxWx3`` float32 array in ``[0, 1]`` (grey and RGBA images become RGB).
+    """An image as an ``HxWx3`` float32 array in ``[0, 1]`` (grey and RGBA images become RGB; 16-bit
+    greyscale keeps its full range).
 
     Args:
         source: a path, or an already opened PIL image (e.g. a value of a ``datasets`` Image column).
@@ -49,11 +65,11 @@ def read_image(source) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if isinstance(source, Image.Image):
-        return np.asarray(source.convert("RGB"), dtype=np.float32) / 255.0
+        return _image_to_array(source)
     try:
         with Image.open(source) as image:
-            return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as error:
+            return _image_to_array(image)
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise InputFileError(f"{source}: cannot read the image ({error}).") from None
 
 
@@ -82,6 +98,10 @@ def read_audio(source, sample_rate: int | None = None, mix_to_mono: bool = False
         raise InputFileError(f"{name}: has {audio.shape[1]} channels; mono audio is expected (mix down first, "
                              "e.g. `sox in.wav -c 1 out.wav`).")
     waveform = audio.mean(axis=1) if audio.shape[1] != 1 else audio[:, 0]
+    if len(waveform) == 0:
+        raise InputFileError(f"{name}: the audio file has no samples.")
+    if not np.isfinite(waveform).all():
+        raise InputFileError(f"{name}: the audio holds NaN or infinite samples.")
     if sample_rate is not None and rate != sample_rate:
         from .data.speech import resample
 
@@ -107,6 +127,9 @@ def atomic_path(path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would give
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

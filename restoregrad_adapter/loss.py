@@ -114,6 +114,7 @@ class RestoreGradLoss:
         *,
         learned_prior: bool = True,
         snr: torch.Tensor | None = None,
+        check_stds: bool = True,
     ) -> RestoreGradLossOutput:
         """Compute the loss.
 
@@ -127,6 +128,8 @@ class RestoreGradLoss:
             learned_prior: False for PriorGrad / standard DDPM, whose sigma is fixed: the loss is then
                 the sigma-weighted denoising term alone.
             snr: ``(B,)`` signal-to-noise ratios of the examples' steps; needed unless ``weighting="elbo"``.
+            check_stds: refuse standard deviations that are not finite and > 0 (one host
+                synchronisation); ``RestoreGrad.training_loss`` has checked them already.
         """
         _check_float("eps_pred", eps_pred)
         _check_float("eps", eps)
@@ -147,6 +150,11 @@ class RestoreGradLoss:
             except RuntimeError:
                 raise ValueError(f"`{name}` of shape {tuple(std.shape)} does not broadcast to the signal's shape "
                                  f"{tuple(x0.shape)}.") from None
+        if check_stds:
+            for name, std in (("prior_std", prior_std), ("posterior_std", posterior_std)):
+                if std is not None and not bool((torch.isfinite(std.detach()) & (std.detach() > 0)).all()):
+                    raise ValueError(f"`{name}` must be finite and > 0 everywhere (a standard deviation); it divides "
+                                     "the denoising and prior-matching terms.")
         if self.weighting != "elbo" and (not isinstance(snr, torch.Tensor) or snr.shape != x0.shape[:1]):
             raise ValueError(f"weighting {self.weighting!r} needs `snr`, a tensor of shape ({x0.shape[0]},); got "
                              f"{tuple(snr.shape) if isinstance(snr, torch.Tensor) else snr!r}.")

@@ -13,6 +13,7 @@ mean for a given ``x_t``.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,9 @@ def _check_positive_int(name: str, value, allow_none: bool = False):
     """``value`` when it is a positive integer (or None, if allowed); else a ValueError naming ``name``."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
-    return value
+    return int(value)  # np.int64 and the like, as diffusers accepts them
 
 
 def grid_positions(size: int, patch_size: int, stride: int) -> list[int]:

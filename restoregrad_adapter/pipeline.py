@@ -214,6 +214,10 @@ class RestoreGradPipeline(DiffusionPipeline):
                 )
             raise ValueError(f"{folder} has no {PIPELINE_INDEX_NAME} (it was saved by an older restoregrad_adapter); "
                              "save it again: RestoreGrad.from_pretrained(folder).save_pretrained(folder).")
+        if kwargs.get("use_safetensors") is False:
+            raise ValueError("`use_safetensors=False` is not supported: adapters hold safetensors only, and nothing "
+                             "is ever unpickled.")
+        kwargs["use_safetensors"] = True  # a missing .safetensors is an error, never a fall-back to a pickled .bin
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ checks

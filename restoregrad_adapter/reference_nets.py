@@ -18,7 +18,7 @@ tests use much smaller settings.
 from __future__ import annotations
 
 import math
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -232,6 +232,11 @@ class DiffWaveDenoiser(ModelMixin, ConfigMixin):
             ``[0, max_steps]`` are rejected.
         embedding_dim: width of the two Linear+SiLU layers of the step
             embedding (the sinusoids themselves have 128 features).
+        conditioner_channels: None (CDiffuSE's network) feeds all ``n_freq``
+            spectrogram rows to every residual layer at the waveform's rate;
+            a number ``k`` first maps them to ``k`` learned rows at the frame
+            rate (a 1x1 convolution, like DiffWave's 80 mel bands), which
+            makes the network several times cheaper for ``k`` around 64.
     """
 
     sinusoid_dim: int = 128
@@ -246,6 +251,7 @@ class DiffWaveDenoiser(ModelMixin, ConfigMixin):
         hop_length: int = 256,
         max_steps: int = 50,
         embedding_dim: int = 512,
+        conditioner_channels: Optional[int] = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -259,6 +265,14 @@ class DiffWaveDenoiser(ModelMixin, ConfigMixin):
         ):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        if conditioner_channels is not None and (
+            not isinstance(conditioner_channels, int)
+            or isinstance(conditioner_channels, bool)
+            or conditioner_channels < 1
+        ):
+            raise ValueError(
+                f"conditioner_channels: expected None or a positive integer, got {conditioner_channels!r}"
+            )
         self.residual_channels = residual_channels
         self.residual_layers = residual_layers
         self.dilation_cycle_length = dilation_cycle_length
@@ -269,12 +283,16 @@ class DiffWaveDenoiser(ModelMixin, ConfigMixin):
 
         self.input_projection = nn.Conv1d(1, residual_channels, kernel_size=1)
         self.diffusion_embedding = DiffusionStepEmbedding(self.sinusoid_dim, embedding_dim)
+        # Optional frame-rate compression of the conditioner (None: CDiffuSE's layout and keys).
+        self.conditioner_compression = (
+            None if conditioner_channels is None else nn.Conv1d(n_freq, conditioner_channels, kernel_size=1)
+        )
         self.spectrogram_upsampler = SpectrogramUpsampler(hop_length)
         self.residual_blocks = nn.ModuleList(
             DiffWaveResidualBlock(
                 residual_channels,
                 2 ** (i % dilation_cycle_length),
-                n_freq,
+                n_freq if conditioner_channels is None else conditioner_channels,
                 embedding_dim,
             )
             for i in range(residual_layers)
@@ -327,7 +345,9 @@ class DiffWaveDenoiser(ModelMixin, ConfigMixin):
 
         x = F.relu(self.input_projection(audio.unsqueeze(1)))  # [B, C, L]
         step_embedding = self.diffusion_embedding(step)  # [B, E]
-        conditioner = self.spectrogram_upsampler(spectrogram)  # [B, n_freq, L]
+        if self.conditioner_compression is not None:
+            spectrogram = self.conditioner_compression(spectrogram)  # [B, k, frames]
+        conditioner = self.spectrogram_upsampler(spectrogram)  # [B, n_freq or k, L]
 
         skip_sum = torch.zeros_like(x)
         for block in self.residual_blocks:

@@ -59,6 +59,8 @@ class RestorationDefaults:
         patch_batch_size: patches per denoiser call.
         length_multiple: waveforms must have a length divisible by this (CDiffuSE: its hop, 256);
             the command line pads and crops.
+        min_length: waveforms must have at least this many samples (CDiffuSE: 3 frames, 768, for
+            its STFT); the command line zero-pads shorter ones and crops the result.
         make_scheduler: ``training_scheduler -> scheduler``: the integration's own sampler (its
             timesteps are set by the loop); None samples with the training scheduler.
     """
@@ -69,6 +71,7 @@ class RestorationDefaults:
     pad_to_patch: bool = False
     patch_batch_size: int = 64
     length_multiple: int = 1
+    min_length: int = 1
     make_scheduler: Callable | None = None
 
 
@@ -188,11 +191,30 @@ def _run_chain(noise_estimate, prior_std, scheduler, generator, eta, condition, 
     return x
 
 
+def _in_denoiser_precision(denoiser):
+    """``denoiser`` called in its weights' dtype: a float64 (or float32) chain with a float32 (or bfloat16)
+    model casts ``x_t`` and ``y`` to the model's dtype and its output back; fractional timesteps stay at
+    least float32."""
+    parameter = next(iter(denoiser.parameters()), None) if isinstance(denoiser, torch.nn.Module) else None
+    if parameter is None:
+        return denoiser
+    dtype = parameter.dtype
+
+    def call(x_t, y, t):
+        if x_t.dtype == dtype:
+            return denoiser(x_t, y, t)
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
+            t = t.to(torch.promote_types(dtype, torch.float32))
+        return denoiser(x_t.to(dtype), y.to(dtype), t).to(x_t.dtype)
+
+    return call
+
+
 def _whole_signal_estimate(denoiser, y: torch.Tensor) -> NoiseEstimate:
     def estimate(x_t, t):
         t = t.expand(y.shape[0]).to(y.device)
         output = denoiser(x_t, y, t.to(x_t.dtype) if t.is_floating_point() else t)
-        if not isinstance(output, torch.Tensor) or output.shape[0] != x_t.shape[0] or output.shape[2:] != x_t.shape[2:]:
+        if not isinstance(output, torch.Tensor) or output.shape != x_t.shape:
             got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(f"the denoiser returned {got}; expected the shape of `x_t` {tuple(x_t.shape)}.")
         return output
@@ -288,6 +310,7 @@ def restore(
         scheduler.set_timesteps(num_inference_steps, device=y.device)
 
     # The noise estimate: whole signal, or overlapping patches of a (padded) image.
+    model = _in_denoiser_precision(denoiser)
     dtype = torch.promote_types(y.dtype, torch.float32)
     y = y.to(dtype)
     spatial = tuple(y.shape[2:])
@@ -297,9 +320,9 @@ def restore(
         y = reflect_pad_to(y, patch_size)
         grid = PatchGrid(y.shape[-2], y.shape[-1], patch_size, stride if stride is not None else max(1, patch_size // 4),
                          patch_batch_size)
-        noise_estimate = _patch_estimate(denoiser, y, grid)
+        noise_estimate = _patch_estimate(model, y, grid)
     else:
-        noise_estimate = _whole_signal_estimate(denoiser, y)
+        noise_estimate = _whole_signal_estimate(model, y)
 
     sigma = prior(y.float())  # one prior for the whole (padded) signal; the encoders run in float32
     check_prior_std(sigma, y, name="the prior std")

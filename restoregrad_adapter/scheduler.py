@@ -69,11 +69,16 @@ def check_prior_std(prior_std: torch.Tensor, sample: torch.Tensor, name: str = "
     except RuntimeError:
         raise ValueError(f"`{name}` of shape {tuple(prior_std.shape)} does not broadcast to the sample's shape "
                          f"{tuple(sample.shape)}; expected a standard-deviation map of the sample's shape.") from None
-    if not torch.isfinite(prior_std).all():
+    if torch.broadcast_shapes(prior_std.shape, sample.shape) != sample.shape:
+        raise ValueError(f"`{name}` of shape {tuple(prior_std.shape)} would broadcast the sample's shape "
+                         f"{tuple(sample.shape)} up; expected a standard-deviation map of the sample's shape.")
+    std = prior_std.detach()
+    if bool((torch.isfinite(std) & (std > 0)).all()):  # one host synchronisation when the map is valid
+        return
+    if not torch.isfinite(std).all():
         raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
-    if (prior_std <= 0).any():
-        raise ValueError(f"`{name}` must be > 0 everywhere (a standard deviation), got a minimum of "
-                         f"{prior_std.min().item():.4g}.")
+    raise ValueError(f"`{name}` must be > 0 everywhere (a standard deviation), got a minimum of "
+                     f"{std.min().item():.4g}.")
 
 
 def fractional_timesteps(train_alphas_cumprod: torch.Tensor, inference_alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -184,6 +189,14 @@ class LearnedPriorScheduler(DDPMScheduler):
             raise ValueError(f"`timestep_spacing` must be one of {_SPACINGS}, got {timestep_spacing!r}.")
         if trained_betas is None and beta_schedule not in _BETA_SCHEDULES:
             raise ValueError(f"`beta_schedule` must be one of {_BETA_SCHEDULES}, got {beta_schedule!r}.")
+        if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)) \
+                or num_train_timesteps < 1:
+            raise ValueError(f"`num_train_timesteps` must be a positive integer, got {num_train_timesteps!r}.")
+        if trained_betas is not None:
+            values = np.asarray(trained_betas, dtype=np.float64)
+            if values.ndim != 1 or len(values) == 0 or not ((values > 0) & (values <= 1)).all():
+                raise ValueError(f"`trained_betas` must be a non-empty list of values in (0, 1] (no NaN), got "
+                                 f"{list(trained_betas)[:8]}{' ...' if len(values) > 8 else ''}.")
         # DDPMScheduler's own __init__, undecorated: the config is already registered (as ours).
         DDPMScheduler.__init__.__wrapped__(
             self, num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
@@ -193,6 +206,10 @@ class LearnedPriorScheduler(DDPMScheduler):
             sample_max_value=sample_max_value, timestep_spacing=timestep_spacing, steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
+        if not bool(((self.betas > 0) & (self.betas <= 1)).all()):
+            raise ValueError(f"the training betas must lie in (0, 1]; `beta_start` = {beta_start!r}, `beta_end` = "
+                             f"{beta_end!r} with beta_schedule {beta_schedule!r} give {self.betas.min().item():.4g} to "
+                             f"{self.betas.max().item():.4g}.")
         # init_noise_sigma = 1 is in units of prior_std: x_T = prior_std * z.
         # Fast-sampling state (set_timesteps(inference_betas=...)): the reverse chain's own schedule.
         self.inference_betas: torch.Tensor | None = None
@@ -254,13 +271,20 @@ class LearnedPriorScheduler(DDPMScheduler):
             return
 
         if timesteps is not None:
+            if len(timesteps) == 0 or any(isinstance(t, bool) or not isinstance(t, (int, np.integer)) for t in timesteps):
+                raise ValueError(f"`timesteps` must be a non-empty list of integer training steps, got {list(timesteps)}.")
+            if min(timesteps) < 0:
+                raise ValueError(f"`timesteps` must be training steps >= 0, got {list(timesteps)}.")
             if any(timesteps[i] >= timesteps[i - 1] for i in range(1, len(timesteps))):
                 raise ValueError(f"`timesteps` must be in strictly descending order, got {list(timesteps)}.")
             if timesteps[0] >= T:
                 raise ValueError(f"`timesteps` must start below `num_train_timesteps` = {T}, got {timesteps[0]}.")
-        elif not isinstance(num_inference_steps, int) or not 0 < num_inference_steps <= T:
+        elif isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) \
+                or not 0 < num_inference_steps <= T:
             raise ValueError(f"`num_inference_steps` must be an integer in [1, {T}] (the training steps), "
                              f"got {num_inference_steps!r}.")
+        else:
+            num_inference_steps = int(num_inference_steps)  # np.int64 and the like, as diffusers accepts
         super().set_timesteps(num_inference_steps=num_inference_steps, device=device, timesteps=timesteps)
         if timesteps is not None:
             self.num_inference_steps = len(timesteps)

@@ -1,5 +1,7 @@
 """The restoregrad command: restore, evaluate and show-prior round trips on generated files."""
 
+import os
+
 import numpy as np
 import pytest
 import soundfile
@@ -74,6 +76,78 @@ def test_restore_and_show_prior_for_speech(speech_adapter, tmp_path):
     assert Image.open(png).size[0] > 100
 
 
+def test_a_wav_at_another_rate_is_restored_at_the_adapters_rate_and_given_back_at_its_own(speech_adapter, tmp_path,
+                                                                                          capsys):
+    from restoregrad_adapter.data.speech import resample
+
+    rng = np.random.default_rng(1)
+    audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(1500) / 8000) + 0.05 * rng.standard_normal(1500))
+    soundfile.write(tmp_path / "phone.wav", audio.astype(np.float32), 8000)
+    assert main(["restore", "--adapter", str(speech_adapter), str(tmp_path / "phone.wav"), "-o", str(tmp_path / "out"),
+                 "--quiet"]) == 0
+    assert "resampling 8000 Hz to the adapter's 16000 Hz" in capsys.readouterr().err
+    restored, rate = soundfile.read(tmp_path / "out" / "phone.wav", dtype="float32")
+    assert rate == 8000 and restored.shape == (1500,)
+    # Exactly what restoring the 16 kHz version and resampling the result back gives.
+    adapter = RestoreGrad.from_pretrained(speech_adapter, load_posterior=False).eval()
+    file_audio, _ = soundfile.read(tmp_path / "phone.wav", dtype="float32")
+    upsampled = resample(file_audio, 8000, 16000).astype(np.float32)  # 3000 samples
+    y = torch.from_numpy(np.pad(upsampled, (0, (-len(upsampled)) % 256)))[None, None]
+    expected = adapter.restore(y, generator=torch.Generator().manual_seed(0))[0, 0, :len(upsampled)].numpy()
+    expected = resample(expected, 16000, 8000)[:1500]
+    np.testing.assert_allclose(restored, expected, atol=1e-4)  # 16-bit PCM
+    assert main(["show-prior", "--adapter", str(speech_adapter), str(tmp_path / "phone.wav"), "-o",
+                 str(tmp_path / "prior.png")]) == 0
+    assert "resampling 8000 Hz" in capsys.readouterr().err
+
+
+def test_restore_never_writes_over_an_input_and_refuses_shared_output_names(image_adapter, tmp_path, capsys):
+    import stat
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "photo.png", 16, 16, seed=len(folder))
+    original = (tmp_path / "a" / "photo.png").read_bytes()
+    # -o the input's own folder: refused before any work, the photo untouched.
+    assert main(["restore", "--adapter", str(image_adapter), str(tmp_path / "a" / "photo.png"), "-o",
+                 str(tmp_path / "a"), "--quiet"]) == 2
+    assert "would be written over the input" in capsys.readouterr().err
+    assert (tmp_path / "a" / "photo.png").read_bytes() == original
+    # Two inputs of the same name from different folders would overwrite each other.
+    assert main(["restore", "--adapter", str(image_adapter), str(tmp_path / "a" / "photo.png"),
+                 str(tmp_path / "b" / "photo.png"), "-o", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "would both be written to" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    # A JPEG input is written as PNG, and the printed name says so; the usual file permissions.
+    Image.open(tmp_path / "a" / "photo.png").save(tmp_path / "a" / "shot.jpg")
+    old_umask = os.umask(0o022)
+    try:
+        assert main(["restore", "--adapter", str(image_adapter), str(tmp_path / "a" / "shot.jpg"), "-o",
+                     str(tmp_path / "out"), "--quiet", "--steps", "1"]) == 0
+    finally:
+        os.umask(old_umask)
+    assert f"-> {tmp_path / 'out' / 'shot.png'}" in capsys.readouterr().out
+    assert stat.S_IMODE((tmp_path / "out" / "shot.png").stat().st_mode) == 0o644
+
+
+def test_a_16_bit_greyscale_png_is_read_at_its_full_range(tmp_path, capsys):
+    from restoregrad_adapter.io import read_image
+
+    grey = (np.arange(32 * 32).reshape(32, 32) * 60).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    image = read_image(tmp_path / "deep.png")
+    assert image.shape == (32, 32, 3)
+    np.testing.assert_allclose(image[..., 1], grey / 65535, atol=1e-6)
+    # evaluate: the image against its own 8-bit copy scores what the 8-bit rounding costs, not 6.7 dB.
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "ref").mkdir()
+    Image.fromarray(grey).save(tmp_path / "ref" / "deep.png")
+    Image.fromarray((grey / 257).round().astype(np.uint8)).save(tmp_path / "pred" / "deep.png")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref")]) == 0
+    psnr = float(next(line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("deep")))
+    assert psnr > 50
+
+
 def test_show_prior_for_an_image(image_adapter, tmp_path):
     write_png(tmp_path / "x.png", 30, 40)
     assert main(["show-prior", "--adapter", str(image_adapter), str(tmp_path / "x.png"), "-o",
@@ -93,9 +167,6 @@ def test_clear_errors(image_adapter, speech_adapter, tmp_path, capsys):
                                     "-o", str(tmp_path / "o")])
     assert "cannot load adapter" in error(["restore", "--adapter", str(tmp_path / "missing"),
                                            str(tmp_path / "broken.png"), "-o", str(tmp_path / "o")])
-    soundfile.write(tmp_path / "low.wav", np.zeros(4000, dtype=np.float32), 8000)
-    assert "sample rate 8000 Hz" in error(["restore", "--adapter", str(speech_adapter), str(tmp_path / "low.wav"),
-                                           "-o", str(tmp_path / "o"), "--quiet"])
     soundfile.write(tmp_path / "stereo.wav", np.zeros((4000, 2), dtype=np.float32), 16000)
     assert "2 channels" in error(["restore", "--adapter", str(speech_adapter), str(tmp_path / "stereo.wav"),
                                   "-o", str(tmp_path / "o"), "--quiet"])

@@ -102,6 +102,41 @@ def test_weatherdiff_and_cdiffuse_adapters_round_trip(tmp_path):
     assert torch.equal(a, b)
 
 
+def test_saving_into_a_folder_keeps_everything_that_is_not_the_adapters(tmp_path):
+    import stat
+
+    project = tmp_path / "project"
+    (project / "checkpoint-500").mkdir(parents=True)
+    (project / "checkpoint-500" / "optimizer.bin").write_bytes(b"state")
+    (project / "train.py").write_text("print('mine')\n")
+    (project / "data").mkdir()
+    (project / "data" / "clip.wav").write_bytes(b"RIFF")
+    custom_adapter().save_pretrained(project)
+    first = json.loads((project / "restoregrad_config.json").read_text())
+    # Saved again without the Posterior Net: the old adapter's posterior_net/ goes, the user's files stay.
+    custom_adapter().save_pretrained(project, include_posterior=False)
+    assert (project / "train.py").read_text() == "print('mine')\n"
+    assert (project / "checkpoint-500" / "optimizer.bin").read_bytes() == b"state"
+    assert (project / "data" / "clip.wav").read_bytes() == b"RIFF"
+    assert not (project / "posterior_net").exists() and first["has_posterior_net"]
+    assert not [p.name for p in project.iterdir() if p.name.startswith(".")]  # no staging left behind
+    assert RestoreGrad.from_pretrained(project, denoiser=TinyConvDenoiser()).posterior_net is None
+    # The usual permissions (umask 022): folders 0755, files 0644.
+    old_umask = os.umask(0o022)
+    try:
+        folder = custom_adapter().save_pretrained(tmp_path / "fresh")
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "prior_net").stat().st_mode) == 0o755
+    assert stat.S_IMODE((folder / "restoregrad_config.json").stat().st_mode) == 0o644
+    # A file is not turned into a folder.
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="`save_directory` .* is a file"):
+        custom_adapter().save_pretrained(tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
 def test_save_without_posterior_and_keep_a_users_readme(tmp_path):
     adapter = custom_adapter()
     target = tmp_path / "a"

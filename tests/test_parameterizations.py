@@ -181,14 +181,39 @@ def test_a_scheduler_of_another_prediction_type_is_refused_at_every_entry_point(
     assert torch.equal(loaded.restore(y, generator=seeded()).clamp(-1, 1), expected)
 
 
-def test_cdiffuse_refuses_what_its_process_cannot_do():
+@pytest.mark.parametrize("kind", ["sample", "v_prediction"])
+def test_cdiffuse_trains_and_samples_every_prediction_type_through_its_combined_noise(kind):
+    """CDiffuSE's x_t = sqrt(abar) x0 + sqrt(1 - abar) C_t: DDPM's conversions hold with C_t for the noise."""
     from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad, cdiffuse_scheduler
+
+    def speech_adapter(prediction_type):
+        torch.manual_seed(0)
+        schedule = LearnedPriorScheduler.from_config(cdiffuse_scheduler().config, prediction_type=prediction_type)
+        prior, posterior = PriorNet(dims=1, in_channels=1, size="tiny"), PosteriorNet(dims=1, in_channels=1, size="tiny")
+        for net in (prior, posterior):
+            torch.nn.init.normal_(net.encoder.head.weight, std=0.05)
+        return CDiffuSERestoreGrad(NoiseFunction(schedule, prediction_type), prior, posterior, scheduler=schedule,
+                                   loss=RestoreGradLoss(0.1, 0.5)).eval()
+
+    x0, y = pairs()
+    t = torch.tensor([0, 21, 49])
+    noise = torch.randn(x0.shape, generator=seeded(5))
+    reference, converted = speech_adapter("epsilon"), speech_adapter(kind)
+    expected = reference.training_loss(x0, y, noise=noise, timesteps=t)
+    out = converted.training_loss(x0, y, noise=noise, timesteps=t)
+    for term in ("loss", "latent_reg", "denoise", "prior_match"):
+        torch.testing.assert_close(getattr(out, term), getattr(expected, term), rtol=1e-5, atol=1e-6)
+    # Full sampling evaluates the model at the integer training steps, where NoiseFunction's
+    # conversion and the reverse step's use the same abar: the chains agree step by step.
+    torch.testing.assert_close(converted.restore(y, inference_betas=None, generator=seeded()),
+                               reference.restore(y, inference_betas=None, generator=seeded()), rtol=1e-4, atol=1e-5)
+
+
+def test_cdiffuse_refuses_residual_diffusion():
+    from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
     from restoregrad_adapter.reference_nets import DiffWaveDenoiser
 
     model = DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32)
-    v_schedule = LearnedPriorScheduler.from_config(cdiffuse_scheduler().config, prediction_type="v_prediction")
-    with pytest.raises(ValueError, match="prediction_type must be 'epsilon'"):
-        CDiffuSERestoreGrad.from_model(copy.deepcopy(model), size="tiny", scheduler=v_schedule)
     with pytest.raises(ValueError, match="residual"):
         CDiffuSERestoreGrad.from_model(model, size="tiny", residual=True)
 

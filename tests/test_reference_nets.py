@@ -190,6 +190,30 @@ def test_diffwave_bad_constructor_arguments():
         DiffWaveDenoiser(residual_layers=0)
     with pytest.raises(ValueError, match="hop_length"):
         DiffWaveDenoiser(hop_length=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="conditioner_channels: expected None or a positive integer"):
+            DiffWaveDenoiser(conditioner_channels=bad)
+
+
+def test_diffwave_compressed_conditioner():
+    torch.manual_seed(0)
+    model = small_diffwave(conditioner_channels=5)
+    perturb_output(model)
+    audio, spec, step = diffwave_inputs(2, 3)
+    out = model(audio, spec, step)
+    assert out.shape == (2, 1, 768)
+    # The spectrogram is mapped once, at the frame rate, to 5 learned rows that every layer reads.
+    assert model.conditioner_compression.weight.shape == (5, N_FREQ, 1)
+    assert all(block.conditioner_projection.in_channels == 5 for block in model.residual_blocks)
+    # Its output is the plain network's on the compressed spectrogram.
+    plain = small_diffwave(n_freq=5)
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("conditioner_compression")})
+    torch.testing.assert_close(out, plain(audio, model.conditioner_compression(spec), step))
+    out.square().mean().backward()
+    assert model.conditioner_compression.weight.grad.abs().sum() > 0
+    # The option is part of the config; without it the parameter names are CDiffuSE's.
+    assert DiffWaveDenoiser.from_config(model.config).conditioner_compression is not None
+    assert not any(k.startswith("conditioner_compression") for k in small_diffwave().state_dict())
 
 
 # ---------------------------------------------------------------------------

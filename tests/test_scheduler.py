@@ -107,7 +107,8 @@ def step_after_save_load(tmp_path, scheduler_class=LearnedPriorScheduler, time_s
 @SCHEDULER_CLASSES
 @pytest.mark.parametrize("config", [
     *[dict(num_train_timesteps=n) for n in (1, 5, 100, 1000)],
-    *[dict(beta_start=s, beta_end=e) for s, e in zip([1e-4, 1e-3, 1e-2, 0.1], [0.002, 0.02, 0.2, 2])],
+    # diffusers' grid ends at beta_end = 2, whose linear betas exceed 1: refused here (tests/test_bad_inputs.py).
+    *[dict(beta_start=s, beta_end=e) for s, e in zip([1e-4, 1e-3, 1e-2, 0.1], [0.002, 0.02, 0.2, 0.5])],
     *[dict(beta_schedule=s) for s in ("linear", "squaredcos_cap_v2", "scaled_linear", "sigmoid")],
     *[dict(variance_type=v) for v in ("fixed_small", "fixed_large", "other", "fixed_small_log", "fixed_large_log")],
     *[dict(clip_sample=c) for c in (True, False)],

@@ -183,3 +183,32 @@ def test_train_weather_recipes_fill_what_the_command_line_leaves_out():
     adapter = script.build_adapter(script.parse_args(["--model_size", "tiny"]))
     assert adapter.residual and adapter.scheduler.config.prediction_type == "sample"
     assert adapter.loss_fn.weighting == "x0"
+
+
+def load_script(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "examples" / f"{name}.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+def test_train_speech_recipes_fill_what_the_command_line_leaves_out():
+    script = load_script("train_speech")
+    default = script.parse_args([])
+    assert (default.recipe, default.prediction_type, default.loss_weighting) == ("restoring", "sample", "x0")
+    paper = script.parse_args(["--recipe", "paper"])
+    assert (paper.prediction_type, paper.loss_weighting) == ("epsilon", "elbo")
+    adapter = script.build_adapter(script.parse_args(["--prediction_type", "v_prediction"]))
+    assert adapter.scheduler.config.prediction_type == "v_prediction" and adapter.loss_fn.weighting == "x0"
+    assert adapter.input_peak == 0.95 and adapter.denoiser.model.config.conditioner_channels == 64
+    assert script.build_adapter(script.parse_args(["--model_size", "cdiffuse"])).denoiser.model.config.conditioner_channels is None
+
+
+def test_the_benchmarks_train_with_the_training_scripts_recipes(monkeypatch):
+    from benchmark_modules import load
+
+    tasks = load(monkeypatch, "tasks")
+    for task, script in (("image", "train_weather"), ("speech", "train_speech")):
+        assert {name: recipes[task] for name, recipes in tasks.RECIPES.items()} == load_script(script).RECIPES

@@ -395,6 +395,23 @@ class CDiffuSEScheduler:
         x = schedule.alphas_cumprod[-1].sqrt().item() * condition + schedule.delta[-1].sqrt().item() * (prior_std * z)
         return self._clamped(x)
 
+    def combined_noise(self, model_output: torch.Tensor, sample: torch.Tensor, n: int) -> torch.Tensor:
+        """``C_hat`` at sampling step ``n`` from the model output in the scheduler's ``prediction_type``.
+
+        ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) C_t`` (Algorithm 1) is DDPM's relation with ``C_t``
+        in place of the noise, so DDPM's conversions hold with the sampling schedule's ``abar_t``
+        (the same ``sqrt(abar)`` as the fractional training step the model sees): ``sample`` gives
+        ``(x_t - a x0_hat) / s`` and ``v_prediction`` gives ``s x_t + a v_hat``.
+        """
+        kind = self.config.prediction_type
+        if kind == "epsilon":
+            return model_output
+        abar = self.schedule.alphas_cumprod[n].item()
+        a, s = abar**0.5, (1 - abar) ** 0.5
+        if kind == "sample":
+            return (sample - a * model_output) / s
+        return s * sample + a * model_output  # v_prediction
+
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, prior_std: torch.Tensor,
              condition: torch.Tensor, generator: torch.Generator | None = None) -> LearnedPriorSchedulerOutput:
         """One reverse step ``x_t -> x_{t-1}`` (``timestep``: the current entry of ``self.timesteps``)."""
@@ -403,8 +420,9 @@ class CDiffuSEScheduler:
                              f"{tuple(sample.shape)}.")
         n = len(self.timesteps) - 1 - self._step_index
         schedule = self.schedule
+        combined_noise = self.combined_noise(model_output.to(sample.dtype), sample, n)
         x = (schedule.c1[n].item() * sample + schedule.c2[n].item() * condition
-             - schedule.c3[n].item() * model_output.to(sample.dtype))
+             - schedule.c3[n].item() * combined_noise)
         if n > 0:
             z = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             x = x + schedule.delta_bar[n].sqrt().item() * (prior_std * z)
@@ -432,17 +450,15 @@ class CDiffuSERestoreGrad(RestoreGrad):
     Build it with :meth:`from_model` (CDiffuSE's 50-step schedule, Prior and Posterior Nets), or as
     any :class:`~restoregrad_adapter.RestoreGrad` (``with_encoders`` etc.).
 
-    The network predicts ``C_t`` (``prediction_type="epsilon"``) and diffuses ``x0`` itself: the
-    reverse coefficients ``c1, c2, c3`` are derived for that prediction, and the process already
-    mixes ``y`` into ``x_t``, so ``sample``/``v_prediction`` and ``residual=True`` are refused.
+    The network predicts ``C_t`` (``prediction_type="epsilon"``, CDiffuSE's), or ``x0``
+    (``"sample"``) or ``v`` (``"v_prediction"``): since ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t)
+    C_t``, the loss and the reverse step use the ``C_hat`` each implies (DDPM's conversions with
+    ``C_t`` for the noise). It diffuses ``x0`` itself: the process already mixes ``y`` into ``x_t``,
+    so ``residual=True`` is refused.
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        kind = self.scheduler.config.prediction_type
-        if kind != "epsilon":
-            raise ValueError(f"CDiffuSE's reverse process is derived for its noise prediction C_t: the scheduler's "
-                             f"prediction_type must be 'epsilon', got {kind!r}.")
         if self.residual:
             raise ValueError("`residual=True` is not available with CDiffuSE: its forward process already moves x_t "
                              "towards y (x_t mixes in m_t sqrt(abar_t) y).")
@@ -458,6 +474,8 @@ class CDiffuSERestoreGrad(RestoreGrad):
         sigma_min: float = 0.1,
         peak_normalize: bool = True,
         scheduler: LearnedPriorScheduler | None = None,
+        weighting: str = "elbo",
+        snr_gamma: float = 5.0,
         **kwargs,
     ) -> "CDiffuSERestoreGrad":
         """Wrap a CDiffuSE model object and build 1-D Prior and Posterior Nets of ``size``.
@@ -470,13 +488,17 @@ class CDiffuSERestoreGrad(RestoreGrad):
                 and prior-matching terms (paper: 0.1, 0.5).
             sigma_min: the encoders' floor on sigma.
             peak_normalize: see :class:`CDiffuSEDenoiser`.
-            scheduler: the training schedule (default :func:`cdiffuse_scheduler`).
+            scheduler: the training schedule (default :func:`cdiffuse_scheduler`); its ``prediction_type``
+                is what the network predicts.
+            weighting, snr_gamma: the denoising term's weighting (:class:`~restoregrad_adapter.RestoreGradLoss`;
+                ``"elbo"`` is the paper's).
             kwargs: passed to :class:`~restoregrad_adapter.RestoreGrad` (e.g. ``handcrafted_prior``).
         """
         denoiser = model if isinstance(model, CDiffuSEDenoiser) else CDiffuSEDenoiser(model, peak_normalize)
         return cls.with_encoders(denoiser, dims=1, in_channels=1, size=size, sigma_min=sigma_min, mode=mode,
                                  scheduler=scheduler if scheduler is not None else cdiffuse_scheduler(),
-                                 loss=RestoreGradLoss(latent_weight=latent_weight, prior_matching_weight=prior_matching_weight), **kwargs)
+                                 loss=RestoreGradLoss(latent_weight=latent_weight, prior_matching_weight=prior_matching_weight,
+                                                      weighting=weighting, snr_gamma=snr_gamma), **kwargs)
 
     # ------------------------------------------------------------------ schedule
     def training_betas(self) -> torch.Tensor:
@@ -659,7 +681,8 @@ register_integration(Integration(
     wrap=wrap,
     wrapper_kwargs=lambda wrapper: {"peak_normalize": wrapper.peak_normalize},
     restoration_defaults=lambda wrapper: sampling.RestorationDefaults(
-        inference_betas=FAST_INFERENCE_BETAS_6, length_multiple=HOP_LENGTH, make_scheduler=CDiffuSEScheduler),
+        inference_betas=FAST_INFERENCE_BETAS_6, length_multiple=HOP_LENGTH, min_length=3 * HOP_LENGTH,
+        make_scheduler=CDiffuSEScheduler),
     adapter_class=lambda: CDiffuSERestoreGrad,
     check_model=_check_model,
 ))
