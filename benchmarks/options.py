@@ -14,7 +14,7 @@ import copy
 import math
 import os
 
-from tasks import DEFAULT_MODES, IMAGE_STEPS, MODES, RECIPES, SPEECH_STEPS, TASKS
+from tasks import DEFAULT_MODES, DEFAULT_RECIPE, IMAGE_STEPS, MODES, RECIPES, SPEECH_STEPS, TASKS
 
 PRESET_NAMES = ("default", "smoke")
 LEARNING_RATE_GRID = [3e-4, 1e-3, 3e-3]
@@ -23,9 +23,10 @@ LEARNING_RATE_GRID = [3e-4, 1e-3, 3e-3]
 RUN_PRESETS = {
     "both": {"early_evals": (4, 0), "seeds": ([0, 1, 2], [0]), "learning_rates": (LEARNING_RATE_GRID, [1e-3]),
              "workers": ("auto", 1)},
-    "speech": {"steps": (150, 4), "eval_every": (25, 2), "batch_size": (4, 2), "num_train": (32, 2),
+    "speech": {"steps": (600, 4), "eval_every": (100, 2), "batch_size": (4, 2), "num_train": (32, 2),
                "num_eval": (4, 1), "latent_weight": (0.1, 0.1), "prior_matching_weight": (0.5, 0.5),
                "residual_channels": (16, 8), "residual_layers": (6, 2), "embedding_dim": (64, 32),
+               "conditioner_channels": (64, 8),
                "crop_frames": (8, 4), "eval_frames": (32, 4), "seconds": (1.0, 0.25), "pesq": (True, False),
                "step_grid": (list(SPEECH_STEPS), [1, 2])},
     "image": {"steps": (2000, 4), "eval_every": (250, 2), "batch_size": (16, 2), "num_train": (None, None),
@@ -100,9 +101,10 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
     """The settings of a training run, shared by convergence.py and sampling.py."""
     parser = preset_parser(doc, {task: run_presets(task) for task in TASKS}, PRESET_NOTES)
     parser.add_argument("--task", choices=TASKS, required=True)
-    parser.add_argument("--recipe", choices=tuple(RECIPES), default="restoring",
-                        help="restoring (default): x0 prediction with an x0 loss (images: of the residual x0 - y), "
-                             "as the training scripts' default; paper: the paper's noise prediction with eq. 10")
+    parser.add_argument("--recipe", choices=tuple(RECIPES), default=None,
+                        help="paper: the paper's noise prediction with eq. 10; restoring: x0 prediction with an x0 "
+                             "loss (images: of the residual x0 - y); default: the task's training script's "
+                             f"({', '.join(f'{task} {name}' for task, name in DEFAULT_RECIPE.items())})")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(DEFAULT_MODES),
                         help=f"modes to train (default: {' '.join(DEFAULT_MODES)}); ddpm is the reference")
     parser.add_argument("--constant_prior_std", type=positive_number, default=None,
@@ -130,6 +132,8 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
     g.add_argument("--residual_channels", type=int, help="DiffWave channels")
     g.add_argument("--residual_layers", type=int, help="DiffWave layers")
     g.add_argument("--embedding_dim", type=int)
+    g.add_argument("--conditioner_channels", type=int,
+                   help="DiffWave's conditioner compressed to this many rows at the frame rate (0: CDiffuSE's 513)")
     g.add_argument("--crop_frames", type=int, help="training crop in 256-sample frames")
     g.add_argument("--eval_frames", type=int, help="held-out length cap in frames")
     g.add_argument("--seconds", type=float, help="built-in utterance length")
@@ -149,6 +153,8 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
 def resolve_run(parser: argparse.ArgumentParser, args, exclude=()):
     """Apply the preset (``exclude``: settings this script does not have), then check every setting."""
     args.preset_record = apply_preset(args, run_presets(args.task), exclude)
+    if args.recipe is None:
+        args.recipe = DEFAULT_RECIPE[args.task]
     speech = args.task == "speech"
     if args.workers == "auto":
         args.workers = max(1, min(4, os.cpu_count() or 1))

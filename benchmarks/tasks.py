@@ -17,9 +17,9 @@ Modes (:data:`MODES`): the library's four (``ddpm``, ``priorgrad``, ``restoregra
 ``config.constant_prior_std`` everywhere (the library's ``mode="priorgrad"`` with that constant as
 ``handcrafted_prior``). In every mode the denoiser's initial weights depend on the seed only.
 
-Both tasks train with one of the training scripts' recipes (:data:`RECIPES`, ``--recipe``): by
-default the one that restores within these budgets (x0 prediction with a plain x0 loss, and for
-images the residual ``x0 - y``), or the paper's (noise prediction, eq. 10).
+Both tasks train with one of the training scripts' recipes (:data:`RECIPES`, ``--recipe``), by
+default the script's own: for images x0 prediction of the residual ``x0 - y`` with a plain x0 loss,
+for speech the paper's noise prediction with eq. 10.
 
 A task is built from the run's settings (an ``argparse.Namespace``, see ``options.py``) and holds its
 training and held-out data as (clean, degraded) pairs, the library's ``(x0, y)``; ``input_quality``
@@ -44,15 +44,17 @@ LIBRARY_MODE = {"constant_prior": "priorgrad"}  # the library mode a benchmark m
 TASKS = ("speech", "image")
 
 #: What the denoiser predicts, what is diffused and how the denoising term is weighted, per task: the
-#: training scripts' recipes (examples/train_weather.py, examples/train_speech.py). "restoring" is
-#: their default; "paper" is the RestoreGrad paper's (noise prediction of x0 itself, eq. 10).
-#: CDiffuSE's process already mixes y into x_t, so speech never diffuses the residual.
+#: training scripts' recipes (examples/train_weather.py, examples/train_speech.py). "paper" is the
+#: RestoreGrad paper's (noise prediction of x0 itself, eq. 10); "restoring" predicts x0 with a plain x0
+#: loss (images: of the residual x0 - y). CDiffuSE's process already mixes y into x_t, so speech never
+#: diffuses the residual. Each task's default is its training script's (DEFAULT_RECIPE).
 RECIPES = {
     "restoring": {"image": {"prediction_type": "sample", "residual": True, "loss_weighting": "x0"},
                   "speech": {"prediction_type": "sample", "loss_weighting": "x0"}},
     "paper": {"image": {"prediction_type": "epsilon", "residual": False, "loss_weighting": "elbo"},
               "speech": {"prediction_type": "epsilon", "loss_weighting": "elbo"}},
 }
+DEFAULT_RECIPE = {"image": "restoring", "speech": "paper"}
 HEADLINE_METRIC = {"speech": "si_snr", "image": "psnr_y"}
 
 SPEECH_STEPS = (1, 2, 3, 4, 5, 6)
@@ -220,7 +222,8 @@ class SpeechTask(_Task):
         c = self.config
         recipe = RECIPES[c.recipe]["speech"]
         model = DiffWaveDenoiser(residual_channels=c.residual_channels, residual_layers=c.residual_layers,
-                                 dilation_cycle_length=min(10, c.residual_layers), embedding_dim=c.embedding_dim)
+                                 dilation_cycle_length=min(10, c.residual_layers), embedding_dim=c.embedding_dim,
+                                 conditioner_channels=getattr(c, "conditioner_channels", 0) or None)
         scheduler = LearnedPriorScheduler.from_config(cdiffuse_scheduler().config,
                                                       prediction_type=recipe["prediction_type"])
         return CDiffuSERestoreGrad.from_model(model, size=c.encoder_size, latent_weight=c.latent_weight,

@@ -309,6 +309,10 @@ def resolve_folder(pretrained: str | os.PathLike, revision: str | None = None, c
     return Path(folder)
 
 
+#: Keys every restoregrad_config.json has (the rest have defaults for older folders).
+_REQUIRED_KEYS = ("denoiser_format", "denoiser_class")
+
+
 def read_config(folder: Path) -> dict:
     """Read and check ``restoregrad_config.json``."""
     file = folder / CONFIG_NAME
@@ -318,6 +322,8 @@ def read_config(folder: Path) -> dict:
         config = json.loads(file.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{file} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{file} must be a JSON object (the adapter's settings), got a JSON {type(config).__name__}.")
     version = config.get("format_version")
     if not isinstance(version, int):
         raise ValueError(f"{file} has no integer `format_version`; it was not written by restoregrad_adapter.")
@@ -327,6 +333,13 @@ def read_config(folder: Path) -> dict:
             f"{version}; this version reads format {FORMAT_VERSION} and older. Upgrade: "
             "`pip install -U restoregrad_adapter`."
         )
+    missing = [key for key in _REQUIRED_KEYS if key not in config]
+    if missing:
+        raise ValueError(f"{file} lacks {', '.join(f'`{key}`' for key in missing)}; it was not written by "
+                         "save_pretrained, or was edited by hand.")
+    if config["denoiser_format"] not in ("diffusers", "state_dict"):
+        raise ValueError(f"{file}: `denoiser_format` must be 'diffusers' or 'state_dict', got "
+                         f"{config['denoiser_format']!r}.")
     return config
 
 

@@ -197,10 +197,10 @@ def load_script(name):
 def test_train_speech_recipes_fill_what_the_command_line_leaves_out():
     script = load_script("train_speech")
     default = script.parse_args([])
-    assert (default.recipe, default.prediction_type, default.loss_weighting) == ("restoring", "sample", "x0")
-    paper = script.parse_args(["--recipe", "paper"])
-    assert (paper.prediction_type, paper.loss_weighting) == ("epsilon", "elbo")
-    adapter = script.build_adapter(script.parse_args(["--prediction_type", "v_prediction"]))
+    assert (default.recipe, default.prediction_type, default.loss_weighting) == ("paper", "epsilon", "elbo")
+    restoring = script.parse_args(["--recipe", "restoring"])
+    assert (restoring.prediction_type, restoring.loss_weighting) == ("sample", "x0")
+    adapter = script.build_adapter(script.parse_args(["--recipe", "restoring", "--prediction_type", "v_prediction"]))
     assert adapter.scheduler.config.prediction_type == "v_prediction" and adapter.loss_fn.weighting == "x0"
     assert adapter.input_peak == 0.95 and adapter.denoiser.model.config.conditioner_channels == 64
     assert script.build_adapter(script.parse_args(["--model_size", "cdiffuse"])).denoiser.model.config.conditioner_channels is None
@@ -212,3 +212,4 @@ def test_the_benchmarks_train_with_the_training_scripts_recipes(monkeypatch):
     tasks = load(monkeypatch, "tasks")
     for task, script in (("image", "train_weather"), ("speech", "train_speech")):
         assert {name: recipes[task] for name, recipes in tasks.RECIPES.items()} == load_script(script).RECIPES
+        assert load_script(script).parse_args([]).recipe == tasks.DEFAULT_RECIPE[task]

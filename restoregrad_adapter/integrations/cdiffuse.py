@@ -630,6 +630,9 @@ def load_checkpoint(model: nn.Module, path) -> int | None:
         raise ValueError(f"`model` must be an nn.Module (the CDiffuSE network), got {type(target).__name__}.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError) as err:  # torch's zip reader on a cut or damaged file
+        raise ValueError(f"{path} could not be read: the file is truncated or corrupted ({str(err).splitlines()[0]})."
+                         ) from None
     except pickle.UnpicklingError as err:
         detail = next((line.strip() for line in str(err).splitlines() if "Unsupported global" in line),
                       str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__)

@@ -305,6 +305,10 @@ def restore_image(
             raise ValueError(f"`adapter` must be a RestoreGrad adapter (it has no `{attribute}`), got "
                              f"{type(adapter).__name__}.")
     _check_image("y", y)
+    low, high = float(y.min()), float(y.max())
+    if low < -1.0 - 1e-3 or high > 1.0 + 1e-3:
+        raise ValueError(f"`y` must hold images in [-1, 1] (WeatherDiff's range), got values from {low:.4g} to "
+                         f"{high:.4g}; map [0, 1] images with `2 * y - 1`.")
     denoiser_size = getattr(adapter.denoiser, "patch_size", None)
     if denoiser_size is not None and denoiser_size != patch_size:
         raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = {denoiser_size}.")
@@ -347,6 +351,9 @@ def _read_checkpoint(path) -> dict:
         allow = getattr(torch.serialization, "safe_globals", None)
         with allow([argparse.Namespace]) if allow is not None else contextlib.nullcontext():
             return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError) as error:  # torch's zip reader on a cut or damaged file
+        raise ValueError(f"{os.fspath(path)!r} could not be read: the file is truncated or corrupted "
+                         f"({str(error).splitlines()[0]}).") from None
     except pickle.UnpicklingError as error:
         detail = str(error).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
         raise ValueError(
