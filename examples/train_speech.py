@@ -13,7 +13,8 @@ Data (one of):
                               (read undecoded: paths or bytes, decoded with soundfile);
   none of them                built-in: speech-like signals generated in code with additive noise at
                               0-15 dB SNR (restoregrad_adapter.data.speech).
-Audio is mixed down to mono and resampled to 16 kHz. The denoiser is the reference DiffWave-style
+Audio is mixed down to mono and resampled to 16 kHz (`restoregrad restore` resamples a file at
+another rate the same way, and its result back). The denoiser is the reference DiffWave-style
 network with CDiffuSE's call signature (restoregrad_adapter.reference_nets.DiffWaveDenoiser); train
 your own CDiffuSE model by replacing `build_adapter`'s model. Validation enhances held-out utterances
 with the fast 6-step sampler and reports SI-SNR beside the noisy input's, plus PESQ (wideband) and
@@ -188,7 +189,8 @@ def load_data(args):
         train = voicebank_pair_files(args.data_dir, "train")
         test = voicebank_pair_files(args.data_dir, "test")[: args.num_validation_utterances]
         return (LazyPairs(train, read_files, cache_size=512), [read_files(p) for p in test],
-                f"VoiceBank+DEMAND: {len(train)} training pairs")
+                f"{os.path.basename(os.path.normpath(args.data_dir))} (a VoiceBank+DEMAND-style folder): "
+                f"{len(train)} training pairs")
     if args.clean_dir:
         files = audio_pair_files(args.clean_dir, args.noisy_dir)
         if args.validation_clean_dir:

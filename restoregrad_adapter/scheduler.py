@@ -22,6 +22,7 @@ at the *fractional* training step whose ``sqrt(abar)`` matches each inference st
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Literal, Sequence
@@ -59,8 +60,32 @@ class LearnedPriorSchedulerOutput(BaseOutput):
     pred_original_sample: torch.Tensor | None = None
 
 
+#: Standard-deviation maps whose values were checked, by ``id``: (a weak reference, the tensor's version
+#: counter then). The restoration loop checks its map once and marks it, so a whole chain of ``step``
+#: calls makes no host synchronisation for it; a map changed in place (a new version) or a new tensor
+#: is checked again, so ``step`` called on its own stays safe.
+_CHECKED_STDS: dict[int, tuple[weakref.ref, int]] = {}
+
+
+def _mark_checked(prior_std: torch.Tensor) -> None:
+    """Record that ``prior_std``'s values are finite and positive (the caller has checked them)."""
+    for key, (ref, _) in list(_CHECKED_STDS.items()):  # forget maps that no longer exist
+        if ref() is None:
+            del _CHECKED_STDS[key]
+    _CHECKED_STDS[id(prior_std)] = (weakref.ref(prior_std), prior_std._version)
+
+
+def _is_checked(prior_std: torch.Tensor) -> bool:
+    entry = _CHECKED_STDS.get(id(prior_std))
+    return entry is not None and entry[0]() is prior_std and entry[1] == prior_std._version
+
+
 def check_prior_std(prior_std: torch.Tensor, sample: torch.Tensor, name: str = "prior_std") -> None:
-    """Raise a ValueError unless ``prior_std`` is a finite, positive floating map broadcastable to ``sample``."""
+    """Raise a ValueError unless ``prior_std`` is a finite, positive floating map broadcastable to ``sample``.
+
+    Its values are checked (one host synchronisation) unless this very map, unchanged, was checked
+    before (the restoration loop checks it once per restoration); its shape is checked every time.
+    """
     if not isinstance(prior_std, torch.Tensor) or not prior_std.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {type(prior_std).__name__}"
                          f"{'' if not isinstance(prior_std, torch.Tensor) else ' of dtype ' + str(prior_std.dtype)}.")
@@ -72,8 +97,11 @@ def check_prior_std(prior_std: torch.Tensor, sample: torch.Tensor, name: str = "
     if torch.broadcast_shapes(prior_std.shape, sample.shape) != sample.shape:
         raise ValueError(f"`{name}` of shape {tuple(prior_std.shape)} would broadcast the sample's shape "
                          f"{tuple(sample.shape)} up; expected a standard-deviation map of the sample's shape.")
+    if _is_checked(prior_std):
+        return
     std = prior_std.detach()
     if bool((torch.isfinite(std) & (std > 0)).all()):  # one host synchronisation when the map is valid
+        _mark_checked(prior_std)
         return
     if not torch.isfinite(std).all():
         raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")

@@ -872,3 +872,24 @@ def test_whitening_refuses_clipping_and_draws_scaled_initial_noise():
         whitened_step(DDPMScheduler(clip_sample=True), torch.zeros(1, 1, 16), 999, torch.zeros(1, 1, 16), sigma)
     x_T = whitened_initial_sample(DDIMScheduler(), sigma, generator=torch.Generator().manual_seed(1))
     assert torch.equal(x_T, sigma * torch.randn(sigma.shape, generator=torch.Generator().manual_seed(1)))
+
+
+def test_a_checked_prior_std_is_not_synchronised_again_until_it_changes(monkeypatch):
+    """The restoration loop checks sigma once; later steps skip the value check (no host synchronisation),
+    but a map changed in place, or a new one, is checked again, so `step` on its own stays safe."""
+    import restoregrad_adapter.scheduler as module
+
+    scheduler = module.LearnedPriorScheduler(num_train_timesteps=50)
+    scheduler.set_timesteps(5)
+    sigma = torch.full((1, 1, 8), 0.5)
+    value_checks = []
+    original = torch.isfinite
+    monkeypatch.setattr(module.torch, "isfinite", lambda t: value_checks.append(1) or original(t))
+    x = torch.zeros(1, 1, 8)
+    for t in scheduler.timesteps:
+        x = scheduler.step(torch.zeros_like(x), t, x, prior_std=sigma, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert len(value_checks) == 1
+    sigma[0, 0, 0] = -1.0  # changed in place: checked again, and refused
+    scheduler.set_timesteps(5)
+    with pytest.raises(ValueError, match="must be > 0"):
+        scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x, prior_std=sigma)

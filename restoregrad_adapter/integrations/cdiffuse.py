@@ -514,10 +514,10 @@ class CDiffuSERestoreGrad(RestoreGrad):
             raise ValueError(f"`timesteps` must be an integer tensor of shape (B,), got {timesteps.dtype} of "
                              f"shape {tuple(timesteps.shape)}.")
         abar = torch.cumprod(1 - self.training_betas(), dim=0)
-        index = timesteps.detach().cpu().long()
+        index = timesteps.detach().to(like.device).long()  # indexed where the batch lives: no host synchronisation
         shape = (-1,) + (1,) * (like.ndim - 1)
-        a, b, s = (c[index].to(device=like.device, dtype=like.dtype).view(shape) for c in forward_coefficients(abar))
-        return a, b, s, (1 - abar[index]).sqrt().to(device=like.device, dtype=like.dtype).view(shape)
+        tables = (*forward_coefficients(abar), (1 - abar).sqrt())
+        return tuple(c.to(device=like.device, dtype=like.dtype)[index].view(shape) for c in tables)
 
     # ------------------------------------------------------------------ training
     def add_noise(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
