@@ -493,7 +493,11 @@ def from_pretrained(cls, pretrained: str | os.PathLike, denoiser=None, revision:
     wrapper_kwargs = config.get("integration_kwargs") or {}
     if not isinstance(wrapper_kwargs, dict):
         raise ValueError(f"{CONFIG_NAME}: `integration_kwargs` must be a JSON object, got {wrapper_kwargs!r}.")
-    denoiser = integration.wrap(model, **wrapper_kwargs) if integration is not None else model
+    try:
+        denoiser = integration.wrap(model, **wrapper_kwargs) if integration is not None else model
+    except TypeError as error:  # a keyword the integration's wrapper does not take
+        raise ValueError(f"{CONFIG_NAME}: `integration_kwargs` {wrapper_kwargs!r} do not fit the "
+                         f"{integration.name!r} integration's wrapper ({error}).") from None
     loss = RestoreGradLoss(latent_weight=config.get("latent_weight", config.get("eta")),  # older folders: eta/lam
                            prior_matching_weight=config.get("prior_matching_weight", config.get("lam")),
                            weighting=config.get("weighting", "elbo"), snr_gamma=config.get("snr_gamma", 5.0))

@@ -254,6 +254,9 @@ FOLDER_CASES = [
     ("config with an unknown integration", break_config(lambda c: {**c, "integration": "nowhere"}), "nowhere"),
     ("integration_kwargs a list", break_config(lambda c: {**c, "integration": "weatherdiff",
                                                           "integration_kwargs": [64]}), "integration_kwargs"),
+    ("integration_kwargs the wrapper does not take", break_config(lambda c: {
+        **c, "integration": "cdiffuse", "integration_kwargs": {"hop": 128}, "signal_kind": "waveform"}),
+     "do not fit the 'cdiffuse' integration's wrapper"),
     ("prior weights missing", lambda f: (f / "prior_net" / "diffusion_pytorch_model.safetensors").unlink(),
      "missing, truncated or corrupted"),
     ("prior weights truncated", lambda f: (f / "prior_net" / "diffusion_pytorch_model.safetensors").write_bytes(
