@@ -23,7 +23,7 @@ LEARNING_RATE_GRID = [3e-4, 1e-3, 3e-3]
 RUN_PRESETS = {
     "both": {"early_evals": (4, 0), "seeds": ([0, 1, 2], [0]), "learning_rates": (LEARNING_RATE_GRID, [1e-3]),
              "workers": ("auto", 1)},
-    "speech": {"steps": (600, 4), "eval_every": (100, 2), "batch_size": (4, 2), "num_train": (32, 2),
+    "speech": {"steps": (2000, 4), "eval_every": (250, 2), "batch_size": (4, 2), "num_train": (32, 2),
                "num_eval": (4, 1), "latent_weight": (0.1, 0.1), "prior_matching_weight": (0.5, 0.5),
                "residual_channels": (16, 8), "residual_layers": (6, 2), "embedding_dim": (64, 32),
                "conditioner_channels": (64, 8),

@@ -443,6 +443,24 @@ def test_command_line_inputs(case, argv, message, cli_adapters, tmp_path, capsys
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
 
 
+def test_a_wav_shorter_than_the_models_minimum_is_padded_and_cropped_back(cli_adapters, tmp_path):
+    soundfile.write(tmp_path / "click.wav", 0.1 * np.ones(100, dtype=np.float32), 16000)
+    assert cli(["restore", "--adapter", cli_adapters["speech"], str(tmp_path / "click.wav"), "-o",
+                str(tmp_path / "out"), "--quiet"]) == 0
+    restored, rate = soundfile.read(tmp_path / "out" / "click.wav")
+    assert rate == 16000 and restored.shape == (100,) and np.isfinite(restored).all()
+
+
+def test_evaluate_names_the_files_it_could_not_pair(tmp_path, capsys):
+    for folder in ("pred", "ref"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / folder / "both.png")
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(tmp_path / "pred" / "orphan.png")
+    assert cli(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref")]) == 0
+    captured = capsys.readouterr()
+    assert "not scored" in captured.err and "orphan.png" in captured.err and "both.png" in captured.out
+
+
 def test_a_decompression_bomb_is_one_line(cli_adapters, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4)  # a 20 x 20 photo is then "a bomb"
     assert cli(["restore", "--adapter", cli_adapters["image"], str(cli_adapters["files"] / "photo.png"), "-o",

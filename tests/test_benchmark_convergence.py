@@ -103,7 +103,7 @@ def test_evaluation_steps_resolve_early_convergence(monkeypatch):
         args = convergence.parse_args(argv)
         return sorted(runner.evaluation_steps(args.steps, args.eval_every, args.early_evals))
 
-    assert evaluation_steps(["--task", "speech"]) == [20, 40, 60, 80, 100, 200, 300, 400, 500, 600]
+    assert evaluation_steps(["--task", "speech"]) == [50, 100, 150, 200, 250, 500, 750, 1000, 1250, 1500, 1750, 2000]
     assert evaluation_steps(["--task", "image", "--early_evals", "0", "--steps", "1100"]) == [250, 500, 750, 1000, 1100]
     short = ["--task", "speech", "--steps", "3", "--eval_every", "10", "--early_evals", "2"]
     assert evaluation_steps(short) == [1, 2, 3]
@@ -113,7 +113,7 @@ def test_default_preset_is_the_documented_setup(monkeypatch):
     """docs/benchmarks.md's setups: the default preset's values, whatever the machine."""
     convergence = convergence_module(monkeypatch)
     speech = convergence.parse_args(["--task", "speech", "--workers", "2"])
-    assert (speech.steps, speech.eval_every, speech.early_evals, speech.seeds) == (600, 100, 4, [0, 1, 2])
+    assert (speech.steps, speech.eval_every, speech.early_evals, speech.seeds) == (2000, 250, 4, [0, 1, 2])
     assert (speech.recipe, speech.conditioner_channels) == ("paper", 64)
     assert speech.learning_rates == [3e-4, 1e-3, 3e-3] and speech.modes == list(MODES)
     assert (speech.residual_channels, speech.residual_layers, speech.batch_size, speech.crop_frames) == (16, 6, 4, 8)
