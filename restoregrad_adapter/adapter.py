@@ -31,7 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from .loss import RestoreGradLoss, RestoreGradLossOutput
-from .scheduler import LearnedPriorScheduler
+from .scheduler import LearnedPriorScheduler, _check_std_values, noise_from_prediction
 
 MODES = ("restoregrad", "restoregrad_no_posterior", "priorgrad", "ddpm")
 
@@ -81,19 +81,15 @@ def _check_signal(name: str, tensor: torch.Tensor, finite: bool = True) -> None:
 def _check_inputs(finite: dict[str, torch.Tensor], positive: dict[str, torch.Tensor]) -> None:
     """One host synchronisation for a training step's inputs: ``finite`` tensors hold no NaN or inf,
     ``positive`` ones (standard deviations) are finite and > 0; the error names the first that fails."""
-    def ok(tensor, must_be_positive):
-        tensor = tensor.detach()
-        good = torch.isfinite(tensor).all()
-        return good & (tensor > 0).all() if must_be_positive else good
-
-    checks = [(name, t, False) for name, t in finite.items()] + [(name, t, True) for name, t in positive.items()]
-    if bool(torch.stack([ok(t, p) for _, t, p in checks]).all()):
+    flags = [torch.isfinite(t.detach()).all() for t in finite.values()]
+    flags += [(torch.isfinite(std.detach()) & (std.detach() > 0)).all() for std in positive.values()]
+    if bool(torch.stack(flags).all()):
         return
-    name, tensor, must_be_positive = next(c for c in checks if not bool(ok(c[1], c[2])))
-    if must_be_positive and bool(torch.isfinite(tensor.detach()).all()):
-        raise ValueError(f"`{name}` must be > 0 everywhere (a standard deviation), got a minimum of "
-                         f"{tensor.detach().min().item():.4g}.")
-    raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+    for name, tensor in finite.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+    for name, std in positive.items():
+        _check_std_values(std, name)
 
 
 class RestoreGrad(nn.Module):
@@ -291,11 +287,7 @@ class RestoreGrad(nn.Module):
         if kind == "epsilon":
             return prediction
         abar = self.scheduler.alphas_cumprod.to(x_t.device)[timesteps].float()
-        abar = abar.view(-1, *([1] * (x_t.ndim - 1)))
-        a, s = abar.sqrt(), (1 - abar).sqrt()
-        if kind == "sample":
-            return (x_t - a * prediction) / s
-        return s * x_t + a * prediction  # v_prediction
+        return noise_from_prediction(kind, prediction, x_t, abar.view(-1, *([1] * (x_t.ndim - 1))))
 
     def add_noise(self, x0: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The forward process ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`` (Algorithm 1, step 2).

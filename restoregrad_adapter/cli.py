@@ -185,8 +185,9 @@ def _match(pred_dir: Path, ref_dir: Path) -> list[tuple[Path, Path]]:
     pairs = [(p, refs[p.stem]) for p in preds if p.stem in refs]
     if not pairs:
         raise CommandError(f"no files in {pred_dir} have a reference of the same name in {ref_dir}.")
+    pred_stems = {p.stem for p in preds}
     unmatched = [p.name for p in preds if p.stem not in refs]
-    unmatched += [p.name for stem, p in sorted(refs.items()) if stem not in {q.stem for q in preds}]
+    unmatched += [p.name for stem, p in sorted(refs.items()) if stem not in pred_stems]
     if unmatched:
         print(f"note: not scored, no file of the same name in the other folder: {', '.join(unmatched)}",
               file=sys.stderr)

@@ -180,12 +180,13 @@ ADAPTER_ENTRIES = (CONFIG_NAME, "prior_net", "posterior_net", "scheduler", "deno
 
 def _set_usual_permissions(folder: Path) -> None:
     """``mkdtemp`` creates 0o700: give the staged folders and files what a plain mkdir/open would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for root, dirs, files in os.walk(folder):
-        os.chmod(root, 0o777 & ~umask)
+    from .io import usual_mode
+
+    folder_mode, file_mode = usual_mode(folder=True), usual_mode()
+    for root, _, files in os.walk(folder):
+        os.chmod(root, folder_mode)
         for name in files:
-            os.chmod(os.path.join(root, name), 0o666 & ~umask)
+            os.chmod(os.path.join(root, name), file_mode)
 
 
 def _move_entries_into(staging: Path, target: Path) -> None:

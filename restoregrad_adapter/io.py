@@ -40,14 +40,14 @@ class InputFileError(ValueError):
 
 
 # ---------------------------------------------------------------------- reading
-#: Full scale of PIL's single-channel integer modes (16-bit PNGs open as "I;16*" or "I").
-_HIGH_BIT_DEPTH_SCALE = {"I;16": 65535.0, "I;16B": 65535.0, "I;16L": 65535.0, "I;16N": 65535.0, "I": 65535.0}
+#: PIL's single-channel integer modes a 16-bit greyscale PNG opens as; full scale 65535.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 def _image_to_array(image) -> np.ndarray:
-    if image.mode in _HIGH_BIT_DEPTH_SCALE:
+    if image.mode in _SIXTEEN_BIT_MODES:
         # 16-bit greyscale: PIL's convert("RGB") would clip it to 8 bits (a white image); scale it instead.
-        grey = np.asarray(image, dtype=np.float64) / _HIGH_BIT_DEPTH_SCALE[image.mode]
+        grey = np.asarray(image, dtype=np.float64) / 65535.0
         return np.repeat(grey.clip(0.0, 1.0)[..., None], 3, axis=2).astype(np.float32)
     if image.mode == "F":
         raise InputFileError(f"{getattr(image, 'filename', '') or 'the image'}: a floating-point image (PIL mode 'F') "
@@ -110,6 +110,13 @@ def read_audio(source, sample_rate: int | None = None, mix_to_mono: bool = False
 
 
 # ---------------------------------------------------------------------- writing
+def usual_mode(folder: bool = False) -> int:
+    """The permission bits a plain ``open()`` (or ``mkdir`` for ``folder``) gives under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if folder else 0o666) & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path) -> Iterator[Path]:
     """A temporary path next to ``path`` (same suffix) to write to; renamed onto ``path`` on success.
@@ -127,9 +134,7 @@ def atomic_path(path) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would give
+        os.chmod(tmp, usual_mode())  # mkstemp's 0600 -> what a plain open() would give
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

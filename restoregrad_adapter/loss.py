@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .scheduler import _check_std_values
+
 #: The denoising term's weightings: the paper's ELBO and two named deviations from it.
 WEIGHTINGS = ("elbo", "min_snr", "x0")
 
@@ -150,11 +152,10 @@ class RestoreGradLoss:
             except RuntimeError:
                 raise ValueError(f"`{name}` of shape {tuple(std.shape)} does not broadcast to the signal's shape "
                                  f"{tuple(x0.shape)}.") from None
-        if check_stds:
+        if check_stds:  # they divide the denoising and prior-matching terms
             for name, std in (("prior_std", prior_std), ("posterior_std", posterior_std)):
-                if std is not None and not bool((torch.isfinite(std.detach()) & (std.detach() > 0)).all()):
-                    raise ValueError(f"`{name}` must be finite and > 0 everywhere (a standard deviation); it divides "
-                                     "the denoising and prior-matching terms.")
+                if std is not None:
+                    _check_std_values(std, name)
         if self.weighting != "elbo" and (not isinstance(snr, torch.Tensor) or snr.shape != x0.shape[:1]):
             raise ValueError(f"weighting {self.weighting!r} needs `snr`, a tensor of shape ({x0.shape[0]},); got "
                              f"{tuple(snr.shape) if isinstance(snr, torch.Tensor) else snr!r}.")

@@ -326,8 +326,7 @@ def restore(
 
     sigma = prior(y.float())  # one prior for the whole (padded) signal; the encoders run in float32
     check_prior_std(sigma, y, name="the prior std")
-    sigma = sigma.expand(y.shape).to(dtype)
-    check_prior_std(sigma, y, name="the prior std")  # once more in the chain's dtype; then marked as checked
+    sigma = sigma.expand(y.shape).to(dtype)  # still valid: a cast to at least float32 keeps finite positive values
     x = _run_chain(noise_estimate, sigma, scheduler, generator, eta, y, progress, callback)
     if residual:
         x = y + x  # the chain sampled r0 = x0 - y

@@ -80,6 +80,34 @@ def _is_checked(prior_std: torch.Tensor) -> bool:
     return entry is not None and entry[0]() is prior_std and entry[1] == prior_std._version
 
 
+def noise_from_prediction(prediction_type: str, prediction: torch.Tensor, sample: torch.Tensor,
+                          alpha_bar: torch.Tensor | float) -> torch.Tensor:
+    """The noise estimate ``eps_hat`` a model output in ``prediction_type`` implies for ``x_t = sample``.
+
+    With ``a = sqrt(abar_t)`` and ``s = sqrt(1 - abar_t)`` (docs/design.md, "Parameterizations and
+    targets"): ``epsilon`` is ``eps_hat`` itself; ``sample`` (``x0_hat``) gives ``(x_t - a x0_hat) / s``;
+    ``v_prediction`` gives ``s x_t + a v_hat``. ``alpha_bar`` broadcasts to ``sample`` (a number, or
+    one value per example shaped ``(B, 1, ...)``).
+    """
+    if prediction_type == "epsilon":
+        return prediction
+    a, s = alpha_bar ** 0.5, (1 - alpha_bar) ** 0.5  # numbers or tensors alike
+    if prediction_type == "sample":
+        return (sample - a * prediction) / s
+    return s * sample + a * prediction  # v_prediction
+
+
+def _check_std_values(std: torch.Tensor, name: str) -> bool:
+    """Raise a ValueError naming ``name`` unless ``std`` is finite and > 0 everywhere (one host synchronisation)."""
+    std = std.detach()
+    if bool((torch.isfinite(std) & (std > 0)).all()):
+        return True
+    if not torch.isfinite(std).all():
+        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+    raise ValueError(f"`{name}` must be > 0 everywhere (a standard deviation), got a minimum of "
+                     f"{std.min().item():.4g}.")
+
+
 def check_prior_std(prior_std: torch.Tensor, sample: torch.Tensor, name: str = "prior_std") -> None:
     """Raise a ValueError unless ``prior_std`` is a finite, positive floating map broadcastable to ``sample``.
 
@@ -97,16 +125,8 @@ def check_prior_std(prior_std: torch.Tensor, sample: torch.Tensor, name: str = "
     if torch.broadcast_shapes(prior_std.shape, sample.shape) != sample.shape:
         raise ValueError(f"`{name}` of shape {tuple(prior_std.shape)} would broadcast the sample's shape "
                          f"{tuple(sample.shape)} up; expected a standard-deviation map of the sample's shape.")
-    if _is_checked(prior_std):
-        return
-    std = prior_std.detach()
-    if bool((torch.isfinite(std) & (std > 0)).all()):  # one host synchronisation when the map is valid
+    if not _is_checked(prior_std) and _check_std_values(prior_std, name):
         _mark_checked(prior_std)
-        return
-    if not torch.isfinite(std).all():
-        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
-    raise ValueError(f"`{name}` must be > 0 everywhere (a standard deviation), got a minimum of "
-                     f"{std.min().item():.4g}.")
 
 
 def fractional_timesteps(train_alphas_cumprod: torch.Tensor, inference_alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -220,11 +240,6 @@ class LearnedPriorScheduler(DDPMScheduler):
         if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, (int, np.integer)) \
                 or num_train_timesteps < 1:
             raise ValueError(f"`num_train_timesteps` must be a positive integer, got {num_train_timesteps!r}.")
-        if trained_betas is not None:
-            values = np.asarray(trained_betas, dtype=np.float64)
-            if values.ndim != 1 or len(values) == 0 or not ((values > 0) & (values <= 1)).all():
-                raise ValueError(f"`trained_betas` must be a non-empty list of values in (0, 1] (no NaN), got "
-                                 f"{list(trained_betas)[:8]}{' ...' if len(values) > 8 else ''}.")
         # DDPMScheduler's own __init__, undecorated: the config is already registered (as ours).
         DDPMScheduler.__init__.__wrapped__(
             self, num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
@@ -234,7 +249,10 @@ class LearnedPriorScheduler(DDPMScheduler):
             sample_max_value=sample_max_value, timestep_spacing=timestep_spacing, steps_offset=steps_offset,
             rescale_betas_zero_snr=rescale_betas_zero_snr,
         )
-        if not bool(((self.betas > 0) & (self.betas <= 1)).all()):
+        if self.betas.ndim != 1 or len(self.betas) == 0 or not bool(((self.betas > 0) & (self.betas <= 1)).all()):
+            if trained_betas is not None:
+                raise ValueError(f"`trained_betas` must be a non-empty list of values in (0, 1] (no NaN), got "
+                                 f"{list(trained_betas)[:8]}{' ...' if len(trained_betas) > 8 else ''}.")
             raise ValueError(f"the training betas must lie in (0, 1]; `beta_start` = {beta_start!r}, `beta_end` = "
                              f"{beta_end!r} with beta_schedule {beta_schedule!r} give {self.betas.min().item():.4g} to "
                              f"{self.betas.max().item():.4g}.")
@@ -485,6 +503,7 @@ __all__ = [
     "LearnedPriorSchedulerOutput",
     "check_prior_std",
     "fractional_timesteps",
+    "noise_from_prediction",
     "whitened_initial_sample",
     "whitened_step",
     "scale_model_input_whitened",

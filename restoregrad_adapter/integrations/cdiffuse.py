@@ -53,6 +53,7 @@ from restoregrad_adapter.scheduler import (
     LearnedPriorScheduler,
     LearnedPriorSchedulerOutput,
     fractional_timesteps,
+    noise_from_prediction,
 )
 
 __all__ = [
@@ -403,14 +404,8 @@ class CDiffuSEScheduler:
         (the same ``sqrt(abar)`` as the fractional training step the model sees): ``sample`` gives
         ``(x_t - a x0_hat) / s`` and ``v_prediction`` gives ``s x_t + a v_hat``.
         """
-        kind = self.config.prediction_type
-        if kind == "epsilon":
-            return model_output
-        abar = self.schedule.alphas_cumprod[n].item()
-        a, s = abar**0.5, (1 - abar) ** 0.5
-        if kind == "sample":
-            return (sample - a * model_output) / s
-        return s * sample + a * model_output  # v_prediction
+        return noise_from_prediction(self.config.prediction_type, model_output, sample,
+                                     self.schedule.alphas_cumprod[n].item())
 
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, prior_std: torch.Tensor,
              condition: torch.Tensor, generator: torch.Generator | None = None) -> LearnedPriorSchedulerOutput:
