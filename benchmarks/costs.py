@@ -1,7 +1,10 @@
 """What the adapter costs: time and peak memory of a training step and of a restoration, with and without it.
 
 Ratios are measured within one run, the two variants interleaved and repeated, so machine noise
-affects both alike; the median ratio is reported with its spread (min-max over repetitions).
+affects both alike; the median ratio is reported with its spread (min-max over repetitions). On a
+GPU the clock is wall time after a synchronisation; on a CPU it is the process's CPU time
+(``time.process_time``, all its threads), which other jobs on a shared machine barely change, while
+they can double a wall time.
 
 - training step (forward + backward + Adam) of the bare denoiser with the standard DDPM loss, against
   the same denoiser inside RestoreGrad (Prior Net, Posterior Net, eq. 10 loss);
@@ -30,14 +33,21 @@ import torch.nn.functional as F
 from tasks import parameter_counts
 
 
+def clock_name(device) -> str:
+    return "wall time (synchronised)" if device.type == "cuda" else "process CPU time"
+
+
 def timed(fn, device) -> float:
+    """Seconds ``fn`` takes on the clock of ``device`` (see :func:`clock_name`)."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+    start = time.process_time()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.process_time() - start
 
 
 def compare(baseline, candidate, repeats: int, device) -> dict:
@@ -159,7 +169,7 @@ def weather_setup(settings, device):
     unet = (WeatherUNet(image_size=size) if settings.weather_unet == "weatherdiff64"
             else WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=size))
     adapter = RestoreGrad.with_encoders(wrap(unet, patch_size=size), dims=2, in_channels=3,
-                                        size=settings.encoder_size).to(device)
+                                        size=settings.encoder_size, encoder=settings.encoder).to(device)
     x0 = torch.rand(settings.batch_size, 3, size, size, device=device) * 2 - 1
     y = (x0 + 0.2 * torch.randn_like(x0)).clamp(-1, 1)
     return adapter, training_pair(adapter, x0, y, device)
@@ -188,7 +198,7 @@ def speech_setup(settings, device):
 
     model = (DiffWaveDenoiser() if settings.speech_model == "cdiffuse"
              else DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32))
-    adapter = CDiffuSERestoreGrad.from_model(model, size=settings.encoder_size).to(device)
+    adapter = CDiffuSERestoreGrad.from_model(model, size=settings.encoder_size, encoder=settings.encoder).to(device)
     x0 = 0.3 * torch.randn(settings.batch_size, 1, 256 * settings.speech_frames, device=device)
     y = x0 + 0.1 * torch.randn_like(x0)
     optimizer = torch.optim.Adam(adapter.parameters(), lr=1e-5)

@@ -32,9 +32,12 @@ def parse_args(argv=None):
     parser.add_argument("--speech_model", choices=("cdiffuse", "tiny"))
     parser.add_argument("--speech_frames", type=int, help="training waveform length in 256-sample frames")
     parser.add_argument("--encoder_size", choices=("tiny", "base", "large"))
+    parser.add_argument("--encoder", choices=("reduced", "paper"), default="reduced",
+                        help="the library's default reduced-resolution encoders, or the paper's full-resolution ones")
     parser.add_argument("--batch_size", type=int, default=2)
     parser.add_argument("--sampling_steps", type=int, default=10, help="DDIM steps of the image restoration")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
     args.preset_record = options.apply_preset(args, OVERHEAD_PRESET)
     return args
@@ -43,10 +46,15 @@ def parse_args(argv=None):
 def main(argv=None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise SystemExit(f"error: --threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     results = {"machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
                            f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})",
-                           "torch": torch.__version__, "repeats": args.repeats, "batch_size": args.batch_size},
+                           "torch": torch.__version__, "repeats": args.repeats, "batch_size": args.batch_size,
+                           "clock": costs.clock_name(device), "encoder": args.encoder},
                "preset": args.preset_record}
     for name, bench in (("weather", costs.bench_weather), ("speech", costs.bench_speech),
                         ("scheduler_step", costs.bench_scheduler)):

@@ -15,7 +15,9 @@ Two tasks, each an existing diffusion restorer with the adapter around it:
 Modes (:data:`MODES`): the library's four (``ddpm``, ``priorgrad``, ``restoregrad_no_posterior``,
 ``restoregrad``) and ``constant_prior``, an ablation of the learned prior: sigma is the constant
 ``config.constant_prior_std`` everywhere (the library's ``mode="priorgrad"`` with that constant as
-``handcrafted_prior``). In every mode the denoiser's initial weights depend on the seed only.
+``handcrafted_prior``), and ``restoregrad_paper_encoder``, RestoreGrad with the paper's full-resolution
+ResNet-20 encoders in place of the library's default reduced-resolution ones (is anything lost?). In
+every mode the denoiser's initial weights depend on the seed only.
 
 Both tasks train with one of the training scripts' recipes (:data:`RECIPES`, ``--recipe``), by
 default the script's own: for images x0 prediction of the residual ``x0 - y`` with a plain x0 loss,
@@ -36,11 +38,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-MODES = ("ddpm", "priorgrad", "constant_prior", "restoregrad_no_posterior", "restoregrad")
+MODES = ("ddpm", "priorgrad", "constant_prior", "restoregrad_no_posterior", "restoregrad", "restoregrad_paper_encoder")
 DEFAULT_MODES = ("ddpm", "priorgrad", "restoregrad_no_posterior", "restoregrad")
 LABELS = {"ddpm": "standard DDPM", "priorgrad": "PriorGrad", "constant_prior": "constant prior",
-          "restoregrad_no_posterior": "RestoreGrad, no Posterior Net", "restoregrad": "RestoreGrad"}
-LIBRARY_MODE = {"constant_prior": "priorgrad"}  # the library mode a benchmark mode runs as (default: its name)
+          "restoregrad_no_posterior": "RestoreGrad, no Posterior Net", "restoregrad": "RestoreGrad",
+          "restoregrad_paper_encoder": "RestoreGrad, paper's full-resolution encoders"}
+# the library mode a benchmark mode runs as (default: its name)
+LIBRARY_MODE = {"constant_prior": "priorgrad", "restoregrad_paper_encoder": "restoregrad"}
+# the named encoders (restoregrad_adapter.encoders.ENCODERS) a benchmark mode builds (default: the library's)
+ENCODER_OF_MODE = {"restoregrad_paper_encoder": "paper"}
 TASKS = ("speech", "image")
 
 #: What the denoiser predicts, what is diffused and how the denoising term is weighted, per task: the
@@ -147,7 +153,7 @@ class _Task:
         """The adapter of ``mode``; the denoiser is built first under ``seed``, so its weights never depend on
         the mode."""
         torch.manual_seed(seed)
-        adapter = self._build(handcrafted_prior(mode, self.config))
+        adapter = self._build(handcrafted_prior(mode, self.config), ENCODER_OF_MODE.get(mode, "reduced"))
         adapter.mode = LIBRARY_MODE.get(mode, mode)
         return adapter
 
@@ -212,7 +218,7 @@ class SpeechTask(_Task):
             x0, y = (np.pad(a, (0, length - len(a))) for a in (x0, y))
         return torch.from_numpy(x0), torch.from_numpy(y)
 
-    def _build(self, prior):
+    def _build(self, prior, encoder: str):
         from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
         from restoregrad_adapter.reference_nets import DiffWaveDenoiser
 
@@ -226,7 +232,7 @@ class SpeechTask(_Task):
                                  conditioner_channels=getattr(c, "conditioner_channels", 0) or None)
         scheduler = LearnedPriorScheduler.from_config(cdiffuse_scheduler().config,
                                                       prediction_type=recipe["prediction_type"])
-        return CDiffuSERestoreGrad.from_model(model, size=c.encoder_size, latent_weight=c.latent_weight,
+        return CDiffuSERestoreGrad.from_model(model, size=c.encoder_size, encoder=encoder, latent_weight=c.latent_weight,
                                               prior_matching_weight=c.prior_matching_weight,
                                               sigma_min=c.sigma_min, handcrafted_prior=prior, scheduler=scheduler,
                                               weighting=recipe["loss_weighting"])
@@ -325,8 +331,9 @@ class ImageTask(_Task):
             raise SystemExit(f"error: no training image is at least {p} x {p}")
         self.held_out = [(image_to_tensor(x0)[None], image_to_tensor(y)[None]) for x0, y in held_out]
 
-    def _build(self, prior):
+    def _build(self, prior, encoder: str):
         from restoregrad_adapter import LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
+        from restoregrad_adapter.encoders import downsample_of
         from restoregrad_adapter.integrations.weatherdiff import wrap
         from restoregrad_adapter.reference_nets import WeatherUNet
 
@@ -334,8 +341,9 @@ class ImageTask(_Task):
         recipe = RECIPES[c.recipe]["image"]
         unet = WeatherUNet(in_channels=6, out_channels=3, ch=c.unet_ch, ch_mult=tuple(c.unet_ch_mult),
                            num_res_blocks=c.unet_blocks, attn_resolutions=(), image_size=c.patch_size)
-        encoder = dict(dims=2, in_channels=3, size=c.encoder_size, sigma_min=c.sigma_min)
-        prior_net, posterior_net = PriorNet(**encoder), PosteriorNet(**encoder)
+        encoders = dict(dims=2, in_channels=3, size=c.encoder_size, sigma_min=c.sigma_min,
+                        downsample=downsample_of(encoder, dims=2))
+        prior_net, posterior_net = PriorNet(**encoders), PosteriorNet(**encoders)
         scheduler = LearnedPriorScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
                                           prediction_type=recipe["prediction_type"])
         loss = RestoreGradLoss(latent_weight=c.latent_weight, prior_matching_weight=c.prior_matching_weight,

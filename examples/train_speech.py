@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 
 from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, MODES, LearnedPriorScheduler
 from restoregrad_adapter.data import LazyPairs
+from restoregrad_adapter.encoders import ENCODERS
 from restoregrad_adapter.data.readers import (
     SPEECH_PEAK,
     audio_pair_files,
@@ -126,6 +127,8 @@ def parse_args(argv=None):
                    help="weight of the prior-matching term (the paper's lambda)")
     g.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned standard deviation")
     g.add_argument("--encoder_size", choices=("tiny", "base", "large"), default="base")
+    g.add_argument("--encoder", choices=tuple(ENCODERS), default="reduced",
+                   help="reduced (default: the Prior/Posterior Nets' body below the signal's resolution, sigma interpolated back) or paper (the paper's full-resolution ResNet-20)")
     g = parser.add_argument_group("training")
     g.add_argument("--output_dir", default="outputs/train_speech")
     g.add_argument("--seed", type=int, default=0)
@@ -242,7 +245,7 @@ def build_adapter(args):
     scheduler = LearnedPriorScheduler.from_config(cdiffuse_scheduler().config, prediction_type=args.prediction_type)
     # Training brings every pair to one level (normalize_level); the adapter records it, so restoring a
     # file at any level applies the same normalisation and undoes it on the output.
-    return CDiffuSERestoreGrad.from_model(model, size=args.encoder_size, mode=args.mode,
+    return CDiffuSERestoreGrad.from_model(model, size=args.encoder_size, encoder=args.encoder, mode=args.mode,
                                           latent_weight=args.latent_weight,
                                           prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min,
                                           scheduler=scheduler, weighting=args.loss_weighting,

@@ -38,6 +38,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from restoregrad_adapter import MODES, LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
+from restoregrad_adapter.encoders import ENCODERS, downsample_of
 from restoregrad_adapter.loss import WEIGHTINGS
 from restoregrad_adapter.data import LazyPairs
 from restoregrad_adapter.data.readers import (
@@ -126,6 +127,8 @@ def parse_args(argv=None):
                    help="weight of the prior-matching term (the paper's lambda)")
     g.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned standard deviation")
     g.add_argument("--encoder_size", choices=("tiny", "base", "large"), default="tiny")
+    g.add_argument("--encoder", choices=tuple(ENCODERS), default="reduced",
+                   help="reduced (default: the Prior/Posterior Nets' body below the signal's resolution, sigma interpolated back) or paper (the paper's full-resolution ResNet-20)")
     g = parser.add_argument_group("training")
     g.add_argument("--output_dir", default="outputs/train_weather")
     g.add_argument("--seed", type=int, default=0)
@@ -227,8 +230,9 @@ def load_data(args):
 def build_adapter(args):
     scheduler = LearnedPriorScheduler(num_train_timesteps=args.num_train_timesteps, beta_start=1e-4, beta_end=0.02,
                                       prediction_type=args.prediction_type)
-    prior = PriorNet(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min)
-    posterior = PosteriorNet(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min)
+    encoder = dict(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min,
+                   downsample=downsample_of(args.encoder, dims=2))
+    prior, posterior = PriorNet(**encoder), PosteriorNet(**encoder)
     ch, ch_mult, num_res_blocks, attn_resolutions = UNET_SIZES[args.model_size]
     unet = WeatherUNet(in_channels=6, out_channels=3, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                        attn_resolutions=attn_resolutions, image_size=args.patch_size)

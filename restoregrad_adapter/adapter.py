@@ -160,13 +160,21 @@ class RestoreGrad(nn.Module):
         in_channels: int,
         size: str = "base",
         sigma_min: float = 0.1,
+        encoder: str = "reduced",
         **kwargs,
     ) -> "RestoreGrad":
-        """Build the Prior and Posterior Nets for signals of ``dims`` (1 or 2) and ``in_channels``."""
-        from .encoders import PosteriorNet, PriorNet
+        """Build the Prior and Posterior Nets for signals of ``dims`` (1 or 2) and ``in_channels``.
 
-        prior = PriorNet(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min)
-        posterior = PosteriorNet(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min)
+        ``encoder`` is ``"reduced"`` (default: the body at 1/4 of an image's side, 1/16 of a
+        waveform's rate, sigma interpolated back) or ``"paper"`` (the paper's full-resolution ResNet-20);
+        see :mod:`restoregrad_adapter.encoders`. ``size``: ``"tiny"``, ``"base"`` or ``"large"`` widths.
+        """
+        from .encoders import PosteriorNet, PriorNet, downsample_of
+
+        downsample = downsample_of(encoder, dims)
+        prior = PriorNet(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min, downsample=downsample)
+        posterior = PosteriorNet(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min,
+                                 downsample=downsample)
         return cls(denoiser, prior, posterior, **kwargs)
 
     # ------------------------------------------------------------------ mode

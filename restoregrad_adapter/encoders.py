@@ -1,10 +1,22 @@
 """Prior Net and Posterior Net: the encoders that give RestoreGrad's learned covariances.
 
 Both are ResNet-20-style convolutional networks (He et al. 2016): a stem convolution, three stages
-of three basic residual blocks, and a head. Unlike the classifier, every convolution has stride 1,
-so the output keeps the input's full resolution and the nets are fully convolutional (any length
-or image size). The head gives a *standard-deviation map* of the signal's shape,
-``sigma = sigma_min + exp(h)`` (paper Sec. 4: exponential output plus a floor, sigma_min = 0.1).
+of three basic residual blocks, and a head that gives a *standard-deviation map* of the signal's
+shape, ``sigma = sigma_min + exp(h)`` (paper Sec. 4: exponential output plus a floor, sigma_min = 0.1).
+They are fully convolutional: any length or image size.
+
+Two resolutions (``downsample``, or the named ``encoder`` of the factories):
+
+- ``"paper"`` (``downsample=1``): the paper's network. Every convolution has stride 1, so the body
+  runs at the signal's full resolution: every pixel, every audio sample.
+- ``"reduced"`` (the default; ``downsample`` 4 for images, 16 for waveforms): the stem is a
+  ``downsample``-wide convolution with stride ``downsample`` (one feature vector per block of
+  pixels or samples), the residual stages and the head run at that reduced resolution, and the head's
+  log-std ``h`` is interpolated (linear / bilinear) back to the signal's size *before* the
+  exponential, so ``sigma >= sigma_min`` holds exactly. The sigma maps RestoreGrad learns are smooth
+  (the local level of the degradation), so the reduced network loses little of what it can express,
+  at about ``1 / downsample**dims`` of the cost. A signal whose size is not a multiple of
+  ``downsample`` is padded at its end by repeating its edge, and the map is cropped back.
 
 - ``PriorNet(y) -> sigma_prior``: ``Sigma_prior = diag(sigma_prior**2)``, used in training and sampling.
 - ``PosteriorNet(x0, y) -> sigma_post``: sees the clean signal too; training only.
@@ -18,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -26,9 +39,34 @@ from torch import nn
 SIZES = {"tiny": (8, 16, 32), "base": (16, 32, 64), "large": (32, 64, 128)}
 NORMS = ("none", "batch", "group")
 
+#: Named encoder resolutions: the factor ``downsample`` of each (None: the default of the signal's dims).
+ENCODERS = {"reduced": None, "paper": 1}
+#: ``downsample`` of the "reduced" encoders, by dims: 4 x 4 pixel blocks of an image, 16-sample blocks of a
+#: waveform (1 ms at 16 kHz; a CDiffuSE spectrogram frame is 256 samples).
+DEFAULT_DOWNSAMPLE = {1: 16, 2: 4}
+
 # h is clamped before the exponential so sigma stays finite (exp(10) ~ 2.2e4) in any precision.
 _MAX_LOG_STD = 10.0
 _MIN_LOG_STD = -30.0
+
+
+def downsample_of(encoder: str, dims: int) -> int:
+    """The ``downsample`` factor of a named encoder (``"reduced"`` or ``"paper"``) for signals of ``dims``."""
+    if encoder not in ENCODERS:
+        raise ValueError(f"`encoder` must be one of {tuple(ENCODERS)}, got {encoder!r}.")
+    return resolve_downsample(ENCODERS[encoder], dims)
+
+
+def resolve_downsample(downsample: int | None, dims: int) -> int:
+    """``downsample``, checked; None gives the default of ``dims`` (:data:`DEFAULT_DOWNSAMPLE`)."""
+    if downsample is None:
+        if dims not in DEFAULT_DOWNSAMPLE:
+            raise ValueError(f"`dims` must be 1 (waveforms) or 2 (images), got {dims!r}.")
+        return DEFAULT_DOWNSAMPLE[dims]
+    if isinstance(downsample, bool) or not isinstance(downsample, int) or downsample < 1:
+        raise ValueError(f"`downsample` must be a positive integer (1 = the paper's full-resolution network) "
+                         f"or None (the default of the signal's dims), got {downsample!r}.")
+    return downsample
 
 
 def _conv(dims: int):
@@ -69,7 +107,7 @@ class _StdEncoder(nn.Module):
     """ResNet-20 body and standard-deviation head shared by the Prior and Posterior Nets."""
 
     def __init__(self, dims: int, in_channels: int, out_channels: int, size: str, sigma_min: float,
-                 blocks_per_stage: int, norm: str):
+                 blocks_per_stage: int, norm: str, downsample: int):
         super().__init__()
         if dims not in (1, 2):
             raise ValueError(f"`dims` must be 1 (waveforms) or 2 (images), got {dims!r}.")
@@ -84,7 +122,10 @@ class _StdEncoder(nn.Module):
                              f"and never goes below sigma_min), got {sigma_min!r}.")
         widths = SIZES[size]
         conv = _conv(dims)
-        self.stem = nn.Sequential(conv(in_channels, widths[0], 3, padding=1), nn.ReLU())
+        if downsample == 1:  # the paper's stem: a 3-wide convolution at full resolution
+            self.stem = nn.Sequential(conv(in_channels, widths[0], 3, padding=1), nn.ReLU())
+        else:  # one feature vector per downsample-wide block
+            self.stem = nn.Sequential(conv(in_channels, widths[0], downsample, stride=downsample), nn.ReLU())
         blocks, width = [], widths[0]
         for stage_width in widths:
             for _ in range(blocks_per_stage):
@@ -97,11 +138,26 @@ class _StdEncoder(nn.Module):
         nn.init.constant_(self.head.bias, math.log(1.0 - sigma_min))
         self.sigma_min = sigma_min
         self.dims = dims
+        self.downsample = downsample
 
     def std(self, features: torch.Tensor) -> torch.Tensor:
-        h = self.head(self.blocks(self.stem(features)))
+        size = features.shape[2:]
+        factor = self.downsample
+        if factor > 1:
+            # Pad the end of each spatial axis to a multiple of the factor by repeating the edge.
+            padding = []
+            for extent in reversed(size):  # F.pad lists the last axis first
+                padding += [0, -extent % factor]
+            if any(padding):
+                features = F.pad(features, padding, mode="replicate")
+        h = self.head(self.blocks(self.stem(features))).float()
+        if factor > 1:
+            # Back to full resolution in log-std, so sigma_min + exp(h) keeps its floor exactly.
+            h = F.interpolate(h, scale_factor=factor, mode="linear" if self.dims == 1 else "bilinear",
+                              align_corners=False)
+            h = h[(...,) + tuple(slice(0, extent) for extent in size)]
         # sigma = sigma_min + exp(h), in float32 so autocast cannot overflow it.
-        return self.sigma_min + torch.exp(h.float().clamp(_MIN_LOG_STD, _MAX_LOG_STD))
+        return self.sigma_min + torch.exp(h.clamp(_MIN_LOG_STD, _MAX_LOG_STD))
 
     def check(self, name: str, tensor: torch.Tensor, channels: int) -> None:
         if not isinstance(tensor, torch.Tensor):
@@ -125,13 +181,19 @@ class PriorNet(ModelMixin, ConfigMixin):
         sigma_min: floor of the standard deviation (paper: 0.1).
         blocks_per_stage: basic blocks per stage (3 gives ResNet-20).
         norm: "none" (default; purely local, identical in training and evaluation), "batch" or "group".
+        downsample: the factor by which the body works below the signal's resolution; 1 is the paper's
+            full-resolution network; None (default) is :data:`DEFAULT_DOWNSAMPLE` (4 for images, 16 for
+            waveforms) and is stored in the config as that number.
     """
 
     @register_to_config
     def __init__(self, dims: int = 2, in_channels: int = 3, size: str = "base", sigma_min: float = 0.1,
-                 blocks_per_stage: int = 3, norm: str = "none"):
+                 blocks_per_stage: int = 3, norm: str = "none", downsample: int | None = None):
         super().__init__()
-        self.encoder = _StdEncoder(dims, in_channels, in_channels, size, sigma_min, blocks_per_stage, norm)
+        downsample = resolve_downsample(downsample, dims)
+        self.register_to_config(downsample=downsample)
+        self.encoder = _StdEncoder(dims, in_channels, in_channels, size, sigma_min, blocks_per_stage, norm,
+                                   downsample)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``y``: ``(B, C, *spatial)`` -> ``sigma_prior`` of the same shape, float32, ``>= sigma_min``."""
@@ -148,9 +210,12 @@ class PosteriorNet(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, dims: int = 2, in_channels: int = 3, size: str = "base", sigma_min: float = 0.1,
-                 blocks_per_stage: int = 3, norm: str = "none"):
+                 blocks_per_stage: int = 3, norm: str = "none", downsample: int | None = None):
         super().__init__()
-        self.encoder = _StdEncoder(dims, 2 * in_channels, in_channels, size, sigma_min, blocks_per_stage, norm)
+        downsample = resolve_downsample(downsample, dims)
+        self.register_to_config(downsample=downsample)
+        self.encoder = _StdEncoder(dims, 2 * in_channels, in_channels, size, sigma_min, blocks_per_stage, norm,
+                                   downsample)
 
     def forward(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x0``, ``y``: ``(B, C, *spatial)`` -> ``sigma_post`` of the same shape, float32."""
@@ -166,4 +231,4 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-__all__ = ["PriorNet", "PosteriorNet", "SIZES", "count_parameters"]
+__all__ = ["PriorNet", "PosteriorNet", "SIZES", "ENCODERS", "DEFAULT_DOWNSAMPLE", "downsample_of", "count_parameters"]

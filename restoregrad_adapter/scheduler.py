@@ -117,16 +117,21 @@ def check_prior_std(prior_std: torch.Tensor, sample: torch.Tensor, name: str = "
     if not isinstance(prior_std, torch.Tensor) or not prior_std.is_floating_point():
         raise ValueError(f"`{name}` must be a floating-point tensor, got {type(prior_std).__name__}"
                          f"{'' if not isinstance(prior_std, torch.Tensor) else ' of dtype ' + str(prior_std.dtype)}.")
+    if prior_std.shape != sample.shape:  # (the usual case, equal shapes, skips torch's costly broadcast check)
+        _check_broadcasts_to(prior_std, sample, name)
+    if not _is_checked(prior_std) and _check_std_values(prior_std, name):
+        _mark_checked(prior_std)
+
+
+def _check_broadcasts_to(prior_std: torch.Tensor, sample: torch.Tensor, name: str) -> None:
     try:
-        torch.broadcast_shapes(prior_std.shape, sample.shape)
+        broadcast = torch.broadcast_shapes(prior_std.shape, sample.shape)
     except RuntimeError:
         raise ValueError(f"`{name}` of shape {tuple(prior_std.shape)} does not broadcast to the sample's shape "
                          f"{tuple(sample.shape)}; expected a standard-deviation map of the sample's shape.") from None
-    if torch.broadcast_shapes(prior_std.shape, sample.shape) != sample.shape:
+    if broadcast != sample.shape:
         raise ValueError(f"`{name}` of shape {tuple(prior_std.shape)} would broadcast the sample's shape "
                          f"{tuple(sample.shape)} up; expected a standard-deviation map of the sample's shape.")
-    if not _is_checked(prior_std) and _check_std_values(prior_std, name):
-        _mark_checked(prior_std)
 
 
 def fractional_timesteps(train_alphas_cumprod: torch.Tensor, inference_alphas_cumprod: torch.Tensor) -> torch.Tensor:

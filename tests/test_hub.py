@@ -79,6 +79,30 @@ def test_state_dict_denoiser_needs_the_users_model_and_loads_strictly(tmp_path):
         RestoreGrad.from_pretrained(folder, denoiser=TinyConvDenoiser(width=16))
 
 
+def test_encoders_saved_before_the_resolution_setting_load_as_the_full_resolution_network(tmp_path):
+    """Encoder configs without `downsample` were written when every encoder was the paper's full-resolution
+    one: they load as such (downsample 1), not as today's default, and restore exactly as saved."""
+    torch.manual_seed(0)
+    adapter = randomise(RestoreGrad.with_encoders(TinyConvDenoiser(), dims=1, in_channels=1, size="tiny",
+                                                  encoder="paper",
+                                                  scheduler=LearnedPriorScheduler(num_train_timesteps=50)))
+    folder = adapter.save_pretrained(tmp_path / "old")
+    for net in ("prior_net", "posterior_net"):
+        config_file = folder / net / "config.json"
+        config = json.loads(config_file.read_text())
+        assert config.pop("downsample") == 1
+        config_file.write_text(json.dumps(config))
+    loaded = RestoreGrad.from_pretrained(folder, denoiser=TinyConvDenoiser())
+    assert loaded.prior_net.config.downsample == loaded.posterior_net.config.downsample == 1
+    _, y = toy_waveforms(2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(adapter.prior_std(y), loaded.prior_std(y))
+    # Today's default saved and loaded keeps its own factor.
+    default = custom_adapter()
+    again = RestoreGrad.from_pretrained(default.save_pretrained(tmp_path / "new"), denoiser=TinyConvDenoiser())
+    assert again.prior_net.config.downsample == default.prior_net.config.downsample == 16
+    assert torch.equal(default.prior_std(y), again.prior_std(y))
+
+
 def test_weatherdiff_and_cdiffuse_adapters_round_trip(tmp_path):
     torch.manual_seed(0)
     unet = WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=16)

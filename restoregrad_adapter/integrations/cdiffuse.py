@@ -471,6 +471,7 @@ class CDiffuSERestoreGrad(RestoreGrad):
         scheduler: LearnedPriorScheduler | None = None,
         weighting: str = "elbo",
         snr_gamma: float = 5.0,
+        encoder: str = "reduced",
         **kwargs,
     ) -> "CDiffuSERestoreGrad":
         """Wrap a CDiffuSE model object and build 1-D Prior and Posterior Nets of ``size``.
@@ -487,10 +488,13 @@ class CDiffuSERestoreGrad(RestoreGrad):
                 is what the network predicts.
             weighting, snr_gamma: the denoising term's weighting (:class:`~restoregrad_adapter.RestoreGradLoss`;
                 ``"elbo"`` is the paper's).
+            encoder: ``"reduced"`` (default: the encoders' body on 16-sample blocks) or ``"paper"`` (the
+                paper's ResNet-20 at every sample); see :mod:`restoregrad_adapter.encoders`.
             kwargs: passed to :class:`~restoregrad_adapter.RestoreGrad` (e.g. ``handcrafted_prior``).
         """
         denoiser = model if isinstance(model, CDiffuSEDenoiser) else CDiffuSEDenoiser(model, peak_normalize)
-        return cls.with_encoders(denoiser, dims=1, in_channels=1, size=size, sigma_min=sigma_min, mode=mode,
+        return cls.with_encoders(denoiser, dims=1, in_channels=1, size=size, sigma_min=sigma_min, encoder=encoder,
+                                 mode=mode,
                                  scheduler=scheduler if scheduler is not None else cdiffuse_scheduler(),
                                  loss=RestoreGradLoss(latent_weight=latent_weight, prior_matching_weight=prior_matching_weight,
                                                       weighting=weighting, snr_gamma=snr_gamma), **kwargs)
