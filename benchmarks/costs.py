@@ -15,6 +15,15 @@ they can double a wall time.
 - peak tensor memory of a training step (parameters, gradients, optimizer state, activations): on CUDA
   the allocator's peak; on CPU the peak of the torch profiler's memory timeline over one step.
 
+Also recorded: training throughput (samples per second, from the same step times), and how far a
+training step is from the device's matmul ceiling: the step's floating-point operations (counted by
+``torch.utils.flop_counter``) per second of its time, against a large square matmul's, in the same
+precision. ``mixed_precision`` "bf16" runs the forward passes under ``torch.autocast`` in bfloat16 (the
+loss terms stay float32, as in the training scripts); "no" is float32.
+
+The targets the adapter is held to (``TARGETS``): a training step at most 1.05x, peak training memory
+at most 1.10x, a restoration at most 1.01x, a scheduler step at most 1.2x ``DDPMScheduler.step``.
+
 The models' sizes come from the settings (``overhead.py``'s preset): ``weather_unet`` "weatherdiff64"
 (WeatherDiff64: ch 128, multipliers 1-2-3-4) or "tiny", ``speech_model`` "cdiffuse" (30 residual
 layers, 64 channels) or "tiny".
@@ -22,6 +31,7 @@ layers, 64 channels) or "tiny".
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -31,6 +41,35 @@ import torch
 import torch.nn.functional as F
 
 from tasks import parameter_counts
+
+#: The most each ratio (with RestoreGrad / without) may be.
+TARGETS = {"train_step": 1.05, "train_peak_memory": 1.10, "restore": 1.01, "scheduler_step": 1.2}
+
+
+def autocast(settings, device):
+    """The precision of the forward passes: bf16 autocast for ``settings.mixed_precision == "bf16"``."""
+    if getattr(settings, "mixed_precision", "no") == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def step_flops(step) -> int:
+    """Floating-point operations of one call of ``step`` (forward, backward and optimizer)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return counter.get_total_flops()
+
+
+def matmul_flops_per_s(device, dtype, size: int, repeats: int = 5) -> float:
+    """The device's ceiling for dense work: a ``size`` x ``size`` matmul's FLOP/s in ``dtype`` (best of ``repeats``)."""
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b  # warm-up
+    best = min(timed(lambda: a @ b, device) for _ in range(repeats))
+    return 2 * size ** 3 / max(best, 1e-9)
 
 
 def clock_name(device) -> str:
@@ -113,7 +152,7 @@ def step_peak_memory(bare, full, device) -> dict:
     return out
 
 
-def training_pair(adapter, x0, y, device):
+def training_pair(adapter, x0, y, device, settings):
     """(bare DDPM step, RestoreGrad step) closures on the same denoiser."""
     scheduler = adapter.scheduler
     bare_opt = torch.optim.Adam(adapter.denoiser.parameters(), lr=1e-5)
@@ -124,13 +163,16 @@ def training_pair(adapter, x0, y, device):
         t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator,
                           device=device)
         noise = torch.randn(x0.shape, generator=generator, device=device)
-        loss = F.mse_loss(adapter.denoiser(scheduler.add_noise(x0, noise, t), y, t), noise)
+        with autocast(settings, device):
+            prediction = adapter.denoiser(scheduler.add_noise(x0, noise, t), y, t)
+        loss = F.mse_loss(prediction.float(), noise)
         bare_opt.zero_grad()
         loss.backward()
         bare_opt.step()
 
     def full():
-        loss = adapter.training_loss(x0, y, generator=generator).loss
+        with autocast(settings, device):
+            loss = adapter.training_loss(x0, y, generator=generator).loss
         full_opt.zero_grad()
         loss.backward()
         full_opt.step()
@@ -147,16 +189,34 @@ def measure(adapter, steps, restore, settings, device) -> dict:
               "train_step": compare(bare, full, settings.repeats, device)}
     result["train_peak_memory_bytes"] = step_peak_memory(bare, full, device)
 
+    result["train_samples_per_s"] = {
+        "baseline": settings.batch_size / result["train_step"]["baseline_s"],
+        "restoregrad": settings.batch_size / result["train_step"]["restoregrad_s"]}
+    result["train_step_vs_matmul_ceiling"] = ceiling_fraction(steps, result["train_step"], settings, device)
+
     def restoring(mode):
         def run():
             adapter.mode = mode
-            with torch.no_grad():
+            with torch.no_grad(), autocast(settings, device):
                 restore(adapter)
         return run
 
     result["restore"] = compare(restoring("ddpm"), restoring("restoregrad"), settings.repeats, device)
     adapter.mode = "restoregrad"
     return result
+
+
+def ceiling_fraction(steps, timing: dict, settings, device) -> dict:
+    """FLOP/s a training step reaches (its counted FLOPs over its median time), as a fraction of a large
+    matmul's in the step's precision."""
+    bare, full = steps
+    dtype = torch.bfloat16 if getattr(settings, "mixed_precision", "no") == "bf16" else torch.float32
+    ceiling = matmul_flops_per_s(device, dtype, 8192 if device.type == "cuda" else 1024)
+    out = {"matmul_flops_per_s": ceiling, "matmul_dtype": str(dtype).replace("torch.", "")}
+    for name, step, seconds in (("baseline", bare, timing["baseline_s"]), ("restoregrad", full, timing["restoregrad_s"])):
+        flops = step_flops(step)
+        out[name] = {"flops_per_step": flops, "flops_per_s": flops / seconds, "fraction": flops / seconds / ceiling}
+    return out
 
 
 def weather_setup(settings, device):
@@ -172,7 +232,7 @@ def weather_setup(settings, device):
                                         size=settings.encoder_size, encoder=settings.encoder).to(device)
     x0 = torch.rand(settings.batch_size, 3, size, size, device=device) * 2 - 1
     y = (x0 + 0.2 * torch.randn_like(x0)).clamp(-1, 1)
-    return adapter, training_pair(adapter, x0, y, device)
+    return adapter, training_pair(adapter, x0, y, device, settings)
 
 
 def bench_weather(settings, device) -> dict:
@@ -206,7 +266,8 @@ def speech_setup(settings, device):
     def step(mode):  # mode "ddpm" is CDiffuSE itself: its process and loss with sigma = 1
         def run():
             adapter.mode = mode
-            loss = adapter.training_loss(x0, y, generator=torch.Generator(device=device).manual_seed(1)).loss
+            with autocast(settings, device):
+                loss = adapter.training_loss(x0, y, generator=torch.Generator(device=device).manual_seed(1)).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -220,7 +281,7 @@ def bench_speech(settings, device) -> dict:
     adapter, steps, noisy = speech_setup(settings, device)
 
     def restore(adapter):
-        adapter.restore(noisy, generator=torch.Generator(device=device).manual_seed(0))
+        adapter.restore(noisy, generator=torch.Generator(device=device).manual_seed(0), progress=False)
 
     return measure(adapter, steps, restore, settings, device)
 

@@ -38,6 +38,8 @@ def parse_args(argv=None):
     parser.add_argument("--sampling_steps", type=int, default=10, help="DDIM steps of the image restoration")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--mixed_precision", choices=("no", "bf16"), default="no",
+                        help="bf16: forward passes under bfloat16 autocast (loss terms in float32)")
     args = parser.parse_args(argv)
     args.preset_record = options.apply_preset(args, OVERHEAD_PRESET)
     return args
@@ -54,7 +56,9 @@ def main(argv=None) -> dict:
     results = {"machine": {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
                            f"CPU, {torch.get_num_threads()} threads ({platform.processor() or platform.machine()})",
                            "torch": torch.__version__, "repeats": args.repeats, "batch_size": args.batch_size,
-                           "clock": costs.clock_name(device), "encoder": args.encoder},
+                           "clock": costs.clock_name(device), "encoder": args.encoder,
+                           "mixed_precision": args.mixed_precision},
+               "targets": costs.TARGETS,
                "preset": args.preset_record}
     for name, bench in (("weather", costs.bench_weather), ("speech", costs.bench_speech),
                         ("scheduler_step", costs.bench_scheduler)):

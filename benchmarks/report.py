@@ -225,15 +225,17 @@ def plot_sampling(results: dict, path: str) -> None:
 def plot_overhead(results: dict, path: str) -> None:
     """Ratios with/without the adapter: time (with the repetitions' min-max) and peak memory."""
     fig, axes = _axes(1)
-    labels, ratios, low, high, colors = [], [], [], [], []
-    timed = [(f"{task}\n{what.replace('_', ' ')}", results[task][what])
+    targets = results.get("targets", {})
+    labels, ratios, low, high, colors, bar_targets = [], [], [], [], [], []
+    timed = [(f"{task}\n{what.replace('_', ' ')}", what, results[task][what])
              for task in ("weather", "speech") for what in ("train_step", "restore")]
-    for label, r in timed + [("scheduler\nstep", results["scheduler_step"])]:
+    for label, what, r in timed + [("scheduler\nstep", "scheduler_step", results["scheduler_step"])]:
         labels.append(label)
         ratios.append(r["ratio"])
         low.append(r["ratio"] - r["ratio_min"])
         high.append(r["ratio_max"] - r["ratio"])
         colors.append("tab:blue")
+        bar_targets.append(targets.get(what))
     for task in ("weather", "speech"):  # one measurement each: no spread
         memory = results[task]["train_peak_memory_bytes"]
         if memory["ratio"] is not None:
@@ -242,12 +244,20 @@ def plot_overhead(results: dict, path: str) -> None:
             low.append(0.0)
             high.append(0.0)
             colors.append("tab:orange")
+            bar_targets.append(targets.get("train_peak_memory"))
     ax = axes[0]
     fig.set_size_inches(9.5, 3.8)
     ax.bar(labels, ratios, yerr=[low, high], capsize=4, color=colors)
     ax.axhline(1.0, color="black", linewidth=0.8)
+    marked = [(i, t) for i, t in enumerate(bar_targets) if t is not None]
+    if marked:
+        ax.scatter([i for i, _ in marked], [t for _, t in marked], marker="_", s=400, color="tab:red", zorder=3,
+                   label="target (at most)")
+        ax.legend(fontsize=8, loc="upper right")
     ax.set_ylabel("with RestoreGrad / without\n(blue: time, orange: peak memory)")
-    ax.set_title(f"RestoreGrad overhead ({results['machine']['device']})")
+    machine = results["machine"]
+    ax.set_title(f"RestoreGrad overhead ({machine['device']}; {machine.get('encoder', '?')} encoders, "
+                 f"{'bf16' if machine.get('mixed_precision') == 'bf16' else 'fp32'})", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path, dpi=100)
 
@@ -306,15 +316,34 @@ def print_sampling(results: dict) -> None:
               "plateau and the ratios above are not sampling speed-ups; train longer (--steps) before comparing S.")
 
 
+def _against_target(ratio: float, target: float | None) -> str:
+    if target is None:
+        return ""
+    return f"  (target <= {target:g}: {'met' if ratio <= target else 'NOT met'})"
+
+
 def print_overhead(results: dict) -> None:
+    targets = results.get("targets", {})
+    machine = results["machine"]
+    print(f"clock: {machine.get('clock', 'wall time')}; encoders: {machine.get('encoder', '?')}; "
+          f"precision: {machine.get('mixed_precision', 'no')}")
     for task in ("weather", "speech"):
         for what in ("train_step", "restore"):
             r = results[task][what]
             print(f"{task:8s} {what:10s} {r['baseline_s'] * 1e3:9.1f} ms -> {r['restoregrad_s'] * 1e3:9.1f} ms  "
-                  f"ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]")
+                  f"ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
+                  f"{_against_target(r['ratio'], targets.get(what))}")
         memory = results[task]["train_peak_memory_bytes"]
         if memory["ratio"] is not None:
             print(f"{task:8s} step memory {memory['baseline'] / 2**20:7.1f} MiB -> "
-                  f"{memory['restoregrad'] / 2**20:7.1f} MiB  ratio {memory['ratio']:.3f}  ({memory['what']})")
+                  f"{memory['restoregrad'] / 2**20:7.1f} MiB  ratio {memory['ratio']:.3f}  ({memory['what']})"
+                  f"{_against_target(memory['ratio'], targets.get('train_peak_memory'))}")
+        throughput = results[task].get("train_samples_per_s")
+        ceiling = results[task].get("train_step_vs_matmul_ceiling")
+        if throughput and ceiling:
+            print(f"{task:8s} throughput {throughput['baseline']:.2f} -> {throughput['restoregrad']:.2f} samples/s; "
+                  f"{ceiling['baseline']['fraction']:.1%} -> {ceiling['restoregrad']['fraction']:.1%} of a "
+                  f"{ceiling['matmul_dtype']} matmul's {ceiling['matmul_flops_per_s'] / 1e12:.3g} TFLOP/s")
     r = results["scheduler_step"]
-    print(f"scheduler step ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]")
+    print(f"scheduler step ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
+          f"{_against_target(r['ratio'], targets.get('scheduler_step'))}")

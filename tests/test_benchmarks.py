@@ -25,9 +25,48 @@ def test_overhead_benchmark_smoke(tmp_path):
         memory = results[task]["train_peak_memory_bytes"]
         assert memory["baseline"] > 0 and memory["restoregrad"] > memory["baseline"]  # the encoders' share
         assert memory["ratio"] == memory["restoregrad"] / memory["baseline"]
+        throughput, timing = results[task]["train_samples_per_s"], results[task]["train_step"]
+        assert throughput["baseline"] == results["machine"]["batch_size"] / timing["baseline_s"]
+        assert throughput["restoregrad"] == results["machine"]["batch_size"] / timing["restoregrad_s"]
+        ceiling = results[task]["train_step_vs_matmul_ceiling"]
+        assert ceiling["matmul_dtype"] == "float32" and ceiling["matmul_flops_per_s"] > 0
+        # The encoders add work; each fraction is the step's FLOP/s over the matmul's.
+        assert ceiling["restoregrad"]["flops_per_step"] > ceiling["baseline"]["flops_per_step"] > 0
+        for variant in ("baseline", "restoregrad"):
+            c = ceiling[variant]
+            assert c["flops_per_s"] == c["flops_per_step"] / timing[f"{variant}_s"]
+            assert c["fraction"] == c["flops_per_s"] / ceiling["matmul_flops_per_s"]
     assert results["scheduler_step"]["ratio"] > 0 and results["preset"]["name"] == "smoke"
     assert results["preset"]["values"]["repeats"] == results["machine"]["repeats"] == 2
+    assert results["machine"]["clock"] == "process CPU time" and results["machine"]["encoder"] == "reduced"
+    assert results["targets"] == {"train_step": 1.05, "train_peak_memory": 1.10, "restore": 1.01,
+                                  "scheduler_step": 1.2}
+    assert "target <= 1.05" in out.stdout
     assert (tmp_path / "overhead.png").stat().st_size > 1000
+
+
+def test_step_flops_and_bf16_autocast_match_closed_forms(monkeypatch):
+    """A linear layer's forward is 2 * batch * in * out FLOPs; its backward as much again for the weight's
+    gradient, and again for the input's when the input needs one. Under the
+    benchmark's "bf16" setting the forward runs in bfloat16, under "no" in float32."""
+    import argparse
+
+    import torch
+
+    costs = load(monkeypatch, "tasks", "costs")
+    model = torch.nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    with torch.no_grad():
+        assert costs.step_flops(lambda: model(x)) == 2 * 8 * 64 * 32
+    assert costs.step_flops(lambda: model(x).sum().backward()) == 2 * 2 * 8 * 64 * 32
+    x.requires_grad_(True)
+    assert costs.step_flops(lambda: model(x).sum().backward()) == 3 * 2 * 8 * 64 * 32
+    cpu = torch.device("cpu")
+    with costs.autocast(argparse.Namespace(mixed_precision="bf16"), cpu):
+        assert model(x).dtype == torch.bfloat16
+    with costs.autocast(argparse.Namespace(mixed_precision="no"), cpu):
+        assert model(x).dtype == torch.float32
+    assert costs.matmul_flops_per_s(cpu, torch.float32, 64, repeats=2) > 0
 
 
 def test_cpu_peak_memory_counts_the_tensors_a_step_holds(monkeypatch):
