@@ -171,7 +171,19 @@ class _StdEncoder(nn.Module):
             raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
 
 
-class PriorNet(ModelMixin, ConfigMixin):
+class _EncoderConfig:
+    """Loading of saved encoder configs: one written before the encoders had a ``downsample`` setting
+    describes the paper's full-resolution network, so it loads as ``downsample=1`` (not as today's
+    default). Saved configs are those diffusers wrote (they carry ``_diffusers_version``)."""
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        if "_diffusers_version" in config_dict and "downsample" not in config_dict and "downsample" not in kwargs:
+            config_dict = {**config_dict, "downsample": 1}
+        return super().extract_init_dict(config_dict, **kwargs)
+
+
+class PriorNet(_EncoderConfig, ModelMixin, ConfigMixin):
     """Prior Net ``psi``: ``sigma_prior = psi(y)``, a standard-deviation map of ``y``'s shape.
 
     Args:
@@ -201,7 +213,7 @@ class PriorNet(ModelMixin, ConfigMixin):
         return self.encoder.std(y)
 
 
-class PosteriorNet(ModelMixin, ConfigMixin):
+class PosteriorNet(_EncoderConfig, ModelMixin, ConfigMixin):
     """Posterior Net ``phi``: ``sigma_post = phi(x0, y)`` (clean and degraded concatenated on channels).
 
     Used in training only (paper Algorithm 1). Arguments as for :class:`PriorNet`; ``in_channels``

@@ -371,19 +371,9 @@ def _own_memory(module: nn.Module) -> nn.Module:
 def _load_encoder(cls, folder: Path, subfolder: str):
     from safetensors import SafetensorError
 
-    overrides = {}
-    config_file = folder / subfolder / "config.json"
-    if config_file.is_file():
-        try:
-            saved = json.loads(config_file.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{config_file} is not valid JSON: {error}") from None
-        if isinstance(saved, dict) and "downsample" not in saved:
-            # Written before the encoders had a resolution setting: those were the full-resolution network.
-            overrides["downsample"] = 1
     try:
         # use_safetensors=True: a missing .safetensors is an error, never a fall-back to a pickled .bin.
-        return _own_memory(cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True, **overrides))
+        return _own_memory(cls.from_pretrained(folder, subfolder=subfolder, use_safetensors=True))
     except (SafetensorError, OSError, EnvironmentError) as error:
         raise ValueError(f"could not read {folder / subfolder}: the weights file is missing, truncated or corrupted "
                          f"({type(error).__name__}: {error}).") from None

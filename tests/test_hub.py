@@ -11,7 +11,7 @@ import torch
 from conftest import TinyConvDenoiser, toy_waveforms
 from diffusers import DDIMScheduler, UNet2DModel
 
-from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad
+from restoregrad_adapter import LearnedPriorScheduler, PriorNet, RestoreGrad
 from restoregrad_adapter.hub import CONFIG_NAME
 from restoregrad_adapter.integrations import cdiffuse, weatherdiff
 from restoregrad_adapter.integrations.diffusers import wrap as wrap_diffusers
@@ -94,6 +94,7 @@ def test_encoders_saved_before_the_resolution_setting_load_as_the_full_resolutio
         config_file.write_text(json.dumps(config))
     loaded = RestoreGrad.from_pretrained(folder, denoiser=TinyConvDenoiser())
     assert loaded.prior_net.config.downsample == loaded.posterior_net.config.downsample == 1
+    assert PriorNet.from_pretrained(folder / "prior_net").config.downsample == 1  # the class itself (pipelines)
     _, y = toy_waveforms(2, generator=torch.Generator().manual_seed(0))
     assert torch.equal(adapter.prior_std(y), loaded.prior_std(y))
     # Today's default saved and loaded keeps its own factor.
