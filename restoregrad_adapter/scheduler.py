@@ -421,18 +421,26 @@ class LearnedPriorScheduler(DDPMScheduler):
                 ``(prev_sample, pred_original_sample)``.
         """
         if prior_std is not None:
-            out = whitened_step(self, model_output, timestep, sample, prior_std, generator=generator)
-        elif self.fast_sampling:
+            prev_sample, pred_x0 = _whitened(self, model_output, timestep, sample, prior_std, generator=generator)
+        else:
+            prev_sample, pred_x0 = self._standard_step(model_output, timestep, sample, generator)
+        if not return_dict:
+            return prev_sample, pred_x0
+        return LearnedPriorSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
+
+    def _standard_step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor,
+                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(prev_sample, pred_original_sample)`` of the standard-prior step: DDPM's (diffusers'
+        ``DDPMScheduler.step``), or the fast chain's after ``set_timesteps(inference_betas=...)``."""
+        if self.fast_sampling:
             s = len(self.timesteps) - 1 - self._index_of(timestep)  # inference step, 0 = the last
             out = self._inference_chain.step(model_output, s, sample, generator=generator)
-        else:
-            with _schedule_in_precision(self, sample.dtype):
-                ddpm = super().step(model_output, _integer_step(timestep), sample, generator=generator)
-            out = LearnedPriorSchedulerOutput(prev_sample=ddpm.prev_sample,
-                                              pred_original_sample=ddpm.pred_original_sample)
-        if not return_dict:
             return out.prev_sample, out.pred_original_sample
-        return out
+        if sample.dtype == torch.float64:
+            with _schedule_in_precision(self, sample.dtype):
+                return super().step(model_output, _integer_step(timestep), sample, generator=generator,
+                                    return_dict=False)
+        return super().step(model_output, _integer_step(timestep), sample, generator=generator, return_dict=False)
 
 
 # ---------------------------------------------------------------------- whitening
@@ -473,6 +481,13 @@ def whitened_step(
 
     Returns ``prev_sample`` and (when the scheduler gives one) ``pred_original_sample`` in data units.
     """
+    prev_sample, pred_x0 = _whitened(scheduler, model_output, timestep, sample, prior_std, **step_kwargs)
+    return LearnedPriorSchedulerOutput(prev_sample=prev_sample, pred_original_sample=pred_x0)
+
+
+def _whitened(scheduler, model_output: torch.Tensor, timestep, sample: torch.Tensor, prior_std: torch.Tensor,
+              **step_kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`whitened_step` as ``(prev_sample, pred_original_sample or None)``."""
     _check_no_clipping(scheduler)
     check_prior_std(prior_std, sample)
     variance_type = getattr(scheduler, "config", {}).get("variance_type")
@@ -488,12 +503,13 @@ def whitened_step(
         whitened_output = torch.cat([mean_output / prior_std, variance_output.to(mean_output.dtype)], dim=1)
     else:
         whitened_output = model_output / prior_std
-    out = scheduler.step(whitened_output, timestep, sample / prior_std, return_dict=True, **step_kwargs)
-    pred_x0 = getattr(out, "pred_original_sample", None)
-    return LearnedPriorSchedulerOutput(
-        prev_sample=out.prev_sample * prior_std,
-        pred_original_sample=None if pred_x0 is None else pred_x0 * prior_std,
-    )
+    if isinstance(scheduler, LearnedPriorScheduler):  # its own standard step, without building output objects
+        prev_sample, pred_x0 = scheduler._standard_step(whitened_output, timestep, sample / prior_std,
+                                                        step_kwargs.get("generator"))
+    else:  # any diffusers scheduler: its output object names what its fields are
+        out = scheduler.step(whitened_output, timestep, sample / prior_std, return_dict=True, **step_kwargs)
+        prev_sample, pred_x0 = out.prev_sample, getattr(out, "pred_original_sample", None)
+    return prev_sample * prior_std, None if pred_x0 is None else pred_x0 * prior_std
 
 
 def scale_model_input_whitened(scheduler, sample: torch.Tensor, timestep, prior_std: torch.Tensor) -> torch.Tensor:
