@@ -219,10 +219,22 @@ def test_train_weather_degradation_defaults_keep_the_weather_preset():
     script = load_script("train_weather")
     default = script.parse_args([])
     assert default.degradation == "mixed" and default.validation_fit == "downscale"
-    assert (default.builtin_size, default.patch_size, default.max_train_steps) == (96, 32, 1200)
-    for name in ("motion_blur", "defocus", "gaussian_blur", "sr2", "sr4"):
-        assert script.parse_args(["--degradation", name]).validation_fit == "crop"
-    assert script.parse_args(["--degradation", "sr4", "--validation_fit", "downscale"]).validation_fit == "downscale"
+    weather = (96, 256, 32, 1200, 1e-3, 10)
+    chosen = lambda a: (a.builtin_size, a.max_validation_size, a.patch_size, a.max_train_steps,  # noqa: E731
+                        a.learning_rate, a.num_inference_steps)
+    assert chosen(default) == weather
+    for name in ("rain", "snow", "raindrop"):
+        assert chosen(script.parse_args(["--degradation", name])) == weather
+    for name in ("motion_blur", "defocus", "gaussian_blur"):
+        args = script.parse_args(["--degradation", name])
+        assert args.validation_fit == "crop" and chosen(args) == (96, 256, 32, 1200, 3e-3, 2)
+    for name in ("sr2", "sr4"):
+        args = script.parse_args(["--degradation", name])
+        assert args.validation_fit == "crop" and chosen(args) == (192, 128, 32, 1200, 3e-3, 2)
+    given = script.parse_args(["--degradation", "sr4", "--validation_fit", "downscale", "--learning_rate", "1e-4",
+                               "--builtin_size", "64", "--num_inference_steps", "5"])
+    assert (given.validation_fit, given.learning_rate, given.builtin_size, given.num_inference_steps) == (
+        "downscale", 1e-4, 64, 5)
     image = np.arange(10 * 14 * 3, dtype=np.float32).reshape(10, 14, 3) / 500
     np.testing.assert_array_equal(script.fit_for_validation(image, 6, "crop"), image[2:8, 4:10])
     assert script.fit_for_validation(image, 7, "downscale").shape == (5, 7, 3)
