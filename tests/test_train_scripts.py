@@ -222,7 +222,7 @@ def test_train_weather_degradation_defaults_keep_the_weather_preset():
     weather = (96, 256, 32, 1200, 1e-3, 10)
     chosen = lambda a: (a.builtin_size, a.max_validation_size, a.patch_size, a.max_train_steps,  # noqa: E731
                         a.learning_rate, a.num_inference_steps)
-    assert chosen(default) == weather
+    assert chosen(default) == weather and default.lr_scheduler == "constant_with_warmup"
     for name in ("rain", "snow", "raindrop"):
         assert chosen(script.parse_args(["--degradation", name])) == weather
     for name in ("motion_blur", "defocus", "gaussian_blur"):
