@@ -118,7 +118,7 @@ DEGRADATIONS = WEATHER_DEGRADATIONS + BLUR_SR_KINDS
 #: textures that are not there). Super-resolution uses larger photos (a x4 low-resolution image of a
 #: 96-pixel photo is 24 pixels wide) and crops validation images to 128 pixels.
 WEATHER_DEFAULTS = {"builtin_size": 96, "max_validation_size": 256, "validation_fit": "downscale",
-                    "learning_rate": 1e-3, "num_inference_steps": 10, "lr_scheduler": "constant_with_warmup"}
+                    "learning_rate": 1e-3, "num_inference_steps": 10}
 BLUR_DEFAULTS = {**WEATHER_DEFAULTS, "validation_fit": "crop", "learning_rate": 3e-3, "num_inference_steps": 2}
 SR_DEFAULTS = {**BLUR_DEFAULTS, "builtin_size": 192, "max_validation_size": 128}
 DEGRADATION_DEFAULTS = {
@@ -189,9 +189,9 @@ def parse_args(argv=None):
     g.add_argument("--learning_rate", type=float, default=None,
                    help="default 1e-3 for the weather tasks, 3e-3 for deblurring and super-resolution")
     g.add_argument("--lr_warmup_steps", type=int, default=0)
-    g.add_argument("--lr_scheduler", choices=("constant_with_warmup", "cosine"), default=None,
-                   help="the learning rate after the warm-up: constant (the weather tasks' default) or a cosine "
-                        "decay to 0 at --max_train_steps (super-resolution's default)")
+    g.add_argument("--lr_scheduler", choices=("constant_with_warmup", "cosine"), default="constant_with_warmup",
+                   help="the learning rate after the warm-up: constant (every task's default) or a cosine decay to 0 "
+                        "at --max_train_steps")
     g.add_argument("--max_grad_norm", type=float, default=1.0)
     g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                    help="defaults to Accelerate's configuration")
