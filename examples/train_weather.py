@@ -1,23 +1,39 @@
-"""Train a WeatherDiff-style patch diffusion model with RestoreGrad's learned prior, with Accelerate.
+"""Train a WeatherDiff-style patch diffusion model with RestoreGrad's learned prior, with Accelerate:
+bad weather, deblurring and super-resolution.
 
     accelerate launch examples/train_weather.py                    # built-in data, CPU-sized defaults
+    accelerate launch examples/train_weather.py --degradation motion_blur   # deblurring
+    accelerate launch examples/train_weather.py --degradation sr4           # x4 super-resolution
     accelerate launch examples/train_weather.py --train_data_dir data/allweather/allweather.txt \\
         --model_size weatherdiff64 --patch_size 64 --max_train_steps 200000 --mixed_precision bf16
+
+--degradation names the task: mixed (rain, snow and raindrops; the default), rain, snow, raindrop,
+motion_blur, defocus, gaussian_blur, sr2 or sr4. On the built-in data it is what is drawn on the
+photos; on your own data it sets the task's defaults (e.g. DIV2K's scale, validation crops).
 
 Data (one of):
   --dataset_name NAME        a `datasets` dataset with degraded and clean image columns
                              (--degraded_column, --clean_column);
   --train_data_dir PATH      a WeatherDiff/AllWeather file list (.txt of input paths; the clean image is
-                             the same path with the folder `input` replaced by `gt`), a RainDrop-style
-                             folder with `input/` and `gt/` (names equal, or `rain` -> `clean`), or an
-                             imagefolder with a metadata.jsonl (file_name + --clean_column);
-  neither                    built-in: photos bundled with scikit-image, degraded in code by rain
-                             streaks, snow and raindrops; held-out photos for validation.
+                             the same path with the folder `input` replaced by `gt`), a RealBlur file
+                             list (.txt of `gt_path blur_path` lines, e.g. RealBlur_J_train_list.txt),
+                             a RainDrop-style folder with `input/` and `gt/` (names equal, or `rain` ->
+                             `clean`), an imagefolder with a metadata.jsonl (file_name +
+                             --clean_column), or a DIV2K root (DIV2K_train_HR/ with
+                             DIV2K_train_LR_bicubic/X4/; the LR images are up-sampled bicubically to the
+                             HR size as `y`; scale --sr_scale, by default the --degradation's);
+  neither                    built-in: photos bundled with scikit-image, degraded in code by the
+                             --degradation; held-out photos for validation.
 
 The denoiser is the reference WeatherDiff-style UNet (restoregrad_adapter.reference_nets.WeatherUNet,
 called as model(cat([y, x_t]), t) like the original); train your own WeatherDiff model by replacing
 `build_adapter`'s UNet. Validation restores whole held-out images with overlapping patches
-(restore_image) and reports PSNR and SSIM on the Y channel, beside the degraded input's PSNR.
+(restore_image) and reports PSNR and SSIM on the Y channel, beside the degraded input's. Validation
+images larger than --max_validation_size are downscaled for the weather tasks and centre-cropped for
+deblurring and super-resolution, whose blur is measured in pixels (--validation_fit).
+
+A super-resolution adapter restores the bicubically up-sampled image, the `y` it was trained on:
+`restoregrad restore --upscale 4` makes it from a small image (docs/deblur_sr.md).
 
 A resumed run (--resume_from_checkpoint latest) continues with exactly the losses of an
 uninterrupted one: every training example and every noise draw depends only on the seed and the step.
@@ -41,11 +57,14 @@ from restoregrad_adapter import MODES, LearnedPriorScheduler, PosteriorNet, Prio
 from restoregrad_adapter.encoders import ENCODERS, downsample_of
 from restoregrad_adapter.loss import WEIGHTINGS
 from restoregrad_adapter.data import LazyPairs
+from restoregrad_adapter.data.blur_sr import KINDS as BLUR_SR_KINDS, SR_SCALES
 from restoregrad_adapter.data.readers import (
+    div2k_pair_files,
     downscale,
     image_pair_files,
     image_to_tensor,
     read_image_pair,
+    read_sr_pair,
     tensor_to_image,
 )
 from restoregrad_adapter.figures import plot_curves, plot_image_restorations
@@ -87,9 +106,36 @@ RECIPES = {
 }
 
 
+#: The tasks of --degradation: the weather of the built-in data (``mixed`` draws rain, snow and raindrops),
+#: blurs and bicubic down-sampling (restoregrad_adapter.data.blur_sr).
+WEATHER_DEGRADATIONS = ("mixed", "rain", "snow", "raindrop")
+DEGRADATIONS = WEATHER_DEGRADATIONS + BLUR_SR_KINDS
+
+#: Each task's defaults (a value given on the command line wins); docs/deblur_sr.md has the runs behind them.
+#: Deblurring and super-resolution are measured in pixels, so their validation images are cropped rather
+#: than downscaled. Their residual is small and spread over the whole image: they train at a higher
+#: learning rate, and 2 sampling steps keep the restoration near the posterior mean (10 steps draw
+#: textures that are not there). Super-resolution uses larger photos (a x4 low-resolution image of a
+#: 96-pixel photo is 24 pixels wide) and crops validation images to 128 pixels.
+WEATHER_DEFAULTS = {"builtin_size": 96, "max_validation_size": 256, "validation_fit": "downscale",
+                    "learning_rate": 1e-3, "num_inference_steps": 10}
+BLUR_DEFAULTS = {**WEATHER_DEFAULTS, "validation_fit": "crop", "learning_rate": 3e-3, "num_inference_steps": 2}
+SR_DEFAULTS = {**BLUR_DEFAULTS, "builtin_size": 192, "max_validation_size": 128}
+DEGRADATION_DEFAULTS = {
+    **{name: WEATHER_DEFAULTS for name in WEATHER_DEGRADATIONS},
+    **{name: SR_DEFAULTS if name in SR_SCALES else BLUR_DEFAULTS for name in BLUR_SR_KINDS},
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("data")
+    g.add_argument("--degradation", choices=DEGRADATIONS, default="mixed",
+                   help="the task: what the built-in data draws on its photos (mixed: rain, snow and raindrops), "
+                        "and the task's defaults on your own data")
+    g.add_argument("--sr_scale", type=int, choices=(2, 3, 4), default=None,
+                   help="DIV2K's down-sampling factor (X2, X3, X4) for a DIV2K --train_data_dir "
+                        "(default: the --degradation's, 2 for sr2 and 4 for sr4)")
     g.add_argument("--dataset_name", default=None)
     g.add_argument("--dataset_config_name", default=None)
     g.add_argument("--dataset_split", default="train")
@@ -99,9 +145,14 @@ def parse_args(argv=None):
     g.add_argument("--train_data_dir", default=None)
     g.add_argument("--validation_data_dir", default=None)
     g.add_argument("--num_validation_images", type=int, default=3)
-    g.add_argument("--builtin_size", type=int, default=96, help="longest side of the built-in photos")
-    g.add_argument("--max_validation_size", type=int, default=256,
-                   help="validation images are downscaled so their longest side is at most this")
+    g.add_argument("--builtin_size", type=int, default=None,
+                   help="longest side of the built-in photos (default 96; 192 for sr2 and sr4)")
+    g.add_argument("--max_validation_size", type=int, default=None,
+                   help="validation images are brought to at most this longest side (--validation_fit; "
+                        "default 256; 128 for sr2 and sr4)")
+    g.add_argument("--validation_fit", choices=("downscale", "crop"), default=None,
+                   help="how a larger validation image is brought to --max_validation_size: downscaled (the "
+                        "weather tasks' default) or centre-cropped (deblurring and super-resolution)")
     g = parser.add_argument_group("model")
     g.add_argument("--model_size", choices=tuple(UNET_SIZES), default="tiny")
     g.add_argument("--patch_size", type=int, default=32)
@@ -135,8 +186,12 @@ def parse_args(argv=None):
     g.add_argument("--max_train_steps", type=int, default=1200)
     g.add_argument("--train_batch_size", type=int, default=16, help="per process")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=1e-3)
+    g.add_argument("--learning_rate", type=float, default=None,
+                   help="default 1e-3 for the weather tasks, 3e-3 for deblurring and super-resolution")
     g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--lr_scheduler", choices=("constant_with_warmup", "cosine"), default="constant_with_warmup",
+                   help="the learning rate after the warm-up: constant (every task's default) or a cosine decay to 0 "
+                        "at --max_train_steps")
     g.add_argument("--max_grad_norm", type=float, default=1.0)
     g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
                    help="defaults to Accelerate's configuration")
@@ -145,15 +200,17 @@ def parse_args(argv=None):
     g.add_argument("--checkpoints_total_limit", type=int, default=2)
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--validation_steps", type=int, default=400)
-    g.add_argument("--num_inference_steps", type=int, default=10)
+    g.add_argument("--num_inference_steps", type=int, default=None,
+                   help="sampling steps of validation: default 10 for the weather tasks, 2 for deblurring and "
+                        "super-resolution")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--report_to", default="auto", help="'auto' (tensorboard when installed), 'all', 'none', ...")
     g.add_argument("--push_to_hub", action="store_true")
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
     args = parser.parse_args(argv)
-    for name, value in RECIPES[args.recipe].items():  # what the command line leaves out
-        if getattr(args, name) is None:
+    for name, value in {**RECIPES[args.recipe], **DEGRADATION_DEFAULTS[args.degradation]}.items():
+        if getattr(args, name) is None:  # what the command line leaves out
             setattr(args, name, value)
 
     for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
@@ -166,6 +223,8 @@ def parse_args(argv=None):
         raise SystemExit("error: --push_to_hub needs --hub_model_id (e.g. your-name/restoregrad-weather)")
     if args.dataset_name and args.train_data_dir:
         raise SystemExit("error: pass --dataset_name or --train_data_dir, not both")
+    if args.max_validation_size < 16:
+        raise SystemExit(f"error: --max_validation_size must be >= 16, got {args.max_validation_size}")
     ch_mult = UNET_SIZES[args.model_size][1]
     if args.patch_size % (2 ** (len(ch_mult) - 1)):
         raise SystemExit(f"error: --patch_size must be a multiple of {2 ** (len(ch_mult) - 1)} for "
@@ -199,6 +258,9 @@ def load_data(args):
             train_rows = range(len(train_split) - count)
         return LazyPairs(train_rows, read_row), validation, f"dataset {args.dataset_name}"
 
+    if args.train_data_dir and is_div2k(args.train_data_dir):
+        return load_div2k(args)
+
     if args.train_data_dir:
         files = image_pair_files(args.train_data_dir, args.clean_column)
         if args.validation_data_dir:
@@ -210,20 +272,59 @@ def load_data(args):
                 [read_image_pair(*paths) for paths in held],
                 f"{len(files)} pairs from {args.train_data_dir}")
 
-    from restoregrad_adapter.data.weather import builtin_weather_pairs
+    if args.degradation in BLUR_SR_KINDS:
+        from restoregrad_adapter.data.blur_sr import builtin_blur_sr_pairs
 
-    train = builtin_weather_pairs("train", seed=args.seed, size=args.builtin_size)
-    held_out = builtin_weather_pairs("validation", seed=args.seed, size=args.builtin_size)
-    # One held-out photo per kind of weather, so each validation shows a different degradation.
+        train = builtin_blur_sr_pairs(args.degradation, "train", seed=args.seed, size=args.builtin_size)
+        held_out = builtin_blur_sr_pairs(args.degradation, "validation", seed=args.seed, size=args.builtin_size)
+        drawn = args.degradation.replace("_", " ") if args.degradation not in SR_SCALES else \
+            f"bicubic x{SR_SCALES[args.degradation]} down- and up-sampling"
+    else:
+        from restoregrad_adapter.data.weather import KINDS, builtin_weather_pairs
+
+        kinds = KINDS if args.degradation == "mixed" else (args.degradation,)
+        train = builtin_weather_pairs("train", kinds=kinds, seed=args.seed, size=args.builtin_size)
+        held_out = builtin_weather_pairs("validation", kinds=kinds, seed=args.seed, size=args.builtin_size)
+        drawn = "rain, snow, raindrops" if args.degradation == "mixed" else args.degradation
+    # One held-out photo per kind of degradation (while there are kinds left), so that each validation
+    # image shows a different degradation where there are several.
     validation, seen_kinds, seen_names = [], set(), set()
+    all_kinds = {kind for _, _, kind, _ in held_out}
     for clean, degraded, kind, name in held_out:
-        if kind not in seen_kinds and name not in seen_names and len(validation) < args.num_validation_images:
+        kind_wanted = kind not in seen_kinds or seen_kinds == all_kinds
+        if name not in seen_names and kind_wanted and len(validation) < args.num_validation_images:
             validation.append((clean, degraded))
             seen_kinds.add(kind)
             seen_names.add(name)
     return ([(clean, degraded) for clean, degraded, _, _ in train], validation,
-            f"built-in: {len(train)} degraded photos (rain, snow, raindrops drawn in code), "
+            f"built-in: {len(train)} degraded photos ({drawn} drawn in code), "
             f"{len(validation)} held-out photos")
+
+
+def is_div2k(location) -> bool:
+    """Whether ``location`` is a DIV2K root: a folder holding ``DIV2K_train_HR/``."""
+    return os.path.isdir(os.path.join(location, "DIV2K_train_HR"))
+
+
+def load_div2k(args):
+    """DIV2K's training pairs (LR up-sampled bicubically to the HR size) and validation pairs: the first
+    images of the ``valid`` split of --validation_data_dir (a DIV2K root) or of the training root when it
+    has one, otherwise the last training images."""
+    scale = args.sr_scale or SR_SCALES.get(args.degradation)
+    if scale is None:
+        raise SystemExit("error: a DIV2K --train_data_dir needs --sr_scale (2, 3 or 4) or --degradation sr2/sr4")
+    files = div2k_pair_files(args.train_data_dir, "train", scale)
+    if args.validation_data_dir:
+        held = div2k_pair_files(args.validation_data_dir, "valid", scale)[: args.num_validation_images]
+    elif os.path.isdir(os.path.join(args.train_data_dir, "DIV2K_valid_HR")):
+        held = div2k_pair_files(args.train_data_dir, "valid", scale)[: args.num_validation_images]
+    else:
+        count = min(args.num_validation_images, len(files) - 1)
+        held, files = files[len(files) - count:], files[: len(files) - count]
+    read = lambda paths: read_sr_pair(*paths, scale)  # noqa: E731
+    # A DIV2K image pair is about 66 MB as float32: keep a few dozen in memory, not hundreds.
+    return (LazyPairs(files, read, cache_size=32), [read(paths) for paths in held],
+            f"{len(files)} DIV2K x{scale} pairs from {args.train_data_dir}")
 
 
 # ---------------------------------------------------------------------- model
@@ -243,6 +344,18 @@ def build_adapter(args):
 
 
 # ---------------------------------------------------------------------- validation
+def fit_for_validation(image: np.ndarray, longest: int, how: str) -> np.ndarray:
+    """``image`` with its longest side at most ``longest``: downscaled bicubically, or its centre cropped
+    (so that a blur or a resolution keeps its size in pixels); smaller images are returned as they are."""
+    if how == "downscale":
+        return downscale(image, longest)
+    height, width = image.shape[:2]
+    if max(height, width) <= longest:
+        return image
+    top, left = max(0, (height - longest) // 2), max(0, (width - longest) // 2)
+    return image[top:top + longest, left:left + longest]
+
+
 @torch.no_grad()
 def log_validation(adapter, validation, args, step, device, folder):
     """Restore whole held-out images; PSNR/SSIM on Y beside the degraded input's; one PNG."""
@@ -251,8 +364,8 @@ def log_validation(adapter, validation, args, step, device, folder):
     shown = {"degraded": [], "restored": [], "clean": [], "sigma": []}
     psnrs, ssims, psnrs_degraded, ssims_degraded = [], [], [], []
     for i, (clean, degraded) in enumerate(validation):
-        x0 = image_to_tensor(downscale(clean, args.max_validation_size))[None].to(device)
-        y = image_to_tensor(downscale(degraded, args.max_validation_size))[None].to(device)
+        x0 = image_to_tensor(fit_for_validation(clean, args.max_validation_size, args.validation_fit))[None].to(device)
+        y = image_to_tensor(fit_for_validation(degraded, args.max_validation_size, args.validation_fit))[None].to(device)
         generator = torch.Generator(device=device).manual_seed(args.seed + i)
         restored = restore_image(adapter, y, patch_size=args.patch_size, stride=args.stride,
                                  num_inference_steps=args.num_inference_steps, eta=0.0, generator=generator,
@@ -267,7 +380,8 @@ def log_validation(adapter, validation, args, step, device, folder):
         shown["sigma"].append(adapter.prior_std(y)[0].mean(0).float().cpu().numpy())
     plot_image_restorations(os.path.join(folder, f"step-{step:06d}.png"), **shown,
                             scores=[(f"{a:.2f} dB", f"{b:.2f} dB") for a, b in zip(psnrs_degraded, psnrs)],
-                            title=f"validation at step {step} ({args.mode}, {args.num_inference_steps} sampling steps)")
+                            title=f"{args.degradation}: validation at step {step} ({args.mode}, "
+                                  f"{args.num_inference_steps} sampling steps)")
     adapter.train(was_training)
     return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.nanmean(ssims)),
             "psnr_y_degraded": float(np.mean(psnrs_degraded)), "ssim_y_degraded": float(np.nanmean(ssims_degraded))}
@@ -302,7 +416,9 @@ def main(args):
     # Model, optimizer, EMA of the weights.
     adapter = build_adapter(args)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.learning_rate, weight_decay=0.0)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=args.lr_warmup_steps)
+    # Accelerate steps a prepared scheduler once per process at every optimizer step.
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
     ema = EMAModel(adapter.parameters(), decay=args.ema_decay) if args.ema_decay > 0 else None
     adapter, optimizer, lr_scheduler = accelerator.prepare(adapter, optimizer, lr_scheduler)
     if ema is not None:

@@ -1,7 +1,7 @@
 """The ``restoregrad`` command: restore files with a trained adapter, evaluate, show the learned prior.
 
-    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR
-    restoregrad evaluate --pred DIR --ref DIR
+    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4]
+    restoregrad evaluate --pred DIR --ref DIR [--lpips-network package.module:function]
     restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
 
 Images (PNG, JPEG, ...) of any size and WAV files are restored with the adapter's integration's
@@ -10,6 +10,10 @@ transform training used is applied and undone: the level (``input_peak``), the v
 residual, and for audio the sample rate (a file at another rate is resampled to the adapter's, as
 training resampled its data, and the result back to the file's rate). An adapter whose denoiser was saved as a plain state dict needs the model object:
 ``--model-factory package.module:function`` names a function (in your code) that builds it.
+A super-resolution adapter restores the bicubically up-sampled image it was trained on: give it that
+image, or the small one with ``--upscale FACTOR`` (enlarged bicubically as in training first).
+``evaluate`` scores PSNR(Y) and SSIM(Y) of images, and LPIPS when ``--lpips-network`` names a function
+(in your code) returning the feature network and its linear weights (nothing is downloaded).
 Outputs are written atomically: a temporary name, then a rename.
 """
 
@@ -44,17 +48,18 @@ def _kind(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------- adapters
-def _model_from_factory(spec: str | None):
+def _model_from_factory(spec: str | None, option: str = "--model-factory"):
+    """What the function named by ``spec`` (``package.module:function``, importable from the working folder) returns."""
     if spec is None:
         return None
     module_name, _, function = spec.partition(":")
     if not module_name or not function:
-        raise CommandError(f"--model-factory {spec!r} must look like package.module:function.")
+        raise CommandError(f"{option} {spec!r} must look like package.module:function.")
     sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), function)
     except (ImportError, AttributeError) as error:
-        raise CommandError(f"--model-factory {spec!r}: {error}") from None
+        raise CommandError(f"{option} {spec!r}: {error}") from None
     return factory()
 
 
@@ -82,6 +87,10 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     if _check_kind(adapter, path) == "image":
         image = read_image(path)
+        if args.upscale > 1:  # a super-resolution adapter's input: the small image enlarged as in training
+            from .data.blur_sr import bicubic_resize
+
+            image = bicubic_resize(image, (image.shape[0] * args.upscale, image.shape[1] * args.upscale))
         channels = adapter.hub_config.get("channels", 3)
         if channels != 3:
             raise CommandError(f"{path}: the adapter is for {channels}-channel images; RGB files give 3 channels.")
@@ -158,7 +167,10 @@ def command_restore(args) -> None:
         if not path.is_file():
             raise CommandError(f"{path}: no such file.")
     adapter = load_adapter(args.adapter, args.model_factory, args.device)
-    targets = plan_outputs(inputs, [_check_kind(adapter, path) for path in inputs], out)
+    kinds = [_check_kind(adapter, path) for path in inputs]
+    if args.upscale > 1 and "waveform" in kinds:
+        raise CommandError(f"--upscale {args.upscale} enlarges images; {inputs[kinds.index('waveform')]} is audio.")
+    targets = plan_outputs(inputs, kinds, out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -194,7 +206,20 @@ def _match(pred_dir: Path, ref_dir: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def evaluate_pairs(pairs: list[tuple[Path, Path]]) -> list[dict]:
+def _lpips_from_factory(spec: str | None):
+    """``(feature_network, linear_weights)`` from ``--lpips-network package.module:function``, or None."""
+    if spec is None:
+        return None
+    built = _model_from_factory(spec, "--lpips-network")
+    if not (isinstance(built, tuple) and len(built) == 2 and isinstance(built[0], torch.nn.Module)):
+        raise CommandError(f"--lpips-network {spec!r} must return (feature_network, linear_weights): an nn.Module "
+                           "giving a list of feature maps, and one channel-weight tensor per map.")
+    return built[0].eval(), built[1]
+
+
+def evaluate_pairs(pairs: list[tuple[Path, Path]], lpips_network=None) -> list[dict]:
+    """One row of metrics per ``(pred, ref)`` pair; ``lpips_network``: ``(feature_network, linear_weights)``
+    to add LPIPS to the images' PSNR(Y) and SSIM(Y)."""
     from . import metrics
 
     rows = []
@@ -210,6 +235,8 @@ def evaluate_pairs(pairs: list[tuple[Path, Path]]) -> list[dict]:
             p, r = (torch.from_numpy(a).permute(2, 0, 1)[None] for a in (pred, ref))
             row["PSNR_Y"] = metrics.psnr_y(p, r).item()
             row["SSIM_Y"] = metrics.ssim_y(p, r).item() if min(p.shape[-2:]) >= 11 else float("nan")
+            if lpips_network is not None:
+                row["LPIPS"] = metrics.lpips(p, r, *lpips_network).item()
         else:
             (pred, rate), (ref, ref_rate) = read_audio(pred_path), read_audio(ref_path)
             if rate != ref_rate or len(pred) != len(ref):
@@ -237,7 +264,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def command_evaluate(args) -> None:
-    rows = evaluate_pairs(_match(Path(args.pred), Path(args.ref)))
+    rows = evaluate_pairs(_match(Path(args.pred), Path(args.ref)), _lpips_from_factory(args.lpips_network))
     print(format_table(rows))
 
 
@@ -326,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--stride", type=_positive_int, default=None,
                          help="patch stride for images larger than the model's patch (default patch / 4)")
     restore.add_argument("--patch-batch-size", type=_positive_int, default=64)
+    restore.add_argument("--upscale", type=_positive_int, default=1,
+                         help="enlarge each image this many times (bicubic, as in training) before restoring: the "
+                              "input of a super-resolution adapter made from a small image (default 1: as it is)")
     restore.add_argument("--seed", type=int, default=0)
     restore.add_argument("--quiet", action="store_true", help="no progress bars")
     restore.set_defaults(run=command_restore)
@@ -333,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="metrics of restored files against references of the same name")
     evaluate.add_argument("--pred", required=True)
     evaluate.add_argument("--ref", required=True)
+    evaluate.add_argument("--lpips-network", default=None,
+                          help="package.module:function returning (feature_network, linear_weights) for LPIPS "
+                               "(restoregrad_adapter.metrics.lpips); images only")
     evaluate.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     evaluate.set_defaults(run=command_evaluate)
 

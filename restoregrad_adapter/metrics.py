@@ -7,6 +7,10 @@ for ``R, G, B`` in ``[0, 1]``, so that ``Y`` lies in ``[16/255, 235/255]``.
 Y is kept on the ``[0, 1]`` scale, so a data range of 1 is used for both
 PSNR and SSIM (equivalent to the usual 0-255 computation with peak 255).
 
+LPIPS (:func:`lpips`) and FID (:func:`fid`) need a backbone network whose weights the user supplies;
+nothing is downloaded. No-reference NIQE is not provided: no maintained implementation of it works
+offline with this library's dependencies (docs/deblur_sr.md says why).
+
 Speech metrics take waveforms shaped ``(B, L)`` or ``(B, 1, L)``.
 
 Every function returns one value per batch item, as a tensor of shape
@@ -33,6 +37,8 @@ __all__ = [
     "EVALUATE_MODULES",
     "evaluate_module_path",
     "fid",
+    "lpips",
+    "lpips_linear_weights",
     "pesq_wb",
     "psnr_y",
     "rgb_to_y",
@@ -423,6 +429,105 @@ def fid(pred: torch.Tensor, target: torch.Tensor, feature_extractor: torch.nn.Mo
         for start in range(0, images.shape[0], batch_size):
             metric.update(images[start:start + batch_size], real=real)
     return float(metric.compute())
+
+
+#: LPIPS's input scaling (Zhang et al. 2018): the [-1, 1] image minus ``shift``, divided by ``scale``,
+#: per RGB channel: ImageNet's normalisation written for [-1, 1] inputs.
+_LPIPS_SHIFT: tuple[float, float, float] = (-0.030, -0.088, -0.188)
+_LPIPS_SCALE: tuple[float, float, float] = (0.458, 0.448, 0.450)
+#: Added to a feature vector's norm before dividing by it, as LPIPS does.
+_LPIPS_EPS: float = 1e-10
+
+
+def lpips_linear_weights(state_dict) -> list[torch.Tensor]:
+    """The per-layer channel weights of a published LPIPS linear-layer file, as :func:`lpips` takes them.
+
+    LPIPS v0.1's files (``alex.pth``, ``vgg.pth``, ``squeeze.pth``, loaded by the user with
+    ``torch.load``) hold one ``1 x C x 1 x 1`` tensor per layer under ``lin0.model.1.weight``,
+    ``lin1.model.1.weight``, ...; they are returned in layer order as ``(C,)`` tensors.
+    """
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"`state_dict` must be a dict of LPIPS linear-layer weights, got {type(state_dict).__name__}")
+    weights = []
+    while f"lin{len(weights)}.model.1.weight" in state_dict:
+        weight = state_dict[f"lin{len(weights)}.model.1.weight"]
+        if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[0] != 1 \
+                or weight.shape[2:] != (1, 1):
+            raise ValueError(f"`state_dict` entry lin{len(weights)}.model.1.weight must be a 1 x C x 1 x 1 tensor, "
+                             f"got {getattr(weight, 'shape', type(weight).__name__)}")
+        weights.append(weight.reshape(-1))
+    if not weights:
+        raise ValueError("`state_dict` has no key 'lin0.model.1.weight': not an LPIPS linear-layer file "
+                         f"(keys: {sorted(state_dict)[:5]})")
+    return weights
+
+
+def lpips(pred: torch.Tensor, target: torch.Tensor, feature_network: torch.nn.Module, linear_weights,
+          scale_inputs: bool = True) -> torch.Tensor:
+    """Learned perceptual image patch similarity (LPIPS, Zhang et al. 2018), one value per image pair.
+
+    The backbone and its weights are the user's, as for :func:`fid`; nothing is downloaded. The
+    usual LPIPS is AlexNet's five ReLU outputs (``conv1`` ... ``conv5``) with ImageNet weights and
+    LPIPS v0.1's linear weights (:func:`lpips_linear_weights`). The published formula:
+
+    ``d(x, x') = sum_l mean_{h,w} sum_c w_lc (f_lchw / |f_l.hw| - f'_lchw / |f'_l.hw|)^2``
+
+    where ``f_l`` are layer ``l``'s features, each pixel's feature vector is divided by its
+    Euclidean norm over the channels (plus 1e-10) and ``w_l`` are the layer's non-negative channel
+    weights. Lower is more similar; identical images give 0.
+
+    Args:
+        pred: restored images ``(B, 3, H, W)`` in [0, 1].
+        target: reference images, same shape, dtype and device.
+        feature_network: an ``nn.Module`` mapping ``(B, 3, H, W)`` images to a list or tuple of ``L``
+            feature maps ``(B, C_l, H_l, W_l)``. Put it in ``eval()`` mode yourself; it runs without
+            gradients.
+        linear_weights: ``L`` non-negative tensors of ``C_l`` channel weights (or ``1 x C_l x 1 x 1``).
+        scale_inputs: feed the network LPIPS's scaled images, ``(2 x - 1 - shift) / scale`` with
+            ``shift = (-0.030, -0.088, -0.188)`` and ``scale = (0.458, 0.448, 0.450)`` (ImageNet's
+            normalisation), as the published metric does; ``False`` feeds the [0, 1] images as they are.
+
+    Returns:
+        ``(B,)`` tensor on the input device.
+    """
+    if not isinstance(feature_network, torch.nn.Module):
+        raise ValueError("`feature_network` must be an nn.Module mapping (B, 3, H, W) images to a list of feature "
+                         f"maps (e.g. AlexNet's ReLU outputs with your weights), got {type(feature_network).__name__}")
+    pred, target = _check_image_pair(pred, target)
+    if pred.shape[1] != 3:
+        raise ValueError(f"`pred` and `target` must be RGB images (B, 3, H, W), got shape {tuple(pred.shape)}")
+    if isinstance(linear_weights, torch.Tensor) or not isinstance(linear_weights, (list, tuple)) or not linear_weights:
+        raise ValueError("`linear_weights` must be a non-empty list of per-layer channel-weight tensors, got "
+                         f"{type(linear_weights).__name__}")
+    weights = []
+    for number, weight in enumerate(linear_weights):
+        if not isinstance(weight, torch.Tensor) or not torch.is_floating_point(weight):
+            raise ValueError(f"`linear_weights[{number}]` must be a floating-point tensor, got "
+                             f"{getattr(weight, 'dtype', type(weight).__name__)}")
+        if weight.numel() == 0 or not bool(torch.isfinite(weight).all()) or bool((weight < 0).any()):
+            raise ValueError(f"`linear_weights[{number}]` must hold finite non-negative channel weights")
+        weights.append(weight.detach().reshape(-1).to(pred.device, pred.dtype))
+    if scale_inputs:
+        shift = torch.tensor(_LPIPS_SHIFT, dtype=pred.dtype, device=pred.device).view(1, 3, 1, 1)
+        scale = torch.tensor(_LPIPS_SCALE, dtype=pred.dtype, device=pred.device).view(1, 3, 1, 1)
+        pred, target = ((2 * x - 1 - shift) / scale for x in (pred, target))
+    with torch.no_grad():
+        features_pred, features_target = feature_network(pred), feature_network(target)
+    for name, features in (("pred", features_pred), ("target", features_target)):
+        if not isinstance(features, (list, tuple)) or len(features) != len(weights):
+            raise ValueError(f"`feature_network` must return a list of {len(weights)} feature maps (one per entry "
+                             f"of `linear_weights`), got {type(features).__name__} of length "
+                             f"{len(features) if isinstance(features, (list, tuple)) else '-'} for `{name}`")
+    distance = torch.zeros(pred.shape[0], dtype=pred.dtype, device=pred.device)
+    for number, (a, b, weight) in enumerate(zip(features_pred, features_target, weights)):
+        if not isinstance(a, torch.Tensor) or a.ndim != 4 or a.shape != b.shape or a.shape[1] != weight.numel():
+            raise ValueError(f"feature map {number} must have shape (B, {weight.numel()}, H, W) to match "
+                             f"`linear_weights[{number}]`, got {tuple(getattr(a, 'shape', ()))}")
+        unit_a = a / (a.norm(dim=1, keepdim=True) + _LPIPS_EPS)
+        unit_b = b / (b.norm(dim=1, keepdim=True) + _LPIPS_EPS)
+        weighted = ((unit_a - unit_b) ** 2 * weight.view(1, -1, 1, 1)).sum(dim=1)
+        distance = distance + weighted.mean(dim=(1, 2)).to(distance.dtype)
+    return distance
 
 
 # --------------------------------------------------------------------------- #

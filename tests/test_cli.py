@@ -174,3 +174,54 @@ def test_clear_errors(image_adapter, speech_adapter, tmp_path, capsys):
                                                       str(tmp_path / "broken.png"), "-o", str(tmp_path / "o")])
     assert "is not a folder" in error(["evaluate", "--pred", str(tmp_path / "nope"), "--ref", str(tmp_path)])
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_restore_upscale_enlarges_bicubically_as_training_does(image_adapter, tmp_path, speech_adapter, capsys):
+    from restoregrad_adapter.data.blur_sr import bicubic_resize
+    from restoregrad_adapter.io import read_image
+
+    write_png(tmp_path / "small.png", 10, 13, seed=3)
+    out = tmp_path / "out"
+    assert main(["restore", "--adapter", str(image_adapter), str(tmp_path / "small.png"), "-o", str(out),
+                 "--steps", "2", "--quiet", "--upscale", "2"]) == 0
+    restored = np.asarray(Image.open(out / "small.png"), dtype=np.float64) / 255
+    assert restored.shape == (20, 26, 3)
+
+    # the same as restoring the bicubically enlarged image (the y of super-resolution training) directly
+    adapter = RestoreGrad.from_pretrained(image_adapter, load_posterior=False).eval()
+    y = bicubic_resize(read_image(tmp_path / "small.png"), (20, 26))
+    expected = adapter.restore(torch.from_numpy(y).permute(2, 0, 1)[None] * 2 - 1, num_inference_steps=2, eta=0.0,
+                               generator=torch.Generator().manual_seed(0), progress=False)
+    expected = ((expected[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(restored, expected, atol=0.5 / 255 + 1e-6)
+
+    soundfile.write(tmp_path / "speech.wav", np.zeros(4000, dtype=np.float32), 16000)
+    assert main(["restore", "--adapter", str(speech_adapter), str(tmp_path / "speech.wav"), "-o", str(out),
+                 "--upscale", "2"]) == 2
+    assert "enlarges images" in capsys.readouterr().err
+
+
+def test_evaluate_adds_lpips_with_a_network_from_the_users_code(tmp_path, monkeypatch, capsys):
+    (tmp_path / "my_lpips.py").write_text(
+        "import torch\n"
+        "class Pixels(torch.nn.Module):\n"
+        "    def forward(self, images):\n"
+        "        return [images]\n"
+        "def build():\n"
+        "    return Pixels(), [torch.ones(3)]\n"
+        "def wrong():\n"
+        "    return 'alexnet'\n")
+    monkeypatch.chdir(tmp_path)
+    for folder, colour in (("pred", (255, 0, 0)), ("ref", (0, 255, 0))):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((12, 12, 3), colour, np.uint8)).save(tmp_path / folder / "x.png")
+    assert main(["evaluate", "--pred", "pred", "--ref", "ref", "--lpips-network", "my_lpips:build"]) == 0
+    header, _, row, _ = capsys.readouterr().out.splitlines()
+    values = dict(zip(header.split(), row.split()))
+    # the scaled colours, unit-normalised: the published formula by hand
+    shift, scale = np.array([-0.030, -0.088, -0.188]), np.array([0.458, 0.448, 0.450])
+    red, green = ((np.array(c, float) * 2 - 1 - shift) / scale for c in ((1, 0, 0), (0, 1, 0)))
+    expected = np.sum((red / np.linalg.norm(red) - green / np.linalg.norm(green)) ** 2)
+    assert float(values["LPIPS"]) == pytest.approx(expected, abs=1e-4)
+    assert main(["evaluate", "--pred", "pred", "--ref", "ref", "--lpips-network", "my_lpips:wrong"]) == 2
+    assert "must return (feature_network, linear_weights)" in capsys.readouterr().err

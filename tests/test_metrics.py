@@ -440,3 +440,90 @@ def test_fid_with_a_user_backbone_matches_the_closed_form():
         fid(pred[:1], target, backbone)
     with pytest.raises(ValueError, match="target"):
         fid(pred, target * 2, backbone)
+
+
+# --------------------------------------------------------------------------- #
+# LPIPS with a feature network the user supplies
+# --------------------------------------------------------------------------- #
+class _PixelsAndPooled(torch.nn.Module):
+    """Two 'layers': the image itself and its 2 x 2 average pool (features whose LPIPS has a closed form)."""
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [images, torch.nn.functional.avg_pool2d(images, 2)]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / (np.linalg.norm(v) + 1e-10)
+
+
+def test_lpips_of_flat_images_is_the_weighted_distance_of_unit_colours() -> None:
+    from restoregrad_adapter.metrics import lpips
+
+    a_colour, b_colour = np.array([0.2, 0.5, 0.9]), np.array([0.7, 0.1, 0.4])
+    pred = torch.tensor(a_colour, dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 8, 8).contiguous()
+    target = torch.tensor(b_colour, dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 8, 8).contiguous()
+    w0, w1 = np.array([1.0, 2.0, 0.5]), np.array([0.25, 0.0, 3.0])
+    weights = [torch.tensor(w0), torch.tensor(w1)]
+    per_layer = float(np.sum(w0 * (_unit(a_colour) - _unit(b_colour)) ** 2))
+    per_layer_1 = float(np.sum(w1 * (_unit(a_colour) - _unit(b_colour)) ** 2))
+    value = lpips(pred, target, _PixelsAndPooled(), weights, scale_inputs=False)
+    assert value.shape == (1,)
+    assert value.item() == pytest.approx(per_layer + per_layer_1, rel=1e-12)
+
+    # LPIPS's own input scaling: the network sees (2 x - 1 - shift) / scale
+    shift, scale = np.array([-0.030, -0.088, -0.188]), np.array([0.458, 0.448, 0.450])
+    a_scaled, b_scaled = (2 * a_colour - 1 - shift) / scale, (2 * b_colour - 1 - shift) / scale
+    expected = sum(float(np.sum(w * (_unit(a_scaled) - _unit(b_scaled)) ** 2)) for w in (w0, w1))
+    assert lpips(pred, target, _PixelsAndPooled(), weights).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_lpips_averages_over_positions_and_is_zero_for_identical_images() -> None:
+    from restoregrad_adapter.metrics import lpips
+
+    # Left half red in pred, green in target; right halves equal: only the left half differs. One layer.
+    pred = torch.zeros(2, 3, 4, 4)
+    target = torch.zeros(2, 3, 4, 4)
+    pred[:, 0, :, :2] = 1.0
+    target[:, 1, :, :2] = 1.0
+    pred[:, 2, :, 2:] = target[:, 2, :, 2:] = 0.5
+    pred[1] = target[1]  # the second pair is identical
+    weight = [torch.tensor([1.0, 1.0, 1.0])]
+    value = lpips(pred, target, _PixelsAndPooled().eval(), weight + [torch.zeros(3)], scale_inputs=False)
+    # left half: |e_r - e_g|^2 = 2 over half of the positions
+    assert value.tolist() == pytest.approx([1.0, 0.0], abs=1e-6)
+    assert lpips(target, pred, _PixelsAndPooled(), weight + [torch.zeros(3)], scale_inputs=False).tolist() == \
+        pytest.approx(value.tolist(), abs=1e-7)
+
+
+def test_lpips_linear_weights_read_the_published_file_layout() -> None:
+    from restoregrad_adapter.metrics import lpips_linear_weights
+
+    state = {"lin0.model.1.weight": torch.arange(3.0).view(1, 3, 1, 1),
+             "lin1.model.1.weight": torch.ones(1, 5, 1, 1)}
+    weights = lpips_linear_weights(state)
+    assert [w.tolist() for w in weights] == [[0.0, 1.0, 2.0], [1.0] * 5]
+    with pytest.raises(ValueError, match="lin0.model.1.weight"):
+        lpips_linear_weights({"weight": torch.ones(3)})
+    with pytest.raises(ValueError, match="1 x C x 1 x 1"):
+        lpips_linear_weights({"lin0.model.1.weight": torch.ones(3)})
+    with pytest.raises(ValueError, match="state_dict"):
+        lpips_linear_weights([torch.ones(1, 3, 1, 1)])
+
+
+def test_lpips_bad_inputs_name_the_argument() -> None:
+    from restoregrad_adapter.metrics import lpips
+
+    images = torch.rand(1, 3, 8, 8)
+    net, weights = _PixelsAndPooled(), [torch.ones(3), torch.ones(3)]
+    cases = [
+        (lambda: lpips(images, images, "alex", weights), "feature_network"),
+        (lambda: lpips(images, images * 2, net, weights), "target"),
+        (lambda: lpips(images[:, :1], images[:, :1], net, weights), "RGB"),
+        (lambda: lpips(images, images, net, torch.ones(3)), "linear_weights"),
+        (lambda: lpips(images, images, net, [torch.ones(3)]), "list of 1 feature maps"),
+        (lambda: lpips(images, images, net, [torch.ones(3), -torch.ones(3)]), r"linear_weights\[1\]"),
+        (lambda: lpips(images, images, net, [torch.ones(3), torch.ones(4)]), r"feature map 1 must have shape"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()

@@ -213,3 +213,83 @@ def test_the_benchmarks_train_with_the_training_scripts_recipes(monkeypatch):
     for task, script in (("image", "train_weather"), ("speech", "train_speech")):
         assert {name: recipes[task] for name, recipes in tasks.RECIPES.items()} == load_script(script).RECIPES
         assert load_script(script).parse_args([]).recipe == tasks.DEFAULT_RECIPE[task]
+
+
+def test_train_weather_degradation_defaults_keep_the_weather_preset():
+    script = load_script("train_weather")
+    default = script.parse_args([])
+    assert default.degradation == "mixed" and default.validation_fit == "downscale"
+    weather = (96, 256, 32, 1200, 1e-3, 10)
+    chosen = lambda a: (a.builtin_size, a.max_validation_size, a.patch_size, a.max_train_steps,  # noqa: E731
+                        a.learning_rate, a.num_inference_steps)
+    assert chosen(default) == weather and default.lr_scheduler == "constant_with_warmup"
+    for name in ("rain", "snow", "raindrop"):
+        assert chosen(script.parse_args(["--degradation", name])) == weather
+    for name in ("motion_blur", "defocus", "gaussian_blur"):
+        args = script.parse_args(["--degradation", name])
+        assert args.validation_fit == "crop" and chosen(args) == (96, 256, 32, 1200, 3e-3, 2)
+    for name in ("sr2", "sr4"):
+        args = script.parse_args(["--degradation", name])
+        assert args.validation_fit == "crop" and chosen(args) == (192, 128, 32, 1200, 3e-3, 2)
+    given = script.parse_args(["--degradation", "sr4", "--validation_fit", "downscale", "--learning_rate", "1e-4",
+                               "--builtin_size", "64", "--num_inference_steps", "5"])
+    assert (given.validation_fit, given.learning_rate, given.builtin_size, given.num_inference_steps) == (
+        "downscale", 1e-4, 64, 5)
+    image = np.arange(10 * 14 * 3, dtype=np.float32).reshape(10, 14, 3) / 500
+    np.testing.assert_array_equal(script.fit_for_validation(image, 6, "crop"), image[2:8, 4:10])
+    assert script.fit_for_validation(image, 7, "downscale").shape == (5, 7, 3)
+    assert script.fit_for_validation(image, 20, "crop") is image
+
+
+def test_train_weather_built_in_deblurring_and_super_resolution(tmp_path):
+    for degradation, drawn in (("motion_blur", "motion blur drawn in code"),
+                               ("sr4", "bicubic x4 down- and up-sampling drawn in code")):
+        out = tmp_path / degradation
+        log = run([sys.executable, "examples/train_weather.py", *TINY_WEATHER, "--degradation", degradation,
+                   "--num_validation_images", "2", "--max_train_steps", "1", "--validation_steps", "1",
+                   "--checkpointing_steps", "1", "--output_dir", str(out)])
+        assert f"({drawn}), 2 held-out photos" in log
+        validation = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+                      if json.loads(line)["kind"] == "validation"]
+        assert [r["step"] for r in validation] == [0, 1]
+        assert all(r["psnr_y_degraded"] > 15 and 0 < r["ssim_y_degraded"] < 1 for r in validation)
+        assert (out / "validation" / "step-000001.png").is_file() and (out / "adapter").is_dir()
+
+
+def _write_png(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def test_train_weather_reads_realblur_lists_and_div2k(tmp_path):
+    from restoregrad_adapter.data.blur_sr import bicubic_downsample
+
+    rng = np.random.default_rng(0)
+    realblur = tmp_path / "RealBlur"
+    scene = "RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene001"
+    lines = []
+    for i in range(3):
+        _write_png(realblur / scene / "gt" / f"gt_{i}.png", rng.integers(0, 256, (24, 28, 3), dtype=np.uint8))
+        _write_png(realblur / scene / "blur" / f"blur_{i}.png", rng.integers(0, 256, (24, 28, 3), dtype=np.uint8))
+        lines.append(f"{scene}/gt/gt_{i}.png {scene}/blur/blur_{i}.png\n")
+    (realblur / "RealBlur_J_train_list.txt").write_text("".join(lines))
+    log = run([sys.executable, "examples/train_weather.py", *TINY_WEATHER, "--degradation", "motion_blur",
+               "--train_data_dir", str(realblur / "RealBlur_J_train_list.txt"), "--max_train_steps", "1",
+               "--validation_steps", "1", "--checkpointing_steps", "1", "--output_dir", str(tmp_path / "run_rb")])
+    assert "2 pairs from" in log and "RealBlur_J_train_list.txt" in log
+
+    div2k = tmp_path / "DIV2K"
+    for split, numbers in (("train", ("0001", "0002")), ("valid", ("0801",))):
+        for number in numbers:
+            high = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            _write_png(div2k / f"DIV2K_{split}_HR" / f"{number}.png", high)
+            low = (bicubic_downsample(high.astype(np.float32) / 255, 4) * 255).round().astype(np.uint8)
+            _write_png(div2k / f"DIV2K_{split}_LR_bicubic" / "X4" / f"{number}x4.png", low)
+    log = run([sys.executable, "examples/train_weather.py", *TINY_WEATHER, "--degradation", "sr4",
+               "--train_data_dir", str(div2k), "--max_train_steps", "1", "--validation_steps", "1",
+               "--checkpointing_steps", "1", "--output_dir", str(tmp_path / "run_div2k")])
+    assert "2 DIV2K x4 pairs from" in log and "validation PSNR(Y)" in log
+    failed = subprocess.run([sys.executable, "examples/train_weather.py", *TINY_WEATHER, "--degradation", "sr2",
+                             "--train_data_dir", str(div2k), "--max_train_steps", "1",
+                             "--output_dir", str(tmp_path / "run_x2")], cwd=ROOT, capture_output=True, text=True)
+    assert failed.returncode != 0 and "DIV2K_train_LR_bicubic/X2 is not a folder" in failed.stderr

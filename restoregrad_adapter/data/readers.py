@@ -9,9 +9,15 @@ Image layouts (:func:`image_pair_files`):
 - a WeatherDiff/AllWeather file list: a ``.txt`` of degraded image paths, one a line (relative to
   the list's folder); the clean image is the same path with the last folder named ``input`` replaced
   by ``gt``;
+- a RealBlur file list (``RealBlur_J_train_list.txt``, ...): a ``.txt`` with two paths a line, the
+  ground truth then the blurred image, relative to the list's folder (the dataset's root);
 - a RainDrop-style folder with ``input/`` and ``gt/``: the same file name, or ``rain`` -> ``clean``;
 - an imagefolder whose ``metadata.jsonl`` rows name the degraded ``file_name`` and the clean image
   in a column (``clean_column``).
+
+Super-resolution: DIV2K's ``DIV2K_train_HR/0001.png`` with ``DIV2K_train_LR_bicubic/X4/0001x4.png``
+(:func:`div2k_pair_files`); :func:`read_sr_pair` reads such a pair and up-samples the low-resolution
+image bicubically to the high-resolution size, the ``y`` of SR3-style conditional models.
 
 Audio layouts: two folders of files with the same names (:func:`audio_pair_files`), and
 VoiceBank+DEMAND (:func:`voicebank_pair_files`).
@@ -29,8 +35,13 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "image_pair_files",
     "pairs_from_file_list",
+    "pairs_from_realblur_list",
     "pairs_from_input_gt",
     "pairs_from_metadata",
+    "DIV2K_SPLITS",
+    "DIV2K_TRACKS",
+    "div2k_pair_files",
+    "read_sr_pair",
     "audio_pair_files",
     "voicebank_pair_files",
     "read_image_pair",
@@ -46,23 +57,51 @@ AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 # ---------------------------------------------------------------------- image layouts
+def _list_lines(list_file: Path) -> list[tuple[int, str]]:
+    """The non-empty lines of a file list as ``(line number, the line without surrounding white space)``."""
+    try:
+        text = list_file.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{list_file}: cannot read the file list ({error})") from None
+    return [(number, line.strip()) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def _listed_path(list_file: Path, entry: str) -> Path:
+    """A path of a file list: absolute, or relative to the list's folder (or, failing that, the working folder)."""
+    path = Path(entry) if Path(entry).is_absolute() else (list_file.parent / entry)
+    if not path.exists() and Path(entry).exists():
+        path = Path(entry)
+    return path
+
+
 def pairs_from_file_list(list_file) -> list[tuple[str, str]]:
     """``(clean, degraded)`` paths of a WeatherDiff/AllWeather list of degraded images (``input`` -> ``gt``)."""
     list_file = Path(list_file)
     pairs = []
-    for line in list_file.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        degraded = Path(line) if Path(line).is_absolute() else (list_file.parent / line)
-        if not degraded.exists() and Path(line).exists():
-            degraded = Path(line)
+    for _, line in _list_lines(list_file):
+        degraded = _listed_path(list_file, line)
         parts = list(degraded.parts)
         if "input" not in parts:
             raise ValueError(f"{list_file}: path {line!r} has no folder named 'input' to map to 'gt'")
         index = len(parts) - 1 - parts[::-1].index("input")
         clean = Path(*parts[:index], "gt", *parts[index + 1:])
         pairs.append((str(clean), str(degraded)))
+    return pairs
+
+
+def pairs_from_realblur_list(list_file) -> list[tuple[str, str]]:
+    """``(clean, degraded)`` paths of a RealBlur list: each line is a ground-truth path and a blurred path,
+    separated by white space, relative to the list's folder, e.g.
+    ``RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene230/gt/gt_1.png
+    RealBlur-J_ECC_IMCORR_centroid_itensity_ref/scene230/blur/blur_1.png``."""
+    list_file = Path(list_file)
+    pairs = []
+    for number, line in _list_lines(list_file):
+        fields = line.split()
+        if len(fields) != 2:
+            raise ValueError(f"{list_file} line {number}: expected a ground-truth path and a blurred path "
+                             f"(a RealBlur list), got {len(fields)} field(s)")
+        pairs.append((str(_listed_path(list_file, fields[0])), str(_listed_path(list_file, fields[1]))))
     return pairs
 
 
@@ -101,24 +140,92 @@ def pairs_from_metadata(folder, clean_column: str) -> list[tuple[str, str]]:
 def image_pair_files(location, clean_column: str = "target") -> list[tuple[str, str]]:
     """``(clean, degraded)`` image paths of a file list, an ``input/`` + ``gt/`` folder or an imagefolder.
 
-    Raises a ValueError when ``location`` is none of the layouts, names a missing file or holds no pair.
+    A ``.txt`` list is a RealBlur list when its first line is two paths separated by white space (and
+    not one existing path with a space in its name), otherwise a WeatherDiff/AllWeather list. Raises a
+    ValueError when ``location`` is none of the layouts, names a missing file or holds no pair.
     """
     path = Path(location)
     if path.is_file() and path.suffix == ".txt":
-        pairs = pairs_from_file_list(path)
+        lines = _list_lines(path)
+        realblur = bool(lines) and len(lines[0][1].split()) == 2 and not _listed_path(path, lines[0][1]).exists()
+        pairs = pairs_from_realblur_list(path) if realblur else pairs_from_file_list(path)
     elif (path / "input").is_dir() and (path / "gt").is_dir():
         pairs = pairs_from_input_gt(path)
     elif (path / "metadata.jsonl").is_file():
         pairs = pairs_from_metadata(path, clean_column)
+    elif any(path.glob("DIV2K_*_HR")):
+        raise ValueError(f"{location} is a DIV2K folder: its pairs differ in size; read them with "
+                         "div2k_pair_files and read_sr_pair")
     else:
-        raise ValueError(f"{location} is not a .txt file list, a folder with input/ and gt/, or an imagefolder "
-                         "with metadata.jsonl")
+        raise ValueError(f"{location} is not a .txt file list (WeatherDiff or RealBlur), a folder with input/ and "
+                         "gt/, or an imagefolder with metadata.jsonl")
     missing = [p for pair in pairs for p in pair if not Path(p).exists()]
     if missing:
         raise ValueError(f"{len(missing)} listed image(s) do not exist, e.g. {missing[0]}")
     if not pairs:
         raise ValueError(f"no image pairs found in {location}")
     return pairs
+
+
+# ---------------------------------------------------------------------- super-resolution layouts
+#: DIV2K's splits: ``DIV2K_<split>_HR/`` holds the high-resolution images.
+DIV2K_SPLITS = ("train", "valid")
+#: DIV2K's down-sampling tracks with factors 2, 3 and 4: ``DIV2K_<split>_LR_<track>/X<scale>/``.
+DIV2K_TRACKS = ("bicubic", "unknown")
+
+
+def div2k_pair_files(root, split: str = "train", scale: int = 4, track: str = "bicubic") -> list[tuple[str, str]]:
+    """``(high-resolution, low-resolution)`` paths of DIV2K, sorted by name.
+
+    ``root/DIV2K_<split>_HR/0001.png`` pairs with ``root/DIV2K_<split>_LR_<track>/X<scale>/0001x<scale>.png``
+    (e.g. ``DIV2K_train_LR_bicubic/X4/0001x4.png``; the validation split is ``valid``, images 0801-0900).
+    Read a pair with :func:`read_sr_pair`. Raises a ValueError naming the folder or file that is missing.
+    """
+    if split not in DIV2K_SPLITS:
+        raise ValueError(f"split must be one of {DIV2K_SPLITS}, got {split!r}")
+    if track not in DIV2K_TRACKS:
+        raise ValueError(f"track must be one of {DIV2K_TRACKS}, got {track!r}")
+    if isinstance(scale, bool) or scale not in (2, 3, 4):
+        raise ValueError(f"scale must be 2, 3 or 4 (DIV2K's X2, X3, X4), got {scale!r}")
+    root = Path(root)
+    high_dir = root / f"DIV2K_{split}_HR"
+    low_dir = root / f"DIV2K_{split}_LR_{track}" / f"X{scale}"
+    for folder in (high_dir, low_dir):
+        if not folder.is_dir():
+            raise ValueError(f"{folder} is not a folder; a DIV2K root holds DIV2K_{split}_HR/ and "
+                             f"DIV2K_{split}_LR_{track}/X{scale}/")
+    pairs = []
+    for high in sorted(high_dir.iterdir()):
+        if high.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        low = low_dir / f"{high.stem}x{scale}{high.suffix}"
+        if not low.is_file():
+            raise ValueError(f"no low-resolution image {low} for {high}")
+        pairs.append((str(high), str(low)))
+    if not pairs:
+        raise ValueError(f"no images in {high_dir}")
+    return pairs
+
+
+def read_sr_pair(high, low, scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(x0, y)`` of super-resolution: the high-resolution image, and the low-resolution one up-sampled
+    bicubically to its size (:func:`restoregrad_adapter.data.blur_sr.bicubic_resize`); ``HxWx3`` float32.
+
+    The low-resolution image must be ``scale`` times smaller, its sides rounded down or up (as MATLAB's
+    ``imresize`` rounds); anything else raises a ValueError naming both files.
+    """
+    from ..io import read_image
+    from .blur_sr import bicubic_resize
+
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    x0, small = read_image(high), read_image(low)
+    for side, (big, little) in zip(("height", "width"), zip(x0.shape[:2], small.shape[:2])):
+        if little not in (big // scale, -(-big // scale)):
+            raise ValueError(f"the low-resolution image {low} is {small.shape[1]} x {small.shape[0]}, but {high} "
+                             f"({x0.shape[1]} x {x0.shape[0]}) shrunk {scale} times needs a {side} of "
+                             f"{big / scale:g}")
+    return x0, bicubic_resize(small, x0.shape[:2])
 
 
 # ---------------------------------------------------------------------- audio layouts
