@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 from restoregrad_adapter import MODES, LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
 from restoregrad_adapter.encoders import ENCODERS, downsample_of
 from restoregrad_adapter.loss import WEIGHTINGS
-from restoregrad_adapter.data import LazyPairs
+from restoregrad_adapter.data import AUGMENTATIONS, LazyPairs
 from restoregrad_adapter.data.blur_sr import KINDS as BLUR_SR_KINDS, SR_SCALES
 from restoregrad_adapter.data.readers import (
     div2k_pair_files,
@@ -75,6 +75,7 @@ from restoregrad_adapter.reference_nets import WeatherUNet
 from restoregrad_adapter.training import (
     JsonLog,
     RandomCropDataset,
+    usable_cpus,
     StepBatchSampler,
     describe_learning,
     ema_weights,
@@ -117,7 +118,7 @@ DEGRADATIONS = WEATHER_DEGRADATIONS + BLUR_SR_KINDS
 #: learning rate, and 2 sampling steps keep the restoration near the posterior mean (10 steps draw
 #: textures that are not there). Super-resolution uses larger photos (a x4 low-resolution image of a
 #: 96-pixel photo is 24 pixels wide) and crops validation images to 128 pixels.
-WEATHER_DEFAULTS = {"builtin_size": 96, "max_validation_size": 256, "validation_fit": "downscale",
+WEATHER_DEFAULTS = {"builtin_size": 96, "augment": "none", "max_validation_size": 256, "validation_fit": "downscale",
                     "learning_rate": 1e-3, "num_inference_steps": 10}
 BLUR_DEFAULTS = {**WEATHER_DEFAULTS, "validation_fit": "crop", "learning_rate": 3e-3, "num_inference_steps": 2}
 SR_DEFAULTS = {**BLUR_DEFAULTS, "builtin_size": 192, "max_validation_size": 128}
@@ -153,6 +154,9 @@ def parse_args(argv=None):
     g.add_argument("--validation_fit", choices=("downscale", "crop"), default=None,
                    help="how a larger validation image is brought to --max_validation_size: downscaled (the "
                         "weather tasks' default) or centre-cropped (deblurring and super-resolution)")
+    g.add_argument("--augment", choices=AUGMENTATIONS, default=None,
+                   help="the same random mirror and rotation of both training crops: none, hflip (left-right "
+                        "mirror) or dihedral (any of the square's 8 symmetries; default: the task's)")
     g = parser.add_argument_group("model")
     g.add_argument("--model_size", choices=tuple(UNET_SIZES), default="tiny")
     g.add_argument("--patch_size", type=int, default=32)
@@ -400,8 +404,8 @@ def main(args):
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.mode != "restoregrad")],
     )
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
-        # `accelerate launch` pins one thread per process (OMP_NUM_THREADS=1); a single process may use every core.
-        torch.set_num_threads(os.cpu_count() or 1)
+        # `accelerate launch` pins one thread per process (OMP_NUM_THREADS=1); a single process may use every core it is allowed (taskset, cpuset).
+        torch.set_num_threads(usable_cpus())
     set_seed(args.seed)
     start_time = time.time()
     validation_dir = os.path.join(args.output_dir, "validation")
@@ -411,7 +415,7 @@ def main(args):
     # Data: example i is an aligned random patch of a random pair, drawn from (seed, i) only.
     pairs, validation, description = load_data(args)
     logger.info(f"data: {description}", main_process_only=True)
-    dataset = RandomCropDataset(pairs, args.patch_size, args.seed, image_to_tensor)
+    dataset = RandomCropDataset(pairs, args.patch_size, args.seed, image_to_tensor, augment=args.augment)
 
     # Model, optimizer, EMA of the weights.
     adapter = build_adapter(args)

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .data import random_crop
+from .data import AUGMENTATIONS, random_crop, random_flip_rotate
 from .io import atomic_path
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "StepBatchSampler",
     "RandomCropDataset",
     "resolve_report_to",
+    "usable_cpus",
     "is_due",
     "gather_loss_terms",
     "mean_loss_terms",
@@ -53,7 +54,7 @@ LOSS_TERMS = ("loss", "latent_reg", "denoise", "prior_match")
 
 # ---------------------------------------------------------------------- randomness
 def example_rng(seed: int, index: int) -> np.random.Generator:
-    """The random source of training example ``index`` (choice of pair, crop position)."""
+    """The random source of training example ``index`` (choice of pair, crop position, augmentation)."""
     return np.random.default_rng([seed, index])
 
 
@@ -95,12 +96,20 @@ class RandomCropDataset(torch.utils.data.Dataset):
         seed: the run's seed.
         to_tensor: ``array -> tensor`` for each crop (e.g.
             :func:`restoregrad_adapter.data.readers.image_to_tensor`).
+        augment: images only: the same random mirror and rotation of both crops, one of
+            :data:`restoregrad_adapter.data.AUGMENTATIONS` (:func:`~restoregrad_adapter.data.random_flip_rotate`),
+            drawn after the crop from the same generator, so ``"none"`` (the default) gives the crops of a
+            dataset without it.
 
     Returns ``(x0, y)`` tensors.
     """
 
-    def __init__(self, pairs: Sequence, size, seed: int, to_tensor: Callable, **crop_kwargs):
+    def __init__(self, pairs: Sequence, size, seed: int, to_tensor: Callable, *, augment: str = "none",
+                 **crop_kwargs):
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         self.pairs, self.size, self.seed, self.to_tensor, self.crop_kwargs = pairs, size, seed, to_tensor, crop_kwargs
+        self.augment = augment
 
     def __len__(self) -> int:
         return 2**62  # indexed by a StepBatchSampler, never iterated whole
@@ -109,7 +118,17 @@ class RandomCropDataset(torch.utils.data.Dataset):
         rng = example_rng(self.seed, index)
         x0, y = self.pairs[int(rng.integers(len(self.pairs)))]
         x0, y = random_crop(x0, y, self.size, rng, **self.crop_kwargs)
+        if self.augment != "none":
+            x0, y = random_flip_rotate(x0, y, rng, self.augment)
         return self.to_tensor(x0), self.to_tensor(y)
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on: its affinity mask (``taskset``, a container's cpuset) where
+    the platform has one, else ``os.cpu_count()``; at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def resolve_report_to(value: str):

@@ -423,6 +423,47 @@ def test_random_crop_is_aligned_and_drawn_corner_by_corner():
     assert a[0] == start and start % 256 == 0 and len(a) == 512 and np.array_equal(b, a + 1)
 
 
+def test_random_flip_rotate_draws_the_squares_symmetries():
+    import torch
+
+    from restoregrad_adapter.data import random_flip_rotate
+
+    x0 = np.arange(4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
+    y = x0 * 10
+    # "dihedral": draw d in [0, 8): d % 4 quarter turns counter-clockwise, then the left-right mirror if d >= 4.
+    for seed in range(6):
+        a, b = random_flip_rotate(x0, y, np.random.default_rng(seed))
+        draw = int(np.random.default_rng(seed).integers(8))
+        expected = np.rot90(x0, draw % 4)
+        expected = expected[:, ::-1] if draw >= 4 else expected
+        assert np.array_equal(a, expected) and np.array_equal(b, expected * 10)
+        assert a.flags.c_contiguous and b.flags.c_contiguous
+    seen = {random_flip_rotate(x0, y, np.random.default_rng(seed))[0].tobytes() for seed in range(200)}
+    assert len(seen) == 8  # all eight symmetries, each a different image
+    # One quarter turn counter-clockwise: the top row becomes the left column, read bottom-up.
+    corner = np.array([[1, 2], [3, 4]], np.float32)
+    turned = {random_flip_rotate(corner, corner, np.random.default_rng(s))[0].tobytes() for s in range(50)}
+    assert np.array([[2, 4], [1, 3]], np.float32).tobytes() in turned
+
+    mirrored = {random_flip_rotate(x0, y, np.random.default_rng(s), "hflip")[0].tobytes() for s in range(50)}
+    assert mirrored == {x0.tobytes(), x0[:, ::-1].tobytes()}
+    wide = np.zeros((2, 6), np.float32)  # a mirror keeps any shape; a rotation needs a square
+    assert random_flip_rotate(wide, wide, np.random.default_rng(0), "hflip")[0].shape == (2, 6)
+    same_x0, same_y = random_flip_rotate(x0, y, np.random.default_rng(0), "none")
+    assert same_x0 is x0 and same_y is y
+    a, b = random_flip_rotate(x0, y, torch.Generator().manual_seed(3))  # a torch generator draws alike
+    assert np.array_equal(b, a * 10)
+
+    with pytest.raises(ValueError, match="augment must be one of"):
+        random_flip_rotate(x0, y, np.random.default_rng(0), "rot45")
+    with pytest.raises(ValueError, match="square"):
+        random_flip_rotate(wide, wide, np.random.default_rng(0), "dihedral")
+    with pytest.raises(ValueError, match="same shape"):
+        random_flip_rotate(x0, y[:2], np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"\(H, W\)"):
+        random_flip_rotate(np.zeros(8), np.zeros(8), np.random.default_rng(0))
+
+
 def test_random_crop_pads_short_signals():
     from restoregrad_adapter.data import random_crop
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +146,46 @@ def test_step_batch_sampler_and_examples_depend_only_on_seed_and_step():
     assert first == noise_generator(0, 5, 1, "cpu").initial_seed() != noise_generator(0, 6, 1, "cpu").initial_seed()
 
 
+def test_random_crop_dataset_augments_after_the_same_crop():
+    from restoregrad_adapter.data import random_crop, random_flip_rotate
+    from restoregrad_adapter.training import RandomCropDataset, example_rng
+
+    image = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
+    pairs = [(image, 1 - image)]
+    plain = RandomCropDataset(pairs, 8, seed=3, to_tensor=lambda a: a)
+    assert plain.augment == "none"
+    assert np.array_equal(RandomCropDataset(pairs, 8, seed=3, to_tensor=lambda a: a, augment="none")[5][0], plain[5][0])
+    augmented = RandomCropDataset(pairs, 8, seed=3, to_tensor=lambda a: a, augment="dihedral")
+    for index in range(8):
+        rng = example_rng(3, index)  # the dataset's draws: the pair, the crop, then the symmetry
+        x0, y = pairs[int(rng.integers(1))]
+        expected = random_flip_rotate(*random_crop(x0, y, 8, rng), rng, "dihedral")
+        got = augmented[index]
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], 1 - got[0])
+    # The same crops as without augmentation, mirrored or turned: some differ, and each is a symmetry of its crop.
+    changed = 0
+    for index in range(8):
+        crop, turned = plain[index][0], augmented[index][0]
+        symmetries = [np.rot90(crop, k) for k in range(4)] + [np.rot90(crop, k)[:, ::-1] for k in range(4)]
+        assert any(np.array_equal(turned, s) for s in symmetries)
+        changed += not np.array_equal(turned, crop)
+    assert changed > 0
+    with pytest.raises(ValueError, match="augment must be one of"):
+        RandomCropDataset(pairs, 8, seed=0, to_tensor=lambda a: a, augment="rotate")
+
+
+def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
+    from restoregrad_adapter import training
+
+    if hasattr(os, "sched_getaffinity"):
+        assert training.usable_cpus() == len(os.sched_getaffinity(0))
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})  # e.g. `taskset -c 3`
+        assert training.usable_cpus() == 1
+        monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # no mask and an unknown count: one thread
+    assert training.usable_cpus() == 1
+
+
 def test_checkpoints_and_json_log(tmp_path):
     from restoregrad_adapter.training import JsonLog, checkpoint_step, find_checkpoint, prune_checkpoints
 
@@ -235,6 +276,8 @@ def test_train_weather_degradation_defaults_keep_the_weather_preset():
                                "--builtin_size", "64", "--num_inference_steps", "5"])
     assert (given.validation_fit, given.learning_rate, given.builtin_size, given.num_inference_steps) == (
         "downscale", 1e-4, 64, 5)
+    assert {script.parse_args(["--degradation", name]).augment for name in script.DEGRADATIONS} == {"none"}
+    assert script.parse_args(["--degradation", "sr4", "--augment", "dihedral"]).augment == "dihedral"
     image = np.arange(10 * 14 * 3, dtype=np.float32).reshape(10, 14, 3) / 500
     np.testing.assert_array_equal(script.fit_for_validation(image, 6, "crop"), image[2:8, 4:10])
     assert script.fit_for_validation(image, 7, "downscale").shape == (5, 7, 3)
@@ -247,8 +290,9 @@ def test_train_weather_built_in_deblurring_and_super_resolution(tmp_path):
         out = tmp_path / degradation
         log = run([sys.executable, "examples/train_weather.py", *TINY_WEATHER, "--degradation", degradation,
                    "--num_validation_images", "2", "--max_train_steps", "1", "--validation_steps", "1",
-                   "--checkpointing_steps", "1", "--output_dir", str(out)])
+                   "--checkpointing_steps", "1", "--augment", "dihedral", "--output_dir", str(out)])
         assert f"({drawn}), 2 held-out photos" in log
+        assert json.loads((out / "args.json").read_text())["augment"] == "dihedral"
         validation = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
                       if json.loads(line)["kind"] == "validation"]
         assert [r["step"] for r in validation] == [0, 1]

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["check_rng", "random_crop", "random_batch", "LazyPairs"]
+__all__ = ["check_rng", "random_crop", "random_flip_rotate", "AUGMENTATIONS", "random_batch", "LazyPairs"]
 
 
 def check_rng(rng) -> np.random.Generator:
@@ -85,6 +85,49 @@ def random_crop(x0: np.ndarray, y: np.ndarray, size, rng=None, *, align: int = 1
         position = (n - s) // 2 if rng is None else _draw(rng, n - s + 1)
         corner.append(slice(position // align * align, position // align * align + s))
     return x0[tuple(corner)], y[tuple(corner)]
+
+
+#: The geometric augmentations of image crops (:func:`random_flip_rotate`): none; a left-right mirror
+#: with probability 1/2; or one of the 8 symmetries of the square (4 rotations by 90 degrees, each with or
+#: without the mirror), as super-resolution and deblurring models are usually trained (EDSR, SR3, Restormer).
+AUGMENTATIONS = ("none", "hflip", "dihedral")
+
+
+def random_flip_rotate(x0: np.ndarray, y: np.ndarray, rng, augment: str = "dihedral"):
+    """The same random mirror and rotation of a clean image ``x0`` and its degraded version ``y``.
+
+    Args:
+        x0, y: images ``(H, W)`` or ``(H, W, C)`` of the same shape; ``"dihedral"`` needs ``H == W``
+            (a crop), so that every example keeps its shape.
+        rng: a ``numpy.random.Generator`` or a ``torch.Generator``.
+        augment: one of :data:`AUGMENTATIONS`. ``"hflip"`` draws one integer (the mirror);
+            ``"dihedral"`` draws one in ``[0, 8)``: ``k = draw % 4`` quarter turns counter-clockwise,
+            then the mirror when ``draw >= 4``. ``"none"`` draws nothing and returns the inputs.
+
+    Returns:
+        ``(x0, y)``, contiguous arrays (the inputs when nothing was drawn).
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    if x0.shape != y.shape:
+        raise ValueError(f"x0 {x0.shape} and y {y.shape} must have the same shape to be augmented together")
+    if x0.ndim not in (2, 3):
+        raise ValueError(f"random_flip_rotate takes images (H, W) or (H, W, C), got shape {x0.shape}")
+    if augment == "none":
+        return x0, y
+    if augment == "hflip":
+        turns, mirror = 0, _draw(rng, 2) == 1
+    else:
+        if x0.shape[0] != x0.shape[1]:
+            raise ValueError(f"augment='dihedral' rotates by 90 degrees and needs square images, got {x0.shape}")
+        draw = _draw(rng, 8)
+        turns, mirror = draw % 4, draw >= 4
+
+    def transform(image):
+        image = np.rot90(image, turns, axes=(0, 1))
+        return np.ascontiguousarray(image[:, ::-1] if mirror else image)
+
+    return transform(x0), transform(y)
 
 
 def random_batch(pairs: Sequence, size, batch_size: int, rng, **crop_kwargs):
