@@ -1,6 +1,7 @@
 """Tiny models and data shared by the tests (CPU, no downloads)."""
 
 import math
+import socket
 
 import pytest
 import torch
@@ -41,3 +42,15 @@ def toy_waveforms(batch: int, length: int = 256, generator: torch.Generator | No
 @pytest.fixture
 def tiny_denoiser():
     return TinyConvDenoiser
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Make any connection attempt fail: a test using it proves its code works offline."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted during a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

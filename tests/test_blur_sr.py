@@ -1,7 +1,6 @@
 """Tests of the blur and super-resolution data (restoregrad_adapter.data.blur_sr) and of the RealBlur and
 DIV2K file layouts (restoregrad_adapter.data.readers), against closed forms."""
 
-import socket
 
 import numpy as np
 import pytest
@@ -17,16 +16,14 @@ from restoregrad_adapter.data.readers import (
 )
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Every helper must work offline: make any connection attempt fail."""
+pytestmark = pytest.mark.usefixtures("no_network")  # every helper must work offline (conftest)
 
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted during a test")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+def test_the_network_is_refused_in_this_module():
+    import socket
+
+    with pytest.raises(OSError, match="network access attempted"):
+        socket.create_connection(("localhost", 9))
 
 
 @pytest.fixture(scope="module")

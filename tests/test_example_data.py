@@ -2,7 +2,6 @@
 
 import json
 import math
-import socket
 
 import numpy as np
 import pytest
@@ -10,16 +9,14 @@ import pytest
 from restoregrad_adapter.data import speech, weather
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Every helper must work offline: make any connection attempt fail."""
+pytestmark = pytest.mark.usefixtures("no_network")  # every helper must work offline (conftest)
 
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted during a test")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+def test_the_network_is_refused_in_this_module():
+    import socket
+
+    with pytest.raises(OSError, match="network access attempted"):
+        socket.create_connection(("localhost", 9))
 
 
 @pytest.fixture(scope="module")
