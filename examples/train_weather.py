@@ -75,7 +75,6 @@ from restoregrad_adapter.reference_nets import WeatherUNet
 from restoregrad_adapter.training import (
     JsonLog,
     RandomCropDataset,
-    usable_cpus,
     StepBatchSampler,
     describe_learning,
     ema_weights,
@@ -86,6 +85,7 @@ from restoregrad_adapter.training import (
     resolve_report_to,
     resume_from_checkpoint,
     save_checkpoint,
+    usable_cpus,
 )
 
 logger = get_logger("restoregrad_weather")
@@ -404,7 +404,8 @@ def main(args):
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=args.mode != "restoregrad")],
     )
     if accelerator.device.type == "cpu" and accelerator.num_processes == 1:
-        # `accelerate launch` pins one thread per process (OMP_NUM_THREADS=1); a single process may use every core it is allowed (taskset, cpuset).
+        # `accelerate launch` pins one thread per process (OMP_NUM_THREADS=1); a single process may use
+        # every core it is allowed (taskset, cpuset).
         torch.set_num_threads(usable_cpus())
     set_seed(args.seed)
     start_time = time.time()

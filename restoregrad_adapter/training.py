@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .data import AUGMENTATIONS, random_crop, random_flip_rotate
+from .data import check_augment, random_crop, random_flip_rotate
 from .io import atomic_path
 
 __all__ = [
@@ -106,10 +106,8 @@ class RandomCropDataset(torch.utils.data.Dataset):
 
     def __init__(self, pairs: Sequence, size, seed: int, to_tensor: Callable, *, augment: str = "none",
                  **crop_kwargs):
-        if augment not in AUGMENTATIONS:
-            raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
         self.pairs, self.size, self.seed, self.to_tensor, self.crop_kwargs = pairs, size, seed, to_tensor, crop_kwargs
-        self.augment = augment
+        self.augment = check_augment(augment)
 
     def __len__(self) -> int:
         return 2**62  # indexed by a StepBatchSampler, never iterated whole

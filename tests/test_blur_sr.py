@@ -1,7 +1,6 @@
 """Tests of the blur and super-resolution data (restoregrad_adapter.data.blur_sr) and of the RealBlur and
 DIV2K file layouts (restoregrad_adapter.data.readers), against closed forms."""
 
-
 import numpy as np
 import pytest
 from PIL import Image

@@ -26,7 +26,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["check_rng", "random_crop", "random_flip_rotate", "AUGMENTATIONS", "random_batch", "LazyPairs"]
+__all__ = ["check_rng", "random_crop", "random_flip_rotate", "check_augment", "AUGMENTATIONS", "random_batch",
+           "LazyPairs"]
 
 
 def check_rng(rng) -> np.random.Generator:
@@ -93,6 +94,13 @@ def random_crop(x0: np.ndarray, y: np.ndarray, size, rng=None, *, align: int = 1
 AUGMENTATIONS = ("none", "hflip", "dihedral")
 
 
+def check_augment(augment: str) -> str:
+    """Raise a ValueError unless ``augment`` is one of :data:`AUGMENTATIONS`; return it."""
+    if augment not in AUGMENTATIONS:
+        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    return augment
+
+
 def random_flip_rotate(x0: np.ndarray, y: np.ndarray, rng, augment: str = "dihedral"):
     """The same random mirror and rotation of a clean image ``x0`` and its degraded version ``y``.
 
@@ -107,8 +115,7 @@ def random_flip_rotate(x0: np.ndarray, y: np.ndarray, rng, augment: str = "dihed
     Returns:
         ``(x0, y)``, contiguous arrays (the inputs when nothing was drawn).
     """
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"augment must be one of {AUGMENTATIONS}, got {augment!r}")
+    check_augment(augment)
     if x0.shape != y.shape:
         raise ValueError(f"x0 {x0.shape} and y {y.shape} must have the same shape to be augmented together")
     if x0.ndim not in (2, 3):
