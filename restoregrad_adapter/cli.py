@@ -1,6 +1,6 @@
 """The ``restoregrad`` command: restore files with a trained adapter, evaluate, show the learned prior.
 
-    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4]
+    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4] [--self-ensemble]
     restoregrad evaluate --pred DIR --ref DIR [--lpips-network package.module:function]
     restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
 
@@ -12,6 +12,7 @@ training resampled its data, and the result back to the file's rate). An adapter
 ``--model-factory package.module:function`` names a function (in your code) that builds it.
 A super-resolution adapter restores the bicubically up-sampled image it was trained on: give it that
 image, or the small one with ``--upscale FACTOR`` (enlarged bicubically as in training first).
+``--self-ensemble`` averages an image's restorations over its eight rotations and mirrors.
 ``evaluate`` scores PSNR(Y) and SSIM(Y) of images, and LPIPS when ``--lpips-network`` names a function
 (in your code) returning the feature network and its linear weights (nothing is downloaded).
 Outputs are written atomically: a temporary name, then a rename.
@@ -96,9 +97,17 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
             raise CommandError(f"{path}: the adapter is for {channels}-channel images; RGB files give 3 channels.")
         y = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
         # The integration's defaults (sampler, patch size, stride) unless given on the command line.
-        restored = adapter.restore(y, num_inference_steps=args.steps, stride=args.stride, eta=args.eta,
+        def restore(images):
+            return adapter.restore(images, num_inference_steps=args.steps, stride=args.stride, eta=args.eta,
                                    generator=generator, patch_batch_size=args.patch_batch_size,
                                    progress=not args.quiet)
+
+        if args.self_ensemble:
+            from .ensemble import dihedral_ensemble
+
+            restored = dihedral_ensemble(restore, y)
+        else:
+            restored = restore(y)
         return ((restored[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy(), None
 
     audio, rate = read_audio(path)
@@ -170,6 +179,8 @@ def command_restore(args) -> None:
     kinds = [_check_kind(adapter, path) for path in inputs]
     if args.upscale > 1 and "waveform" in kinds:
         raise CommandError(f"--upscale {args.upscale} enlarges images; {inputs[kinds.index('waveform')]} is audio.")
+    if args.self_ensemble and "waveform" in kinds:
+        raise CommandError(f"--self-ensemble turns and mirrors images; {inputs[kinds.index('waveform')]} is audio.")
     targets = plan_outputs(inputs, kinds, out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -356,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--upscale", type=_positive_int, default=1,
                          help="enlarge each image this many times (bicubic, as in training) before restoring: the "
                               "input of a super-resolution adapter made from a small image (default 1: as it is)")
+    restore.add_argument("--self-ensemble", action="store_true",
+                         help="images: restore the eight rotations and mirrors of each image and average them "
+                              "(eight times the work; docs/deblur_sr.md)")
     restore.add_argument("--seed", type=int, default=0)
     restore.add_argument("--quiet", action="store_true", help="no progress bars")
     restore.set_defaults(run=command_restore)

@@ -27,6 +27,7 @@ import os
 import pickle
 from typing import Iterable
 
+from restoregrad_adapter.ensemble import dihedral_ensemble
 from restoregrad_adapter.integrations import Integration, check_concatenated_channels, register_integration
 from restoregrad_adapter.patches import _check_image, _check_positive_int
 from restoregrad_adapter.patches import averaged_patch_eps, grid_positions, overlap_counts  # noqa: F401 (re-exported)
@@ -258,6 +259,7 @@ def restore_image(
     patch_batch_size: int = 64,
     progress: bool = True,
     scheduler=None,
+    self_ensemble: bool = False,
 ) -> torch.Tensor:
     """Restore whole images of any size with WeatherDiff's overlapping-patch DDIM sampler.
 
@@ -295,6 +297,8 @@ def restore_image(
             (its own spacing), must use the adapter's training ``alphas_cumprod`` and have sample
             clipping and thresholding off. ``eta`` is then only accepted when its ``step`` takes one.
             Default: WeatherDiff's DDIM above.
+        self_ensemble: restore the image's eight rotations and mirrors and average the eight results
+            turned back (:func:`restoregrad_adapter.ensemble.dihedral_ensemble`; eight times the work).
 
     Returns:
         The restored images, ``y``'s shape, float32, in [-1, 1] up to the model's error (not
@@ -313,11 +317,17 @@ def restore_image(
     if denoiser_size is not None and denoiser_size != patch_size:
         raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = {denoiser_size}.")
     _check_positive_int("num_inference_steps", num_inference_steps)
+    if not isinstance(self_ensemble, bool):
+        raise ValueError(f"`self_ensemble` must be True or False, got {self_ensemble!r}.")
     if scheduler is None:
         scheduler = ddim_scheduler(adapter.scheduler)
-    return adapter.restore(y.float(), num_inference_steps=num_inference_steps, scheduler=scheduler, eta=eta,
-                           generator=generator, patch_size=patch_size, stride=stride,
-                           patch_batch_size=patch_batch_size, progress=progress)
+
+    def restore(images):
+        return adapter.restore(images.float(), num_inference_steps=num_inference_steps, scheduler=scheduler, eta=eta,
+                               generator=generator, patch_size=patch_size, stride=stride,
+                               patch_batch_size=patch_batch_size, progress=progress)
+
+    return dihedral_ensemble(restore, y) if self_ensemble else restore(y)
 
 
 # ---------------------------------------------------------------------- checkpoints
