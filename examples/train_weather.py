@@ -68,7 +68,7 @@ from restoregrad_adapter.data.readers import (
     tensor_to_image,
 )
 from restoregrad_adapter.figures import plot_curves, plot_image_restorations
-from restoregrad_adapter.integrations.weatherdiff import restore_image, wrap
+from restoregrad_adapter.integrations.weatherdiff import TIMESTEP_SPACINGS, restore_image, wrap
 from restoregrad_adapter.io import write_json
 from restoregrad_adapter.metrics import psnr_y, ssim_y
 from restoregrad_adapter.reference_nets import WeatherUNet
@@ -117,11 +117,14 @@ DEGRADATIONS = WEATHER_DEGRADATIONS + BLUR_SR_KINDS
 #: than downscaled. Their residual is small and spread over the whole image: they train at a higher
 #: learning rate, and 2 sampling steps keep the restoration near the posterior mean (10 steps draw
 #: textures that are not there). Super-resolution uses larger photos (a x4 low-resolution image of a
-#: 96-pixel photo is 24 pixels wide) and crops validation images to 128 pixels.
+#: 96-pixel photo is 24 pixels wide), crops validation images to 128 pixels, and validates with one
+#: DDIM step from pure noise (trailing spacing) averaged over the eight rotations and mirrors.
 WEATHER_DEFAULTS = {"builtin_size": 96, "augment": "none", "max_validation_size": 256, "validation_fit": "downscale",
-                    "learning_rate": 1e-3, "num_inference_steps": 10}
+                    "learning_rate": 1e-3, "num_inference_steps": 10, "timestep_spacing": "leading",
+                    "self_ensemble": False}
 BLUR_DEFAULTS = {**WEATHER_DEFAULTS, "validation_fit": "crop", "learning_rate": 3e-3, "num_inference_steps": 2}
-SR_DEFAULTS = {**BLUR_DEFAULTS, "builtin_size": 192, "max_validation_size": 128}
+SR_DEFAULTS = {**BLUR_DEFAULTS, "builtin_size": 192, "max_validation_size": 128, "num_inference_steps": 1,
+               "timestep_spacing": "trailing", "self_ensemble": True}
 DEGRADATION_DEFAULTS = {
     **{name: WEATHER_DEFAULTS for name in WEATHER_DEGRADATIONS},
     **{name: SR_DEFAULTS if name in SR_SCALES else BLUR_DEFAULTS for name in BLUR_SR_KINDS},
@@ -205,8 +208,14 @@ def parse_args(argv=None):
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--validation_steps", type=int, default=400)
     g.add_argument("--num_inference_steps", type=int, default=None,
-                   help="sampling steps of validation: default 10 for the weather tasks, 2 for deblurring and "
+                   help="sampling steps of validation: default 10 for the weather tasks, 2 for deblurring, 1 for "
                         "super-resolution")
+    g.add_argument("--timestep_spacing", choices=TIMESTEP_SPACINGS, default=None,
+                   help="how validation's DDIM steps are spread: leading (WeatherDiff's; the default but for "
+                        "super-resolution) or diffusers' linspace or trailing (from pure noise; super-resolution)")
+    g.add_argument("--self_ensemble", action=argparse.BooleanOptionalAction, default=None,
+                   help="validate on the mean of each image's eight rotations and mirrors, restored and turned "
+                        "back (eight times the work; default: on for super-resolution only)")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--report_to", default="auto", help="'auto' (tensorboard when installed), 'all', 'none', ...")
     g.add_argument("--push_to_hub", action="store_true")
@@ -373,7 +382,8 @@ def log_validation(adapter, validation, args, step, device, folder):
         generator = torch.Generator(device=device).manual_seed(args.seed + i)
         restored = restore_image(adapter, y, patch_size=args.patch_size, stride=args.stride,
                                  num_inference_steps=args.num_inference_steps, eta=0.0, generator=generator,
-                                 progress=False).clamp(-1, 1)
+                                 progress=False, timestep_spacing=args.timestep_spacing,
+                                 self_ensemble=args.self_ensemble).clamp(-1, 1)
         y01, restored01, x01 = ((t.float() + 1) / 2 for t in (y, restored, x0))
         psnrs_degraded.append(psnr_y(y01, x01).item())
         psnrs.append(psnr_y(restored01, x01).item())
@@ -385,7 +395,8 @@ def log_validation(adapter, validation, args, step, device, folder):
     plot_image_restorations(os.path.join(folder, f"step-{step:06d}.png"), **shown,
                             scores=[(f"{a:.2f} dB", f"{b:.2f} dB") for a, b in zip(psnrs_degraded, psnrs)],
                             title=f"{args.degradation}: validation at step {step} ({args.mode}, "
-                                  f"{args.num_inference_steps} sampling steps)")
+                                  f"{args.num_inference_steps} sampling steps, {args.timestep_spacing}"
+                                  f"{', self-ensemble' if args.self_ensemble else ''})")
     adapter.train(was_training)
     return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.nanmean(ssims)),
             "psnr_y_degraded": float(np.mean(psnrs_degraded)), "ssim_y_degraded": float(np.nanmean(ssims_degraded))}

@@ -1,6 +1,6 @@
 """The ``restoregrad`` command: restore files with a trained adapter, evaluate, show the learned prior.
 
-    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4] [--self-ensemble]
+    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4] [--timestep-spacing trailing] [--self-ensemble]
     restoregrad evaluate --pred DIR --ref DIR [--lpips-network package.module:function]
     restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
 
@@ -97,10 +97,18 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
             raise CommandError(f"{path}: the adapter is for {channels}-channel images; RGB files give 3 channels.")
         y = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
         # The integration's defaults (sampler, patch size, stride) unless given on the command line.
+        scheduler = None
+        if args.timestep_spacing is not None:  # the integration's sampler with another spacing of its steps
+            from .sampling import restoration_defaults
+
+            make_scheduler = restoration_defaults(adapter.denoiser).make_scheduler
+            sampler = make_scheduler(adapter.scheduler) if make_scheduler is not None else adapter.scheduler
+            scheduler = type(sampler).from_config(sampler.config, timestep_spacing=args.timestep_spacing)
+
         def restore(images):
             return adapter.restore(images, num_inference_steps=args.steps, stride=args.stride, eta=args.eta,
                                    generator=generator, patch_batch_size=args.patch_batch_size,
-                                   progress=not args.quiet)
+                                   progress=not args.quiet, scheduler=scheduler)
 
         if args.self_ensemble:
             from .ensemble import dihedral_ensemble
@@ -179,6 +187,9 @@ def command_restore(args) -> None:
     kinds = [_check_kind(adapter, path) for path in inputs]
     if args.upscale > 1 and "waveform" in kinds:
         raise CommandError(f"--upscale {args.upscale} enlarges images; {inputs[kinds.index('waveform')]} is audio.")
+    if args.timestep_spacing is not None and "waveform" in kinds:
+        raise CommandError(f"--timestep-spacing sets the image sampler's steps; {inputs[kinds.index('waveform')]} "
+                           "is audio, restored with the adapter's own fast schedule.")
     if args.self_ensemble and "waveform" in kinds:
         raise CommandError(f"--self-ensemble turns and mirrors images; {inputs[kinds.index('waveform')]} is audio.")
     targets = plan_outputs(inputs, kinds, out)
@@ -367,6 +378,10 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--upscale", type=_positive_int, default=1,
                          help="enlarge each image this many times (bicubic, as in training) before restoring: the "
                               "input of a super-resolution adapter made from a small image (default 1: as it is)")
+    restore.add_argument("--timestep-spacing", choices=("leading", "linspace", "trailing"), default=None,
+                         help="images: how the sampling steps are spread over the training steps (diffusers' "
+                              "timestep_spacing; default: the integration's sampler as it is, e.g. WeatherDiff's "
+                              "leading); trailing starts from pure noise (docs/deblur_sr.md)")
     restore.add_argument("--self-ensemble", action="store_true",
                          help="images: restore the eight rotations and mirrors of each image and average them "
                               "(eight times the work; docs/deblur_sr.md)")

@@ -225,3 +225,12 @@ def test_evaluate_adds_lpips_with_a_network_from_the_users_code(tmp_path, monkey
     assert float(values["LPIPS"]) == pytest.approx(expected, abs=1e-4)
     assert main(["evaluate", "--pred", "pred", "--ref", "ref", "--lpips-network", "my_lpips:wrong"]) == 2
     assert "must return (feature_network, linear_weights)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--self-ensemble"], ["--timestep-spacing", "trailing"], ["--upscale", "2"]])
+def test_image_only_options_refuse_audio(speech_adapter, tmp_path, capsys, flag):
+    soundfile.write(tmp_path / "noisy.wav", np.zeros(1000, dtype=np.float32), 16000)
+    assert main(["restore", "--adapter", str(speech_adapter), str(tmp_path / "noisy.wav"), "-o", str(tmp_path / "out"),
+                 "--quiet", *flag]) == 2
+    assert f"{tmp_path / 'noisy.wav'} is audio" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -1,4 +1,5 @@
-"""The geometric self-ensemble: the eight symmetries, their inverses, the mean, and its use in restoration."""
+"""The geometric self-ensemble (the eight symmetries, their inverses, the mean, its use in restoration) and
+the DDIM timestep spacings that go with it for super-resolution."""
 
 import numpy as np
 import pytest
@@ -7,8 +8,10 @@ from PIL import Image
 
 from restoregrad_adapter.cli import main
 from restoregrad_adapter.ensemble import DIHEDRAL, dihedral, dihedral_ensemble, undo_dihedral
-from restoregrad_adapter.integrations.weatherdiff import restore_image, wrap
-from test_weatherdiff import image, make_adapter, tiny_unet
+from diffusers import DDIMScheduler
+
+from restoregrad_adapter.integrations.weatherdiff import TIMESTEP_SPACINGS, ddim_scheduler, restore_image, wrap
+from test_weatherdiff import Recording, image, make_adapter, tiny_unet
 
 
 def numpy_dihedral(array, turns, mirror):
@@ -95,3 +98,55 @@ def test_the_restore_command_self_ensemble(tmp_path):
     written = np.asarray(Image.open(tmp_path / "ensemble" / "a.png"), dtype=np.float64)
     assert np.abs(written - expected).max() <= 1  # 8-bit rounding
     assert not np.array_equal(written, np.asarray(Image.open(tmp_path / "plain" / "a.png")))
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 7])
+def test_the_timestep_spacings_of_the_ddim_sampler(steps):
+    adapter = make_adapter(wrap(tiny_unet(16), patch_size=16), T=50)
+    leading = ddim_scheduler(adapter.scheduler)
+    leading.set_timesteps(steps)
+    assert leading.timesteps.tolist() == list(reversed(range(0, 50, 50 // steps)))  # WeatherDiff's, as before
+    for spacing in ("linspace", "trailing"):
+        ours = ddim_scheduler(adapter.scheduler, timestep_spacing=spacing)
+        stock = DDIMScheduler(num_train_timesteps=50, clip_sample=False, set_alpha_to_one=True,
+                              timestep_spacing=spacing)
+        ours.set_timesteps(steps)
+        stock.set_timesteps(steps)
+        assert torch.equal(ours.timesteps, stock.timesteps) and torch.equal(ours.alphas_cumprod, stock.alphas_cumprod)
+    trailing = ddim_scheduler(adapter.scheduler, timestep_spacing="trailing")
+    trailing.set_timesteps(steps)
+    assert trailing.timesteps[0] == 49  # the first step is from pure noise
+    assert TIMESTEP_SPACINGS == ("leading", "linspace", "trailing")
+    with pytest.raises(ValueError, match="`timestep_spacing` must be one of"):
+        ddim_scheduler(adapter.scheduler, timestep_spacing="leadin")
+
+
+def test_restore_image_timestep_spacing_is_that_ddim():
+    adapter = make_adapter(wrap(tiny_unet(16), patch_size=16), T=50)
+    y = image((1, 3, 20, 20), seed=6)
+    recording = Recording(adapter.denoiser)
+    adapter.denoiser = recording
+    got = restore_image(adapter, y, patch_size=16, stride=8, num_inference_steps=2, progress=False,
+                        generator=torch.Generator().manual_seed(0), timestep_spacing="trailing")
+    assert sorted(set(recording.timesteps), reverse=True) == [49, 24]
+    stock = DDIMScheduler.from_config(ddim_scheduler(adapter.scheduler).config, timestep_spacing="trailing")
+    expected = restore_image(adapter, y, patch_size=16, stride=8, num_inference_steps=2, progress=False,
+                             generator=torch.Generator().manual_seed(0), scheduler=stock)
+    assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="give `scheduler` or `timestep_spacing`, not both"):
+        restore_image(adapter, y, patch_size=16, progress=False, scheduler=stock, timestep_spacing="trailing")
+
+
+def test_the_restore_command_timestep_spacing(tmp_path):
+    adapter = make_adapter(wrap(tiny_unet(16), patch_size=16))
+    folder = adapter.save_pretrained(tmp_path / "adapter")
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (16, 21, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    assert main(["restore", "--adapter", str(folder), str(tmp_path / "a.png"), "-o", str(tmp_path / "out"),
+                 "--steps", "1", "--timestep-spacing", "trailing", "--quiet"]) == 0
+    y = torch.from_numpy(np.asarray(Image.open(tmp_path / "a.png"), dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    expected = restore_image(adapter, y * 2 - 1, patch_size=16, stride=4, num_inference_steps=1,
+                             generator=torch.Generator().manual_seed(0), progress=False, timestep_spacing="trailing")
+    expected = np.round(((expected[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy() * 255)
+    written = np.asarray(Image.open(tmp_path / "out" / "a.png"), dtype=np.float64)
+    assert np.abs(written - expected).max() <= 1  # 8-bit rounding

@@ -271,7 +271,14 @@ def test_train_weather_degradation_defaults_keep_the_weather_preset():
         assert args.validation_fit == "crop" and chosen(args) == (96, 256, 32, 1200, 3e-3, 2)
     for name in ("sr2", "sr4"):
         args = script.parse_args(["--degradation", name])
-        assert args.validation_fit == "crop" and chosen(args) == (192, 128, 32, 1200, 3e-3, 2)
+        assert args.validation_fit == "crop" and chosen(args) == (192, 128, 32, 1200, 3e-3, 1)
+        assert (args.timestep_spacing, args.self_ensemble) == ("trailing", True)
+    for name in ("mixed", "rain", "gaussian_blur", "motion_blur"):
+        args = script.parse_args(["--degradation", name])
+        assert (args.timestep_spacing, args.self_ensemble) == ("leading", False)
+    given = script.parse_args(["--degradation", "sr4", "--no-self_ensemble", "--timestep_spacing", "leading"])
+    assert (given.timestep_spacing, given.self_ensemble) == ("leading", False)
+    assert script.parse_args(["--self_ensemble", "--timestep_spacing", "trailing"]).self_ensemble is True
     given = script.parse_args(["--degradation", "sr4", "--validation_fit", "downscale", "--learning_rate", "1e-4",
                                "--builtin_size", "64", "--num_inference_steps", "5"])
     assert (given.validation_fit, given.learning_rate, given.builtin_size, given.num_inference_steps) == (

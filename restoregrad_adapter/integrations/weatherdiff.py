@@ -46,6 +46,7 @@ __all__ = [
     "overlap_counts",
     "sampling_timesteps",
     "ddim_scheduler",
+    "TIMESTEP_SPACINGS",
     "WeatherDiffDDIMScheduler",
     "averaged_patch_eps",
     "restore_image",
@@ -197,20 +198,30 @@ def sampling_timesteps(num_train_timesteps: int, num_inference_steps: int) -> li
     return list(reversed(range(0, T, T // S)))
 
 
+#: The timestep spacings of :func:`ddim_scheduler`: "leading" is WeatherDiff's (:func:`sampling_timesteps`),
+#: "linspace" and "trailing" are diffusers' (``DDIMScheduler.set_timesteps``).
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
+
+
 class WeatherDiffDDIMScheduler(DDIMScheduler):
     """``diffusers.DDIMScheduler`` whose ``set_timesteps(S)`` sets WeatherDiff's :func:`sampling_timesteps`.
 
     DDIM's step goes from t to ``t - T // S``, the original's spacing; only the list may be longer
-    than S (when S does not divide T). Build it with :func:`ddim_scheduler`.
+    than S (when S does not divide T). Build it with :func:`ddim_scheduler`. With
+    ``timestep_spacing="linspace"`` or ``"trailing"`` in its config it is diffusers' DDIM unchanged:
+    "trailing" starts at ``t = T - 1`` (pure noise) and steps by ``T / S`` (Lin et al. 2024, "Common
+    diffusion noise schedules and sample steps are flawed"), where WeatherDiff's first step is
+    ``T - T // S`` (``t = 500`` for 2 steps of 1000, ``t = 0`` for one).
     """
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None):
         super().set_timesteps(num_inference_steps, device=device)
-        steps = sampling_timesteps(self.config.num_train_timesteps, num_inference_steps)
-        self.timesteps = torch.tensor(steps, dtype=torch.int64, device=device)
+        if self.config.timestep_spacing == "leading":
+            steps = sampling_timesteps(self.config.num_train_timesteps, num_inference_steps)
+            self.timesteps = torch.tensor(steps, dtype=torch.int64, device=device)
 
 
-def ddim_scheduler(scheduler) -> WeatherDiffDDIMScheduler:
+def ddim_scheduler(scheduler, timestep_spacing: str = "leading") -> WeatherDiffDDIMScheduler:
     """The DDIM scheduler of WeatherDiff's sampler for a ``LearnedPriorScheduler``.
 
     Built from ``scheduler.config`` with ``clip_sample=False`` (the original never clips the x_0
@@ -218,7 +229,12 @@ def ddim_scheduler(scheduler) -> WeatherDiffDDIMScheduler:
     ``abar = 1``, as the original's ``compute_alpha(b, -1)``), "leading" spacing, no offset.
     Training schedules that DDIM cannot build by name are passed as ``trained_betas``; either way
     the DDIM ``alphas_cumprod`` equal the scheduler's exactly.
+
+    ``timestep_spacing`` (one of :data:`TIMESTEP_SPACINGS`) other than "leading" gives diffusers'
+    spacing of that name instead of the original's (:class:`WeatherDiffDDIMScheduler`).
     """
+    if timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"`timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}.")
     config = scheduler.config
     kwargs = dict(
         num_train_timesteps=config.num_train_timesteps,
@@ -231,7 +247,7 @@ def ddim_scheduler(scheduler) -> WeatherDiffDDIMScheduler:
         thresholding=False,
         set_alpha_to_one=True,
         steps_offset=0,
-        timestep_spacing="leading",
+        timestep_spacing=timestep_spacing,
         prediction_type=config.get("prediction_type", "epsilon"),  # the original's is epsilon
     )
     ddim = None
@@ -260,6 +276,7 @@ def restore_image(
     progress: bool = True,
     scheduler=None,
     self_ensemble: bool = False,
+    timestep_spacing: str | None = None,
 ) -> torch.Tensor:
     """Restore whole images of any size with WeatherDiff's overlapping-patch DDIM sampler.
 
@@ -297,6 +314,9 @@ def restore_image(
             (its own spacing), must use the adapter's training ``alphas_cumprod`` and have sample
             clipping and thresholding off. ``eta`` is then only accepted when its ``step`` takes one.
             Default: WeatherDiff's DDIM above.
+        timestep_spacing: the DDIM's spacing, one of :data:`TIMESTEP_SPACINGS` (default "leading",
+            WeatherDiff's); "trailing" starts from pure noise at ``t = T - 1`` (docs/deblur_sr.md).
+            Only without ``scheduler``.
         self_ensemble: restore the image's eight rotations and mirrors and average the eight results
             turned back (:func:`restoregrad_adapter.ensemble.dihedral_ensemble`; eight times the work).
 
@@ -319,8 +339,11 @@ def restore_image(
     _check_positive_int("num_inference_steps", num_inference_steps)
     if not isinstance(self_ensemble, bool):
         raise ValueError(f"`self_ensemble` must be True or False, got {self_ensemble!r}.")
+    if scheduler is not None and timestep_spacing is not None:
+        raise ValueError("give `scheduler` or `timestep_spacing`, not both: set the spacing in your scheduler's "
+                         "config (e.g. `DDIMScheduler.from_config(config, timestep_spacing='trailing')`).")
     if scheduler is None:
-        scheduler = ddim_scheduler(adapter.scheduler)
+        scheduler = ddim_scheduler(adapter.scheduler, timestep_spacing or "leading")
 
     def restore(images):
         return adapter.restore(images.float(), num_inference_steps=num_inference_steps, scheduler=scheduler, eta=eta,
