@@ -1,6 +1,7 @@
 """The ``restoregrad`` command: restore files with a trained adapter, evaluate, show the learned prior.
 
-    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4] [--timestep-spacing trailing] [--self-ensemble]
+    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4]
+                        [--timestep-spacing trailing] [--self-ensemble]
     restoregrad evaluate --pred DIR --ref DIR [--lpips-network package.module:function]
     restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
 
@@ -12,7 +13,8 @@ training resampled its data, and the result back to the file's rate). An adapter
 ``--model-factory package.module:function`` names a function (in your code) that builds it.
 A super-resolution adapter restores the bicubically up-sampled image it was trained on: give it that
 image, or the small one with ``--upscale FACTOR`` (enlarged bicubically as in training first).
-``--self-ensemble`` averages an image's restorations over its eight rotations and mirrors.
+``--timestep-spacing`` spreads an image sampler's steps otherwise (``trailing`` starts from pure noise),
+and ``--self-ensemble`` averages an image's restorations over its eight rotations and mirrors.
 ``evaluate`` scores PSNR(Y) and SSIM(Y) of images, and LPIPS when ``--lpips-network`` names a function
 (in your code) returning the feature network and its linear weights (nothing is downloaded).
 Outputs are written atomically: a temporary name, then a rename.
