@@ -476,7 +476,12 @@ class WeatherUNet(ModelMixin, ConfigMixin):
 
     Like the original model, this network only accepts square inputs of exactly
     ``image_size`` (the patch size); any other spatial size raises
-    ``ValueError``.
+    ``ValueError``. With ``fixed_size=False`` it takes any ``H x W`` whose sides
+    are multiples of ``2 ** (len(ch_mult) - 1)``: every layer is a convolution,
+    a GroupNorm or a global self-attention, so nothing depends on the size, and
+    ``image_size`` only names the training patch (and where the attention
+    resolutions fall). Restoring with patches larger than the training crops
+    then gives the network more context (docs/deblur_sr.md).
 
     Architecture (Ho et al., 2020): sinusoidal timestep embedding of width
     ``ch`` followed by ``Linear(ch, 4ch) -> SiLU -> Linear(4ch, 4ch)``;
@@ -506,8 +511,11 @@ class WeatherUNet(ModelMixin, ConfigMixin):
         attn_resolutions: Sequence[int] = (16,),
         dropout: float = 0.0,
         image_size: int = 64,
+        fixed_size: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(fixed_size, bool):
+            raise ValueError(f"fixed_size: expected True or False, got {fixed_size!r}")
         for name, value in (
             ("in_channels", in_channels),
             ("out_channels", out_channels),
@@ -536,6 +544,8 @@ class WeatherUNet(ModelMixin, ConfigMixin):
         self.attn_resolutions = tuple(int(r) for r in attn_resolutions)
         self.dropout = float(dropout)
         self.image_size = image_size
+        self.fixed_size = fixed_size
+        self.size_multiple = factor
         self.num_resolutions = len(ch_mult)
         temb_ch = 4 * ch
 
@@ -602,7 +612,13 @@ class WeatherUNet(ModelMixin, ConfigMixin):
                 f"x: expected shape [B, in_channels={self.in_channels}, "
                 f"{self.image_size}, {self.image_size}], got {_shape(x)}"
             )
-        if x.shape[2] != self.image_size or x.shape[3] != self.image_size:
+        if not self.fixed_size:
+            if x.shape[2] % self.size_multiple or x.shape[3] % self.size_multiple:
+                raise ValueError(
+                    f"x: expected a spatial size whose sides are multiples of {self.size_multiple} "
+                    f"(2 ** (len(ch_mult) - 1)), got {x.shape[2]}x{x.shape[3]} in shape {_shape(x)}"
+                )
+        elif x.shape[2] != self.image_size or x.shape[3] != self.image_size:
             raise ValueError(
                 f"x: expected spatial size {self.image_size}x{self.image_size} "
                 f"(image_size, the patch size), got {x.shape[2]}x{x.shape[3]} "
@@ -613,7 +629,8 @@ class WeatherUNet(ModelMixin, ConfigMixin):
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Predict the noise: ``[B, in_channels, S, S]``, ``[B]`` ->
-        ``[B, out_channels, S, S]`` with ``S = image_size``."""
+        ``[B, out_channels, S, S]`` with ``S = image_size`` (any multiple of the
+        down-sampling factor on each side with ``fixed_size=False``)."""
         x, t = self._validate(x, t)
 
         temb = sinusoidal_embedding(t.to(x.dtype), self.ch)

@@ -537,3 +537,61 @@ def test_example_reads_a_data_dir(tmp_path):
                                   "--output_dir", str(tmp_path / "out")])
     assert (tmp_path / "out" / "weatherdiff_restore.png").exists()
     assert math.isfinite(result["psnr_degraded"]) and math.isfinite(result["psnr_restored"])
+
+
+# ---------------------------------------------------------------------- larger patches, consistency
+def test_unet_without_fixed_size_is_the_same_network_at_any_size():
+    # The same weights at image_size 32 (fixed) and 16 (any size) give the same noise on a 32 x 32 input:
+    # nothing in the network depends on the input size.
+    strict, resizable = tiny_unet(32), tiny_unet(16)
+    resizable = WeatherUNet(**{**dict(resizable.config), "fixed_size": False})
+    resizable.load_state_dict(strict.state_dict())
+    x, t = image((2, 6, 32, 32)), torch.tensor([3.0, 40.0])
+    torch.testing.assert_close(resizable(x, t), strict(x, t), atol=1e-5, rtol=1e-5)
+    assert resizable(image((1, 6, 24, 40)), t[:1]).shape == (1, 3, 24, 40)
+    with pytest.raises(ValueError, match="multiples of 2"):
+        resizable(image((1, 6, 24, 41)), t[:1])
+    with pytest.raises(ValueError, match="fixed_size"):
+        WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=16, fixed_size="no")
+
+
+def test_restore_image_with_larger_patches_than_the_training_crops(tmp_path):
+    # A fully convolutional wrapper of a 16-pixel model restores with 32-pixel patches exactly as a wrapper
+    # built for 32-pixel patches around the same weights does.
+    unet = WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=16, fixed_size=False)
+    resizable = make_adapter(wrap(unet, patch_size=16, fully_convolutional=True))
+    fixed32 = make_adapter(wrap(unet, patch_size=32))
+    fixed32.load_state_dict(resizable.state_dict())
+    y = image((1, 3, 40, 36))
+    kwargs = dict(patch_size=32, stride=8, num_inference_steps=3, progress=False)
+    ours = restore_image(resizable, y, generator=torch.Generator().manual_seed(0), **kwargs)
+    reference = restore_image(fixed32, y, generator=torch.Generator().manual_seed(0), **kwargs)
+    torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
+    assert not torch.allclose(ours, restore_image(resizable, y, generator=torch.Generator().manual_seed(0),
+                                                  **{**kwargs, "patch_size": 16}))
+    # The wrapper's and the network's flags are saved with the adapter and come back.
+    loaded = RestoreGrad.from_pretrained(resizable.save_pretrained(tmp_path / "adapter")).eval()
+    assert loaded.denoiser.fully_convolutional and loaded.denoiser.patch_size == 16
+    assert loaded.denoiser.model.config.fixed_size is False
+    torch.testing.assert_close(restore_image(loaded, y, generator=torch.Generator().manual_seed(0), **kwargs), ours,
+                               atol=0, rtol=0)
+    with pytest.raises(ValueError, match="fully_convolutional"):
+        wrap(unet, patch_size=16, fully_convolutional=1)
+
+
+def test_restore_image_projects_onto_the_low_resolution_input():
+    from restoregrad_adapter.consistency import bicubic_downsample_tensor, project_to_low_resolution
+
+    adapter = make_adapter(wrap(tiny_unet(16), patch_size=16))
+    y, low = image((2, 3, 24, 32)), image((2, 3, 6, 8), seed=1)
+    kwargs = dict(patch_size=16, stride=8, num_inference_steps=2, progress=False)
+    plain = restore_image(adapter, y, generator=torch.Generator().manual_seed(0), **kwargs)
+    projected = restore_image(adapter, y, generator=torch.Generator().manual_seed(0), low_resolution=low, **kwargs)
+    torch.testing.assert_close(projected, project_to_low_resolution(plain, low), atol=1e-6, rtol=0)
+    torch.testing.assert_close(bicubic_downsample_tensor(projected, 4), low, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="integer factor"):
+        restore_image(adapter, y, low_resolution=image((2, 3, 5, 8)), **kwargs)
+    with pytest.raises(ValueError, match="batch and channel"):
+        restore_image(adapter, y, low_resolution=image((1, 3, 6, 8)), **kwargs)
+    with pytest.raises(ValueError, match="low_resolution"):
+        restore_image(adapter, y, low_resolution=low[0], **kwargs)

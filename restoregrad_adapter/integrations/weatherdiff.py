@@ -27,6 +27,7 @@ import os
 import pickle
 from typing import Iterable
 
+from restoregrad_adapter.consistency import _scale_of, project_to_low_resolution
 from restoregrad_adapter.ensemble import dihedral_ensemble
 from restoregrad_adapter.integrations import Integration, check_concatenated_channels, register_integration
 from restoregrad_adapter.patches import _check_image, _check_positive_int
@@ -59,7 +60,7 @@ class WeatherDiffDenoiser(nn.Module):
     """``eps(x_t, y, t) = model(cat([y, x_t], 1), t.float())`` on ``p x p`` patches.
 
     WeatherDiff's UNet sees the degraded patch first and the noisy patch second, and takes the
-    timestep as a float tensor ``(B,)``. Its attention resolutions fix the input size, so the
+    timestep as a float tensor ``(B,)``. The original model asserts its input size, so the
     wrapper accepts patches of exactly ``patch_size`` only; whole images go through
     :func:`restore_image`, training data through :func:`random_patch_pairs`.
 
@@ -67,14 +68,20 @@ class WeatherDiffDenoiser(nn.Module):
         model: the user's WeatherDiff model (any callable with that signature; an ``nn.Module`` is
             registered so its parameters train with the adapter).
         patch_size: the side p of the square patches the model was built for (WeatherDiff: 64).
+        fully_convolutional: the model also takes other input sizes (e.g. ``WeatherUNet(...,
+            fixed_size=False)``), so :func:`restore_image` may restore with patches larger than the
+            training crops (more context for each estimate). Default False, the original's contract.
     """
 
-    def __init__(self, model, patch_size: int = 64):
+    def __init__(self, model, patch_size: int = 64, fully_convolutional: bool = False):
         super().__init__()
         if not callable(model):
             raise ValueError(f"`model` must be callable as model(cat([y, x_t], 1), t), got {type(model).__name__}.")
+        if not isinstance(fully_convolutional, bool):
+            raise ValueError(f"`fully_convolutional` must be True or False, got {fully_convolutional!r}.")
         self.model = model
         self.patch_size = _check_positive_int("patch_size", patch_size)
+        self.fully_convolutional = fully_convolutional
 
     def _model_dtype(self) -> torch.dtype | None:
         parameters = getattr(self.model, "parameters", None)
@@ -90,7 +97,7 @@ class WeatherDiffDenoiser(nn.Module):
                 got = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
                 raise ValueError(f"`{name}` must be a (B, C, H, W) tensor, got {got}.")
         p = self.patch_size
-        if tuple(x_t.shape[-2:]) != (p, p):
+        if tuple(x_t.shape[-2:]) != (p, p) and not self.fully_convolutional:
             raise ValueError(f"`x_t` has spatial size {tuple(x_t.shape[-2:])}, but the WeatherDiff model takes "
                              f"{p} x {p} patches (patch_size={p}); restore whole images with `restore_image` and "
                              "train on crops from `random_patch_pairs`.")
@@ -113,9 +120,10 @@ class WeatherDiffDenoiser(nn.Module):
         return eps
 
 
-def wrap(model, patch_size: int = 64) -> WeatherDiffDenoiser:
-    """Turn a WeatherDiff model (``model(cat([y, x_t], 1), t) -> eps``) into a RestoreGrad denoiser."""
-    return WeatherDiffDenoiser(model, patch_size=patch_size)
+def wrap(model, patch_size: int = 64, fully_convolutional: bool = False) -> WeatherDiffDenoiser:
+    """Turn a WeatherDiff model (``model(cat([y, x_t], 1), t) -> eps``) into a RestoreGrad denoiser
+    (:class:`WeatherDiffDenoiser`)."""
+    return WeatherDiffDenoiser(model, patch_size=patch_size, fully_convolutional=fully_convolutional)
 
 
 # ---------------------------------------------------------------------- training data
@@ -277,6 +285,7 @@ def restore_image(
     scheduler=None,
     self_ensemble: bool = False,
     timestep_spacing: str | None = None,
+    low_resolution: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Restore whole images of any size with WeatherDiff's overlapping-patch DDIM sampler.
 
@@ -302,7 +311,8 @@ def restore_image(
         adapter: a :class:`~restoregrad_adapter.RestoreGrad` whose denoiser takes ``p x p`` patches
             (e.g. ``wrap(model, patch_size)``); call ``adapter.eval()`` first.
         y: degraded images ``(B, C, H, W)`` in [-1, 1], any ``H, W``.
-        patch_size: p (WeatherDiff: 64).
+        patch_size: p (WeatherDiff: 64): the denoiser's, or, for a ``fully_convolutional`` denoiser,
+            any size its model takes (e.g. larger than the training crops, for more context).
         stride: grid stride r (WeatherDiff: 16; smaller is slower and slightly better).
         num_inference_steps: S (WeatherDiff's evaluation: 25; the RestoreGrad paper: 10).
         eta: DDIM's eta (WeatherDiff: 0, deterministic given ``generator``).
@@ -319,6 +329,11 @@ def restore_image(
             Only without ``scheduler``.
         self_ensemble: restore the image's eight rotations and mirrors and average the eight results
             turned back (:func:`restoregrad_adapter.ensemble.dihedral_ensemble`; eight times the work).
+        low_resolution: for super-resolution, the low-resolution images ``(B, C, H / s, W / s)`` in
+            [-1, 1] that ``y`` enlarges; the result is then projected onto the images whose bicubic
+            down-sampling is exactly ``low_resolution``
+            (:func:`restoregrad_adapter.consistency.project_to_low_resolution`), which never takes it
+            farther from a clean image consistent with them.
 
     Returns:
         The restored images, ``y``'s shape, float32, in [-1, 1] up to the model's error (not
@@ -334,8 +349,17 @@ def restore_image(
         raise ValueError(f"`y` must hold images in [-1, 1] (WeatherDiff's range), got values from {low:.4g} to "
                          f"{high:.4g}; map [0, 1] images with `2 * y - 1`.")
     denoiser_size = getattr(adapter.denoiser, "patch_size", None)
-    if denoiser_size is not None and denoiser_size != patch_size:
-        raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = {denoiser_size}.")
+    resizable = getattr(adapter.denoiser, "fully_convolutional", False)
+    if denoiser_size is not None and denoiser_size != patch_size and not resizable:
+        raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = {denoiser_size} "
+                         "(only a denoiser wrapped with fully_convolutional=True takes other patch sizes).")
+    _check_positive_int("patch_size", patch_size)
+    if low_resolution is not None:
+        _check_image("low_resolution", low_resolution)
+        if low_resolution.shape[:2] != y.shape[:2]:
+            raise ValueError(f"`low_resolution` {tuple(low_resolution.shape)} must share `y`'s batch and channel "
+                             f"sizes {tuple(y.shape[:2])}.")
+        _scale_of(tuple(y.shape[-2:]), tuple(low_resolution.shape[-2:]))
     _check_positive_int("num_inference_steps", num_inference_steps)
     if not isinstance(self_ensemble, bool):
         raise ValueError(f"`self_ensemble` must be True or False, got {self_ensemble!r}.")
@@ -350,7 +374,10 @@ def restore_image(
                                generator=generator, patch_size=patch_size, stride=stride,
                                patch_batch_size=patch_batch_size, progress=progress)
 
-    return dihedral_ensemble(restore, y) if self_ensemble else restore(y)
+    restored = dihedral_ensemble(restore, y) if self_ensemble else restore(y)
+    if low_resolution is not None:
+        restored = project_to_low_resolution(restored, low_resolution)
+    return restored
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -468,7 +495,8 @@ register_integration(Integration(
     name="weatherdiff",
     wrapper_class=WeatherDiffDenoiser,
     wrap=wrap,
-    wrapper_kwargs=lambda wrapper: {"patch_size": wrapper.patch_size},
+    wrapper_kwargs=lambda wrapper: {"patch_size": wrapper.patch_size,
+                                    **({"fully_convolutional": True} if wrapper.fully_convolutional else {})},
     restoration_defaults=_restoration_defaults,
     check_model=check_concatenated_channels,
 ))
