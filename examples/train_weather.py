@@ -54,6 +54,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from restoregrad_adapter import MODES, LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
+from restoregrad_adapter.consistency import low_resolution_from_condition
 from restoregrad_adapter.encoders import ENCODERS, downsample_of
 from restoregrad_adapter.loss import WEIGHTINGS
 from restoregrad_adapter.data import AUGMENTATIONS, LazyPairs
@@ -118,7 +119,9 @@ DEGRADATIONS = WEATHER_DEGRADATIONS + BLUR_SR_KINDS
 #: learning rate, and 2 sampling steps keep the restoration near the posterior mean (10 steps draw
 #: textures that are not there). Super-resolution uses larger photos (a x4 low-resolution image of a
 #: 96-pixel photo is 24 pixels wide), crops validation images to 128 pixels, and validates with one
-#: DDIM step from pure noise (trailing spacing) averaged over the eight rotations and mirrors.
+#: DDIM step from pure noise (trailing spacing) averaged over the eight rotations and mirrors, each
+#: crop restored as one 128-pixel patch (the UNet is fully convolutional: more context than the
+#: 32-pixel training crops) and projected onto the images consistent with its low resolution.
 WEATHER_DEFAULTS = {"builtin_size": 96, "augment": "none", "max_validation_size": 256, "validation_fit": "downscale",
                     "learning_rate": 1e-3, "num_inference_steps": 10, "timestep_spacing": "leading",
                     "self_ensemble": False}
@@ -164,6 +167,10 @@ def parse_args(argv=None):
     g.add_argument("--model_size", choices=tuple(UNET_SIZES), default="tiny")
     g.add_argument("--patch_size", type=int, default=32)
     g.add_argument("--stride", type=int, default=16, help="patch stride of whole-image restoration")
+    g.add_argument("--validation_patch_size", type=int, default=None,
+                   help="patch side of validation's whole-image restoration: the UNet is fully convolutional, so "
+                        "it may exceed --patch_size for more context (default --patch_size; for sr2 and sr4 "
+                        "--max_validation_size, the whole validation crop)")
     g.add_argument("--num_train_timesteps", type=int, default=1000)
     g.add_argument("--recipe", choices=tuple(RECIPES), default="restoring",
                    help="restoring (default): the UNet predicts the clean residual x0 - y with a plain x0 loss; "
@@ -213,6 +220,10 @@ def parse_args(argv=None):
     g.add_argument("--timestep_spacing", choices=TIMESTEP_SPACINGS, default=None,
                    help="how validation's DDIM steps are spread: leading (WeatherDiff's; the default but for "
                         "super-resolution) or diffusers' linspace or trailing (from pure noise; super-resolution)")
+    g.add_argument("--sr_consistency", action=argparse.BooleanOptionalAction, default=None,
+                   help="super-resolution validation: project each restoration onto the images whose bicubic "
+                        "down-sampling is the low-resolution input (recovered from y; "
+                        "restoregrad_adapter.consistency); default on for sr2, sr4 and DIV2K")
     g.add_argument("--self_ensemble", action=argparse.BooleanOptionalAction, default=None,
                    help="validate on the mean of each image's eight rotations and mirrors, restored and turned "
                         "back (eight times the work; default: on for super-resolution only)")
@@ -239,9 +250,20 @@ def parse_args(argv=None):
     if args.max_validation_size < 16:
         raise SystemExit(f"error: --max_validation_size must be >= 16, got {args.max_validation_size}")
     ch_mult = UNET_SIZES[args.model_size][1]
-    if args.patch_size % (2 ** (len(ch_mult) - 1)):
-        raise SystemExit(f"error: --patch_size must be a multiple of {2 ** (len(ch_mult) - 1)} for "
-                         f"--model_size {args.model_size}")
+    factor = 2 ** (len(ch_mult) - 1)
+    if args.validation_patch_size is None:  # super-resolution: the whole validation crop in one patch
+        whole_crop = -(-args.max_validation_size // factor) * factor
+        args.validation_patch_size = whole_crop if args.degradation in SR_SCALES else args.patch_size
+    for name in ("patch_size", "validation_patch_size"):
+        if getattr(args, name) < 1 or getattr(args, name) % factor:
+            raise SystemExit(f"error: --{name} must be a positive multiple of {factor} for "
+                             f"--model_size {args.model_size}, got {getattr(args, name)}")
+    args.validation_scale = args.sr_scale or SR_SCALES.get(args.degradation)
+    if args.sr_consistency is None:
+        args.sr_consistency = args.validation_scale is not None
+    elif args.sr_consistency and args.validation_scale is None:
+        raise SystemExit("error: --sr_consistency needs a super-resolution task (--degradation sr2/sr4 or "
+                         f"--sr_scale), got --degradation {args.degradation}")
     return args
 
 
@@ -348,25 +370,31 @@ def build_adapter(args):
                    downsample=downsample_of(args.encoder, dims=2))
     prior, posterior = PriorNet(**encoder), PosteriorNet(**encoder)
     ch, ch_mult, num_res_blocks, attn_resolutions = UNET_SIZES[args.model_size]
+    # Fully convolutional: trained on --patch_size crops, it may restore with larger patches.
     unet = WeatherUNet(in_channels=6, out_channels=3, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
-                       attn_resolutions=attn_resolutions, image_size=args.patch_size)
+                       attn_resolutions=attn_resolutions, image_size=args.patch_size, fixed_size=False)
     loss = RestoreGradLoss(latent_weight=args.latent_weight, prior_matching_weight=args.prior_matching_weight,
                            weighting=args.loss_weighting, snr_gamma=args.snr_gamma)
-    return RestoreGrad(wrap(unet, patch_size=args.patch_size), prior, posterior, scheduler=scheduler, loss=loss,
+    return RestoreGrad(wrap(unet, patch_size=args.patch_size, fully_convolutional=True), prior, posterior,
+                       scheduler=scheduler, loss=loss,
                        mode=args.mode, residual=args.residual)
 
 
 # ---------------------------------------------------------------------- validation
-def fit_for_validation(image: np.ndarray, longest: int, how: str) -> np.ndarray:
+def fit_for_validation(image: np.ndarray, longest: int, how: str, multiple: int = 1) -> np.ndarray:
     """``image`` with its longest side at most ``longest``: downscaled bicubically, or its centre cropped
-    (so that a blur or a resolution keeps its size in pixels); smaller images are returned as they are."""
+    (so that a blur or a resolution keeps its size in pixels); smaller images are returned as they are.
+    A crop's sides and corner are multiples of ``multiple`` (a super-resolution scale: the crop then
+    covers whole low-resolution pixels)."""
     if how == "downscale":
         return downscale(image, longest)
     height, width = image.shape[:2]
-    if max(height, width) <= longest:
+    crop_height, crop_width = (min(side, longest) // multiple * multiple for side in (height, width))
+    if (crop_height, crop_width) == (height, width):
         return image
-    top, left = max(0, (height - longest) // 2), max(0, (width - longest) // 2)
-    return image[top:top + longest, left:left + longest]
+    top = (height - crop_height) // 2 // multiple * multiple
+    left = (width - crop_width) // 2 // multiple * multiple
+    return image[top:top + crop_height, left:left + crop_width]
 
 
 @torch.no_grad()
@@ -376,14 +404,18 @@ def log_validation(adapter, validation, args, step, device, folder):
     adapter.eval()
     shown = {"degraded": [], "restored": [], "clean": [], "sigma": []}
     psnrs, ssims, psnrs_degraded, ssims_degraded = [], [], [], []
+    multiple = args.validation_scale if args.sr_consistency else 1
     for i, (clean, degraded) in enumerate(validation):
-        x0 = image_to_tensor(fit_for_validation(clean, args.max_validation_size, args.validation_fit))[None].to(device)
-        y = image_to_tensor(fit_for_validation(degraded, args.max_validation_size, args.validation_fit))[None].to(device)
+        fit = lambda image: fit_for_validation(image, args.max_validation_size, args.validation_fit, multiple)  # noqa: E731
+        x0 = image_to_tensor(fit(clean))[None].to(device)
+        y = image_to_tensor(fit(degraded))[None].to(device)
+        # The low-resolution image that y enlarges, for the projection (restoregrad_adapter.consistency).
+        low = low_resolution_from_condition(y, args.validation_scale) if args.sr_consistency else None
         generator = torch.Generator(device=device).manual_seed(args.seed + i)
-        restored = restore_image(adapter, y, patch_size=args.patch_size, stride=args.stride,
+        restored = restore_image(adapter, y, patch_size=args.validation_patch_size, stride=args.stride,
                                  num_inference_steps=args.num_inference_steps, eta=0.0, generator=generator,
                                  progress=False, timestep_spacing=args.timestep_spacing,
-                                 self_ensemble=args.self_ensemble).clamp(-1, 1)
+                                 self_ensemble=args.self_ensemble, low_resolution=low).clamp(-1, 1)
         y01, restored01, x01 = ((t.float() + 1) / 2 for t in (y, restored, x0))
         psnrs_degraded.append(psnr_y(y01, x01).item())
         psnrs.append(psnr_y(restored01, x01).item())
@@ -392,11 +424,13 @@ def log_validation(adapter, validation, args, step, device, folder):
         for key, tensor in (("degraded", y), ("restored", restored), ("clean", x0)):
             shown[key].append(tensor_to_image(tensor[0]))
         shown["sigma"].append(adapter.prior_std(y)[0].mean(0).float().cpu().numpy())
+    steps = f"{args.num_inference_steps} sampling step" + ("" if args.num_inference_steps == 1 else "s")
     plot_image_restorations(os.path.join(folder, f"step-{step:06d}.png"), **shown,
                             scores=[(f"{a:.2f} dB", f"{b:.2f} dB") for a, b in zip(psnrs_degraded, psnrs)],
-                            title=f"{args.degradation}: validation at step {step} ({args.mode}, "
-                                  f"{args.num_inference_steps} sampling steps, {args.timestep_spacing}"
-                                  f"{', self-ensemble' if args.self_ensemble else ''})")
+                            title=f"{args.degradation}: validation at step {step} ({args.mode}, {steps}, "
+                                  f"{args.timestep_spacing}"
+                                  f"{', self-ensemble' if args.self_ensemble else ''}"
+                                  f"{', SR-consistent' if args.sr_consistency else ''})")
     adapter.train(was_training)
     return {"psnr_y": float(np.mean(psnrs)), "ssim_y": float(np.nanmean(ssims)),
             "psnr_y_degraded": float(np.mean(psnrs_degraded)), "ssim_y_degraded": float(np.nanmean(ssims_degraded))}

@@ -1,7 +1,7 @@
 """The ``restoregrad`` command: restore files with a trained adapter, evaluate, show the learned prior.
 
-    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4]
-                        [--timestep-spacing trailing] [--self-ensemble]
+    restoregrad restore --adapter DIR_OR_REPO INPUT... -o OUT_DIR [--upscale 4 [--sr-consistency]]
+                        [--timestep-spacing trailing] [--self-ensemble] [--patch-size 128]
     restoregrad evaluate --pred DIR --ref DIR [--lpips-network package.module:function]
     restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
 
@@ -12,9 +12,12 @@ residual, and for audio the sample rate (a file at another rate is resampled to 
 training resampled its data, and the result back to the file's rate). An adapter whose denoiser was saved as a plain state dict needs the model object:
 ``--model-factory package.module:function`` names a function (in your code) that builds it.
 A super-resolution adapter restores the bicubically up-sampled image it was trained on: give it that
-image, or the small one with ``--upscale FACTOR`` (enlarged bicubically as in training first).
-``--timestep-spacing`` spreads an image sampler's steps otherwise (``trailing`` starts from pure noise),
-and ``--self-ensemble`` averages an image's restorations over its eight rotations and mirrors.
+image, or the small one with ``--upscale FACTOR`` (enlarged bicubically as in training first);
+``--sr-consistency`` then projects the result onto the images whose bicubic down-sampling is exactly
+the small one. ``--timestep-spacing`` spreads an image sampler's steps otherwise (``trailing`` starts
+from pure noise), ``--self-ensemble`` averages an image's restorations over its eight rotations and
+mirrors, and ``--patch-size`` restores with larger patches than the training crops where the
+denoiser is fully convolutional (the image trainer's are).
 ``evaluate`` scores PSNR(Y) and SSIM(Y) of images, and LPIPS when ``--lpips-network`` names a function
 (in your code) returning the feature network and its linear weights (nothing is downloaded).
 Outputs are written atomically: a temporary name, then a rename.
@@ -90,9 +93,12 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
     generator = torch.Generator(device=device).manual_seed(args.seed)
     if _check_kind(adapter, path) == "image":
         image = read_image(path)
+        low = None
         if args.upscale > 1:  # a super-resolution adapter's input: the small image enlarged as in training
             from .data.blur_sr import bicubic_resize
 
+            if args.sr_consistency:
+                low = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
             image = bicubic_resize(image, (image.shape[0] * args.upscale, image.shape[1] * args.upscale))
         channels = adapter.hub_config.get("channels", 3)
         if channels != 3:
@@ -110,7 +116,7 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
         def restore(images):
             return adapter.restore(images, num_inference_steps=args.steps, stride=args.stride, eta=args.eta,
                                    generator=generator, patch_batch_size=args.patch_batch_size,
-                                   progress=not args.quiet, scheduler=scheduler)
+                                   progress=not args.quiet, scheduler=scheduler, patch_size=args.patch_size)
 
         if args.self_ensemble:
             from .ensemble import dihedral_ensemble
@@ -118,6 +124,10 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
             restored = dihedral_ensemble(restore, y)
         else:
             restored = restore(y)
+        if low is not None:
+            from .consistency import project_to_low_resolution
+
+            restored = project_to_low_resolution(restored, low)
         return ((restored[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy(), None
 
     audio, rate = read_audio(path)
@@ -194,6 +204,18 @@ def command_restore(args) -> None:
                            "is audio, restored with the adapter's own fast schedule.")
     if args.self_ensemble and "waveform" in kinds:
         raise CommandError(f"--self-ensemble turns and mirrors images; {inputs[kinds.index('waveform')]} is audio.")
+    if args.sr_consistency and args.upscale == 1:
+        raise CommandError("--sr-consistency keeps a super-resolution consistent with its small input: it needs "
+                           "--upscale FACTOR and the small images.")
+    if args.patch_size is not None:
+        if "waveform" in kinds:
+            raise CommandError(f"--patch-size sets an image sampler's patches; {inputs[kinds.index('waveform')]} "
+                               "is audio.")
+        trained = getattr(adapter.denoiser, "patch_size", None)  # a WeatherDiff wrapper's fixed patch
+        if trained is not None and args.patch_size != trained and not getattr(adapter.denoiser,
+                                                                              "fully_convolutional", False):
+            raise CommandError(f"--patch-size {args.patch_size}: the adapter's denoiser takes {trained} x {trained} "
+                               "patches only (it was not saved as fully convolutional).")
     targets = plan_outputs(inputs, kinds, out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -387,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("--self-ensemble", action="store_true",
                          help="images: restore the eight rotations and mirrors of each image and average them "
                               "(eight times the work; docs/deblur_sr.md)")
+    restore.add_argument("--patch-size", type=_positive_int, default=None,
+                         help="image patch side (default: the adapter's training crops; larger only for a fully "
+                              "convolutional denoiser, e.g. the image trainer's)")
+    restore.add_argument("--sr-consistency", action="store_true",
+                         help="with --upscale: project each result onto the images whose bicubic down-sampling "
+                              "is exactly the small input")
     restore.add_argument("--seed", type=int, default=0)
     restore.add_argument("--quiet", action="store_true", help="no progress bars")
     restore.set_defaults(run=command_restore)

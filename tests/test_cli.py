@@ -227,10 +227,56 @@ def test_evaluate_adds_lpips_with_a_network_from_the_users_code(tmp_path, monkey
     assert "must return (feature_network, linear_weights)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag", [["--self-ensemble"], ["--timestep-spacing", "trailing"], ["--upscale", "2"]])
+@pytest.mark.parametrize("flag", [["--self-ensemble"], ["--timestep-spacing", "trailing"], ["--upscale", "2"],
+                                  ["--patch-size", "16"]])
 def test_image_only_options_refuse_audio(speech_adapter, tmp_path, capsys, flag):
     soundfile.write(tmp_path / "noisy.wav", np.zeros(1000, dtype=np.float32), 16000)
     assert main(["restore", "--adapter", str(speech_adapter), str(tmp_path / "noisy.wav"), "-o", str(tmp_path / "out"),
                  "--quiet", *flag]) == 2
     assert f"{tmp_path / 'noisy.wav'} is audio" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_restore_sr_consistency_and_larger_patches(tmp_path, capsys):
+    from restoregrad_adapter.consistency import bicubic_downsample_tensor, project_to_low_resolution
+    from restoregrad_adapter.data.blur_sr import bicubic_resize
+    from restoregrad_adapter.integrations.weatherdiff import restore_image
+    from restoregrad_adapter.io import read_image
+
+    torch.manual_seed(0)
+    unet = WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=16, fixed_size=False)
+    adapter = RestoreGrad.with_encoders(weatherdiff.wrap(unet, patch_size=16, fully_convolutional=True), dims=2,
+                                        in_channels=3, size="tiny")
+    torch.nn.init.normal_(adapter.prior_net.encoder.head.weight, std=0.05)
+    folder = adapter.save_pretrained(tmp_path / "adapter")
+    adapter.eval()
+    write_png(tmp_path / "small.png", 9, 12, seed=4)
+    out = tmp_path / "out"
+    assert main(["restore", "--adapter", str(folder), str(tmp_path / "small.png"), "-o", str(out), "--steps", "2",
+                 "--quiet", "--upscale", "2", "--sr-consistency", "--patch-size", "24", "--stride", "6"]) == 0
+    restored = np.asarray(Image.open(out / "small.png"), dtype=np.float64) / 255
+
+    # restore_image with the 24-pixel patches, then the projection onto the small image
+    small = torch.from_numpy(read_image(tmp_path / "small.png")).permute(2, 0, 1)[None] * 2 - 1
+    y = torch.from_numpy(bicubic_resize(read_image(tmp_path / "small.png"), (18, 24))).permute(2, 0, 1)[None] * 2 - 1
+    expected = restore_image(adapter, y, patch_size=24, stride=6, num_inference_steps=2,
+                             generator=torch.Generator().manual_seed(0), progress=False, low_resolution=small)
+    torch.testing.assert_close(expected, project_to_low_resolution(
+        restore_image(adapter, y, patch_size=24, stride=6, num_inference_steps=2,
+                      generator=torch.Generator().manual_seed(0), progress=False), small))
+    expected01 = ((expected[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(restored, expected01, atol=0.5 / 255 + 1e-6)
+    # before the clipping to [-1, 1], consistent with the small input
+    torch.testing.assert_close(bicubic_downsample_tensor(expected, 2), small, atol=1e-5, rtol=0)
+
+    # a fixed-size denoiser refuses other patch sizes; --sr-consistency needs --upscale
+    strict = RestoreGrad.with_encoders(weatherdiff.wrap(WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1,
+                                                                    attn_resolutions=(), image_size=16), patch_size=16),
+                                       dims=2, in_channels=3, size="tiny").save_pretrained(tmp_path / "strict")
+    capsys.readouterr()
+    assert main(["restore", "--adapter", str(strict), str(tmp_path / "small.png"), "-o", str(out), "--quiet",
+                 "--patch-size", "24"]) == 2
+    assert "takes 16 x 16 patches only" in capsys.readouterr().err
+    assert main(["restore", "--adapter", str(folder), str(tmp_path / "small.png"), "-o", str(out), "--quiet",
+                 "--sr-consistency"]) == 2
+    assert "needs --upscale" in capsys.readouterr().err

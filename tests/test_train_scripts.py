@@ -279,6 +279,21 @@ def test_train_weather_degradation_defaults_keep_the_weather_preset():
     given = script.parse_args(["--degradation", "sr4", "--no-self_ensemble", "--timestep_spacing", "leading"])
     assert (given.timestep_spacing, given.self_ensemble) == ("leading", False)
     assert script.parse_args(["--self_ensemble", "--timestep_spacing", "trailing"]).self_ensemble is True
+    # Super-resolution validates each crop as one patch, projected onto its low resolution; nothing else does.
+    for name, scale in (("sr2", 2), ("sr4", 4)):
+        args = script.parse_args(["--degradation", name])
+        assert (args.validation_patch_size, args.sr_consistency, args.validation_scale) == (128, True, scale)
+        assert script.parse_args(["--degradation", name, "--max_validation_size", "41"]).validation_patch_size == 42
+    for name in ("mixed", "rain", "gaussian_blur", "motion_blur"):
+        args = script.parse_args(["--degradation", name])
+        assert (args.validation_patch_size, args.sr_consistency) == (32, False)
+    given = script.parse_args(["--degradation", "sr4", "--no-sr_consistency", "--validation_patch_size", "64"])
+    assert (given.validation_patch_size, given.sr_consistency) == (64, False)
+    assert script.parse_args(["--sr_scale", "3"]).sr_consistency is True  # a DIV2K x3 root
+    for argv, message in ((["--sr_consistency"], "--sr_consistency needs a super-resolution task"),
+                          (["--validation_patch_size", "33"], "--validation_patch_size must be a positive multiple")):
+        with pytest.raises(SystemExit, match=message):
+            script.parse_args(argv)
     given = script.parse_args(["--degradation", "sr4", "--validation_fit", "downscale", "--learning_rate", "1e-4",
                                "--builtin_size", "64", "--num_inference_steps", "5"])
     assert (given.validation_fit, given.learning_rate, given.builtin_size, given.num_inference_steps) == (
@@ -289,6 +304,9 @@ def test_train_weather_degradation_defaults_keep_the_weather_preset():
     np.testing.assert_array_equal(script.fit_for_validation(image, 6, "crop"), image[2:8, 4:10])
     assert script.fit_for_validation(image, 7, "downscale").shape == (5, 7, 3)
     assert script.fit_for_validation(image, 20, "crop") is image
+    # A super-resolution crop covers whole low-resolution pixels: sides and corner on the scale's grid.
+    np.testing.assert_array_equal(script.fit_for_validation(image, 7, "crop", multiple=2), image[2:8, 4:10])
+    np.testing.assert_array_equal(script.fit_for_validation(image, 20, "crop", multiple=4), image[:8, :12])
 
 
 def test_train_weather_built_in_deblurring_and_super_resolution(tmp_path):
