@@ -405,8 +405,11 @@ def log_validation(adapter, validation, args, step, device, folder):
     shown = {"degraded": [], "restored": [], "clean": [], "sigma": []}
     psnrs, ssims, psnrs_degraded, ssims_degraded = [], [], [], []
     multiple = args.validation_scale if args.sr_consistency else 1
+
+    def fit(image):
+        return fit_for_validation(image, args.max_validation_size, args.validation_fit, multiple)
+
     for i, (clean, degraded) in enumerate(validation):
-        fit = lambda image: fit_for_validation(image, args.max_validation_size, args.validation_fit, multiple)  # noqa: E731
         x0 = image_to_tensor(fit(clean))[None].to(device)
         y = image_to_tensor(fit(degraded))[None].to(device)
         # The low-resolution image that y enlarges, for the projection (restoregrad_adapter.consistency).

@@ -211,9 +211,9 @@ def command_restore(args) -> None:
         if "waveform" in kinds:
             raise CommandError(f"--patch-size sets an image sampler's patches; {inputs[kinds.index('waveform')]} "
                                "is audio.")
-        trained = getattr(adapter.denoiser, "patch_size", None)  # a WeatherDiff wrapper's fixed patch
-        if trained is not None and args.patch_size != trained and not getattr(adapter.denoiser,
-                                                                              "fully_convolutional", False):
+        takes_patch_size = getattr(adapter.denoiser, "takes_patch_size", None)  # a WeatherDiff wrapper's
+        if takes_patch_size is not None and not takes_patch_size(args.patch_size):
+            trained = adapter.denoiser.patch_size
             raise CommandError(f"--patch-size {args.patch_size}: the adapter's denoiser takes {trained} x {trained} "
                                "patches only (it was not saved as fully convolutional).")
     targets = plan_outputs(inputs, kinds, out)

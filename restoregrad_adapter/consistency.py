@@ -33,16 +33,10 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from restoregrad_adapter.patches import _check_image
+from restoregrad_adapter.patches import _check_image, _check_positive_int
 
 __all__ = ["bicubic_matrix", "bicubic_downsample_tensor", "bicubic_upsample_tensor",
-           "low_resolution_from_condition", "project_to_low_resolution"]
-
-
-def _check_length(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}.")
-    return int(value)
+           "low_resolution_from_condition", "check_low_resolution", "project_to_low_resolution"]
 
 
 @lru_cache(maxsize=64)
@@ -63,8 +57,8 @@ def bicubic_matrix(length_in: int, length_out: int) -> np.ndarray:
     is ``bicubic_matrix(H, h) @ image @ bicubic_matrix(W, w).T`` on each channel, up to float32 rounding
     and before the result is clipped to [0, 1]. Each row sums to 1 (a flat image stays flat).
     """
-    matrix = _bicubic_matrix(_check_length("length_in", length_in), _check_length("length_out", length_out))
-    return matrix.copy()
+    length_in, length_out = _check_positive_int("length_in", length_in), _check_positive_int("length_out", length_out)
+    return _bicubic_matrix(length_in, length_out).copy()
 
 
 def _apply(images: torch.Tensor, rows: np.ndarray, columns: np.ndarray) -> torch.Tensor:
@@ -74,18 +68,27 @@ def _apply(images: torch.Tensor, rows: np.ndarray, columns: np.ndarray) -> torch
     return torch.einsum("ij,...jk,lk->...il", rows_t, images.double(), columns_t)
 
 
-def _scale_of(high: Tuple[int, int], low: Tuple[int, int]) -> int:
-    if any(l_ < 1 or h_ % l_ for h_, l_ in zip(high, low)) or high[0] // low[0] != high[1] // low[1]:
-        raise ValueError(f"the high-resolution size {high[0]} x {high[1]} must be the low-resolution size "
-                         f"{low[0]} x {low[1]} times one integer factor (the super-resolution scale).")
-    return high[0] // low[0]
+def check_low_resolution(low: torch.Tensor, shape: Tuple[int, ...], name: str = "low") -> int:
+    """The super-resolution scale between images of ``shape`` ``(B, C, H, W)`` and their low-resolution
+    images ``low`` ``(B, C, H / s, W / s)``; a ValueError naming ``name`` where they do not match."""
+    _check_image(name, low)
+    if tuple(low.shape[:2]) != tuple(shape[:2]):
+        raise ValueError(f"`{name}` {tuple(low.shape)} must share the batch and channel sizes of the images "
+                         f"{tuple(shape)}.")
+    (height, width), (low_height, low_width) = shape[-2:], low.shape[-2:]
+    if (low_height < 1 or low_width < 1 or height % low_height or width % low_width
+            or height // low_height != width // low_width):
+        raise ValueError(f"the high-resolution size {height} x {width} must be the low-resolution size "
+                         f"{low_height} x {low_width} of `{name}` times one integer factor (the super-resolution "
+                         "scale).")
+    return height // low_height
 
 
 def bicubic_downsample_tensor(images: torch.Tensor, scale: int) -> torch.Tensor:
     """``D(images)``: ``(B, C, H, W)`` shrunk by ``scale`` with :func:`bicubic_matrix` (not clipped;
     ``images``' dtype). Both ``H`` and ``W`` must be multiples of ``scale``."""
     _check_image("images", images)
-    scale = _check_length("scale", scale)
+    scale = _check_positive_int("scale", scale)
     height, width = images.shape[-2:]
     if height % scale or width % scale:
         raise ValueError(f"`images` of {height} x {width} pixels: both sides must be multiples of scale {scale}.")
@@ -96,7 +99,7 @@ def bicubic_downsample_tensor(images: torch.Tensor, scale: int) -> torch.Tensor:
 def bicubic_upsample_tensor(low: torch.Tensor, scale: int) -> torch.Tensor:
     """``U(low)``: ``(B, C, h, w)`` enlarged by ``scale`` with :func:`bicubic_matrix` (not clipped)."""
     _check_image("low", low)
-    scale = _check_length("scale", scale)
+    scale = _check_positive_int("scale", scale)
     height, width = low.shape[-2:]
     out = _apply(low, bicubic_matrix(height, height * scale), bicubic_matrix(width, width * scale))
     return out.to(low.dtype)
@@ -109,7 +112,7 @@ def low_resolution_from_condition(y: torch.Tensor, scale: int) -> torch.Tensor:
     ``y`` is ``U(l)`` unclipped and uncropped; otherwise the ``l`` whose enlargement is nearest ``y``.
     """
     _check_image("y", y)
-    scale = _check_length("scale", scale)
+    scale = _check_positive_int("scale", scale)
     height, width = y.shape[-2:]
     if height % scale or width % scale:
         raise ValueError(f"`y` of {height} x {width} pixels: both sides must be multiples of scale {scale}.")
@@ -134,12 +137,8 @@ def project_to_low_resolution(images: torch.Tensor, low: torch.Tensor) -> torch.
         ``images``' shape and dtype; not clipped.
     """
     _check_image("images", images)
-    _check_image("low", low)
-    if images.shape[:2] != low.shape[:2]:
-        raise ValueError(f"`images` {tuple(images.shape)} and `low` {tuple(low.shape)} must share batch and "
-                         "channel sizes.")
+    scale = check_low_resolution(low, images.shape)
     height, width = images.shape[-2:]
-    scale = _scale_of((height, width), tuple(low.shape[-2:]))
     down_rows, down_columns = bicubic_matrix(height, height // scale), bicubic_matrix(width, width // scale)
     residual = low.to(images.device).double() - _apply(images, down_rows, down_columns)
     correction = _apply(residual, np.linalg.pinv(down_rows), np.linalg.pinv(down_columns))

@@ -27,7 +27,7 @@ import os
 import pickle
 from typing import Iterable
 
-from restoregrad_adapter.consistency import _scale_of, project_to_low_resolution
+from restoregrad_adapter.consistency import check_low_resolution, project_to_low_resolution
 from restoregrad_adapter.ensemble import dihedral_ensemble
 from restoregrad_adapter.integrations import Integration, check_concatenated_channels, register_integration
 from restoregrad_adapter.patches import _check_image, _check_positive_int
@@ -82,6 +82,10 @@ class WeatherDiffDenoiser(nn.Module):
         self.model = model
         self.patch_size = _check_positive_int("patch_size", patch_size)
         self.fully_convolutional = fully_convolutional
+
+    def takes_patch_size(self, size: int) -> bool:
+        """Whether the model restores ``size x size`` patches: its own, or any for a fully convolutional one."""
+        return self.fully_convolutional or size == self.patch_size
 
     def _model_dtype(self) -> torch.dtype | None:
         parameters = getattr(self.model, "parameters", None)
@@ -348,18 +352,14 @@ def restore_image(
     if low < -1.0 - 1e-3 or high > 1.0 + 1e-3:
         raise ValueError(f"`y` must hold images in [-1, 1] (WeatherDiff's range), got values from {low:.4g} to "
                          f"{high:.4g}; map [0, 1] images with `2 * y - 1`.")
-    denoiser_size = getattr(adapter.denoiser, "patch_size", None)
-    resizable = getattr(adapter.denoiser, "fully_convolutional", False)
-    if denoiser_size is not None and denoiser_size != patch_size and not resizable:
-        raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = {denoiser_size} "
-                         "(only a denoiser wrapped with fully_convolutional=True takes other patch sizes).")
+    takes_patch_size = getattr(adapter.denoiser, "takes_patch_size", None)
+    if takes_patch_size is not None and not takes_patch_size(patch_size):
+        raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = "
+                         f"{adapter.denoiser.patch_size} (only a denoiser wrapped with fully_convolutional=True "
+                         "takes other patch sizes).")
     _check_positive_int("patch_size", patch_size)
-    if low_resolution is not None:
-        _check_image("low_resolution", low_resolution)
-        if low_resolution.shape[:2] != y.shape[:2]:
-            raise ValueError(f"`low_resolution` {tuple(low_resolution.shape)} must share `y`'s batch and channel "
-                             f"sizes {tuple(y.shape[:2])}.")
-        _scale_of(tuple(y.shape[-2:]), tuple(low_resolution.shape[-2:]))
+    if low_resolution is not None:  # checked before the sampling, not after it
+        check_low_resolution(low_resolution, y.shape, "low_resolution")
     _check_positive_int("num_inference_steps", num_inference_steps)
     if not isinstance(self_ensemble, bool):
         raise ValueError(f"`self_ensemble` must be True or False, got {self_ensemble!r}.")
