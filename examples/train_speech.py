@@ -73,7 +73,9 @@ from restoregrad_adapter.training import (
 logger = get_logger("restoregrad_speech")
 
 SAMPLE_RATE = 16000
-HOP = 256  # CDiffuSE's STFT hop: waveforms are whole numbers of frames
+HOP = 256  # CDiffuSE's STFT hop: training crops are whole numbers of frames
+#: --num_inference_steps -> the reverse process's schedule ("all": every training step).
+INFERENCE_BETAS = {6: list(FAST_INFERENCE_BETAS_6), 3: list(FAST_INFERENCE_BETAS_3), 50: "all"}
 MODEL_SIZES = {
     # name: (residual_layers, residual_channels, dilation_cycle_length, conditioner_channels)
     "tiny": (10, 32, 10, 64),  # the spectrogram compressed to 64 rows: about 5x cheaper on a CPU
@@ -85,8 +87,10 @@ MODEL_SIZES = {
 #: "restoring" (x0 prediction with a plain x0 loss, the image default) in the default budget
 #: (README, "The two commands"). CDiffuSE's process mixes y into x_t, so neither diffuses a residual.
 RECIPES = {
-    "restoring": {"prediction_type": "sample", "loss_weighting": "x0"},
-    "paper": {"prediction_type": "epsilon", "loss_weighting": "elbo"},
+    "restoring": {"prediction_type": "sample", "loss_weighting": "x0",
+                  "sampling_start": "prior", "final_blend": 0.0, "clamp": False},
+    "paper": {"prediction_type": "epsilon", "loss_weighting": "elbo",
+              "sampling_start": "prior", "final_blend": 0.0, "clamp": False},
 }
 
 
@@ -103,8 +107,10 @@ def parse_args(argv=None):
     g.add_argument("--dataset_split", default="train")
     g.add_argument("--clean_column", default="clean")
     g.add_argument("--noisy_column", default="noisy")
-    g.add_argument("--num_validation_utterances", type=int, default=3)
-    g.add_argument("--validation_seconds", type=float, default=2.0, help="held-out utterances are cut to this")
+    g.add_argument("--num_validation_utterances", type=int, default=None,
+                   help="held-out utterances validated, whole (default: every held-out pair of a folder or dataset; "
+                        "3 of the built-in data)")
+    g.add_argument("--validation_seconds", type=float, default=2.0, help="length of the built-in held-out utterances")
     g.add_argument("--builtin_utterances", type=int, default=48)
     g.add_argument("--segment_length", type=int, default=HOP * 24, help="training crop, a multiple of 256 samples")
     g = parser.add_argument_group("model")
@@ -146,7 +152,16 @@ def parse_args(argv=None):
     g.add_argument("--checkpoints_total_limit", type=int, default=2)
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--validation_steps", type=int, default=500)
-    g.add_argument("--num_inference_steps", type=int, default=6)
+    g.add_argument("--num_inference_steps", type=int, choices=(3, 6, 50), default=6,
+                   help="reverse steps: CDiffuSE's fast schedules (6 or 3) or every training step (50)")
+    g.add_argument("--sampling_start", choices=("prior", "noisy"), default=None,
+                   help="the reverse chain starts from the learned prior of eq. 10 or, as CDiffuSE's released "
+                        "inference, from the noisy signal (default: the recipe's)")
+    g.add_argument("--final_blend", type=float, default=None,
+                   help="weight w of the noisy signal in the last step's (1 - w) x0 + w y (CDiffuSE's released "
+                        "inference: 0.2; default: the recipe's)")
+    g.add_argument("--clamp", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip every reverse step to [-1, 1] as CDiffuSE's released inference does (default: the recipe's)")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--report_to", default="auto", help="'auto' (tensorboard when installed), 'all', 'none', ...")
     g.add_argument("--push_to_hub", action="store_true")
@@ -169,8 +184,10 @@ def parse_args(argv=None):
     if args.segment_length % HOP or args.segment_length < 3 * HOP:
         raise SystemExit(f"error: --segment_length must be a multiple of {HOP} of at least {3 * HOP}, "
                          f"got {args.segment_length}")
-    if args.num_inference_steps not in (3, 6):
-        raise SystemExit("error: --num_inference_steps must be 6 or 3 (CDiffuSE's fast schedules)")
+    if args.final_blend is not None and not 0 <= args.final_blend <= 1:
+        raise SystemExit(f"error: --final_blend must be a weight in [0, 1], got {args.final_blend}")
+    if args.num_validation_utterances is not None and args.num_validation_utterances < 1:
+        raise SystemExit(f"error: --num_validation_utterances must be >= 1, got {args.num_validation_utterances}")
     if sum(x is not None for x in (args.data_dir, args.clean_dir, args.dataset_name)) > 1:
         raise SystemExit("error: pass one of --data_dir, --clean_dir/--noisy_dir and --dataset_name")
     if (args.clean_dir is None) != (args.noisy_dir is None):
@@ -180,30 +197,33 @@ def parse_args(argv=None):
 
 # ---------------------------------------------------------------------- data
 def read_utterance(clean, noisy):
-    """A level-normalised ``(x0, y)`` = (clean, noisy) pair of 16 kHz mono waveforms from paths or bytes."""
-    return normalize_level(*read_audio_pair(clean, noisy, sample_rate=SAMPLE_RATE))
+    """A ``(x0, y)`` = (clean, noisy) pair of 16 kHz mono waveforms from paths or bytes, as in the files."""
+    return read_audio_pair(clean, noisy, sample_rate=SAMPLE_RATE)
 
 
 def load_data(args):
-    """Training pairs and validation pairs ``(x0, y)`` (clean, noisy waveforms), and a description."""
+    """Training pairs (level-normalised) and held-out pairs ``(x0, y)`` (clean, noisy waveforms as in
+    their files: validation restores them as ``restoregrad restore`` restores a file), and a description."""
     def read_files(paths):
-        return read_utterance(*paths)
+        return normalize_level(*read_utterance(*paths))
+
+    def read_held_out(files):
+        return [read_utterance(*paths) for paths in files[: args.num_validation_utterances]]
 
     if args.data_dir:
         train = voicebank_pair_files(args.data_dir, "train")
-        test = voicebank_pair_files(args.data_dir, "test")[: args.num_validation_utterances]
-        return (LazyPairs(train, read_files, cache_size=512), [read_files(p) for p in test],
+        test = read_held_out(voicebank_pair_files(args.data_dir, "test"))
+        return (LazyPairs(train, read_files, cache_size=2048), test,
                 f"{os.path.basename(os.path.normpath(args.data_dir))} (a VoiceBank+DEMAND-style folder): "
-                f"{len(train)} training pairs")
+                f"{len(train)} training pairs, {len(test)} held out")
     if args.clean_dir:
         files = audio_pair_files(args.clean_dir, args.noisy_dir)
         if args.validation_clean_dir:
-            held = audio_pair_files(args.validation_clean_dir, args.validation_noisy_dir)
-            held = held[: args.num_validation_utterances]
+            held = read_held_out(audio_pair_files(args.validation_clean_dir, args.validation_noisy_dir))
         else:
-            count = min(args.num_validation_utterances, len(files) - 1)
-            held, files = files[len(files) - count:], files[: len(files) - count]
-        return (LazyPairs(files, read_files, cache_size=512), [read_files(p) for p in held],
+            count = min(args.num_validation_utterances or 3, len(files) - 1)
+            held, files = read_held_out(files[len(files) - count:]), files[: len(files) - count]
+        return (LazyPairs(files, read_files, cache_size=2048), held,
                 f"{len(files)} pairs from {args.clean_dir} and {args.noisy_dir}")
     if args.dataset_name:
         import datasets
@@ -219,17 +239,17 @@ def load_data(args):
             clean, noisy = row[args.clean_column], row[args.noisy_column]
             return read_utterance(clean.get("bytes") or clean["path"], noisy.get("bytes") or noisy["path"])
 
-        count = min(args.num_validation_utterances, len(rows) - 1)
+        count = min(args.num_validation_utterances or 3, len(rows) - 1)
         validation = [read_row(i) for i in range(len(rows) - count, len(rows))]
-        return (LazyPairs(range(len(rows) - count), read_row, cache_size=512), validation,
+        return (LazyPairs(range(len(rows) - count), lambda i: normalize_level(*read_row(i)), cache_size=2048), validation,
                 f"dataset {args.dataset_name} ({len(rows) - count} training pairs)")
 
     from restoregrad_adapter.data.speech import builtin_speech_pairs
 
     train = builtin_speech_pairs("train", num_utterances=args.builtin_utterances, seconds=2.0, seed=args.seed)
-    held = builtin_speech_pairs("validation", num_utterances=args.num_validation_utterances,
+    held = builtin_speech_pairs("validation", num_utterances=args.num_validation_utterances or 3,
                                 seconds=args.validation_seconds, seed=args.seed)
-    return ([normalize_level(x0, y) for x0, y in train], [normalize_level(x0, y) for x0, y in held],
+    return ([normalize_level(x0, y) for x0, y in train], held,
             f"built-in: {len(train)} synthetic utterances with noise at 0-15 dB SNR, {len(held)} held out")
 
 
@@ -245,61 +265,73 @@ def build_adapter(args):
                              conditioner_channels=conditioner)
     scheduler = LearnedPriorScheduler.from_config(cdiffuse_scheduler().config, prediction_type=args.prediction_type)
     # Training brings every pair to one level (normalize_level); the adapter records it, so restoring a
-    # file at any level applies the same normalisation and undoes it on the output.
+    # file at any level applies the same normalisation and undoes it on the output. It also records how
+    # validation restores, so that `restoregrad restore` restores a file exactly as validation did.
+    restoration = {"inference_betas": INFERENCE_BETAS[args.num_inference_steps], "initial": args.sampling_start,
+                   "mix_noisy": args.final_blend, "clamp": args.clamp}
     return CDiffuSERestoreGrad.from_model(model, size=args.encoder_size, encoder=args.encoder, mode=args.mode,
                                           latent_weight=args.latent_weight,
                                           prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min,
                                           scheduler=scheduler, weighting=args.loss_weighting,
-                                          snr_gamma=args.snr_gamma, input_peak=SPEECH_PEAK)
+                                          snr_gamma=args.snr_gamma, input_peak=SPEECH_PEAK, restoration=restoration)
 
 
 # ---------------------------------------------------------------------- validation
+#: The sampling seed of every held-out utterance: `restoregrad restore`'s default --seed.
+RESTORE_SEED = 0
+#: Held-out utterances drawn in the validation PNG (and written as WAVs at the first and last step).
+SHOWN_UTTERANCES = 3
+
+
 @torch.no_grad()
 def log_validation(adapter, validation, args, step, device, folder):
-    """Enhance held-out utterances; SI-SNR beside the noisy input's (PESQ, STOI when installed); a PNG of
-    spectrograms and sigma; the WAVs at the first and the last step."""
+    """Enhance every held-out utterance whole, exactly as ``restoregrad restore`` enhances a file (the
+    adapter's own restoration settings, sampling seed 0); SI-SNR, PESQ (wideband) and STOI beside the
+    noisy input's (PESQ and STOI when installed); a PNG of noisy, restored and clean spectrograms with the
+    learned sigma; the WAVs at the first and the last step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib import mlab
 
-    betas = FAST_INFERENCE_BETAS_6 if args.num_inference_steps == 6 else FAST_INFERENCE_BETAS_3
     was_training = adapter.training
     adapter.eval()
     scores: dict[str, list[float]] = {}
-    fig, axes = plt.subplots(len(validation), 4, figsize=(15, 2.6 * len(validation)), squeeze=False)
+    shown = min(SHOWN_UTTERANCES, len(validation))
+    fig, axes = plt.subplots(shown, 4, figsize=(15, 2.6 * shown), squeeze=False)
     for i, (clean, noisy) in enumerate(validation):
-        length = min(len(clean), int(args.validation_seconds * SAMPLE_RATE))
-        length -= length % HOP  # whole STFT frames
-        if length < 3 * HOP:
-            raise SystemExit(f"error: a validation utterance is shorter than {3 * HOP} samples")
-        clean, noisy = clean[:length], noisy[:length]
         x0 = torch.from_numpy(clean)[None, None].to(device)
         y = torch.from_numpy(noisy)[None, None].to(device)
-        generator = torch.Generator(device=device).manual_seed(args.seed + i)
-        restored = adapter.restore(y, inference_betas=betas, generator=generator).float()
-        sigma = adapter.prior_std(y)[0, 0].float().cpu().numpy()
-        scores.setdefault("si_snr", []).append(si_snr(restored[:, 0], x0[:, 0]).item())
-        scores.setdefault("si_snr_noisy", []).append(si_snr(y[:, 0], x0[:, 0]).item())
-        for name, metric in (("pesq", pesq_wb), ("stoi", stoi)):
-            try:
-                scores.setdefault(name, []).append(metric(restored[:, 0].cpu(), x0[:, 0].cpu()).item())
-            except ImportError:
-                scores.pop(name, None)
+        generator = torch.Generator(device=device).manual_seed(RESTORE_SEED)
+        restored = adapter.restore(y, generator=generator).float()
+        for suffix, signal in (("", restored), ("_noisy", y)):
+            scores.setdefault("si_snr" + suffix, []).append(si_snr(signal[:, 0], x0[:, 0]).item())
+            for name, metric in (("pesq", pesq_wb), ("stoi", stoi)):
+                try:
+                    scores.setdefault(name + suffix, []).append(metric(signal[:, 0].cpu(), x0[:, 0].cpu()).item())
+                except ImportError:
+                    scores.pop(name + suffix, None)
+        if i >= shown:
+            continue
+        sigma = adapter.prior_std(y * adapter.input_scale(y))[0, 0].float().cpu().numpy()  # what restore used
         waves = {"noisy": noisy, "restored": restored[0, 0].cpu().numpy(), "clean": clean}
         labels = {"noisy": f"  SI-SNR {scores['si_snr_noisy'][-1]:.1f} dB",
                   "restored": f"  SI-SNR {scores['si_snr'][-1]:.1f} dB", "clean": ""}
         # One colour scale per row, from the clean spectrogram (a silent restoration stays drawable).
-        top = 10 * np.log10(mlab.specgram(clean + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384)[0].max())
+        top = 10 * np.log10(mlab.specgram(clean + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384)[0].max() + 1e-20)
         for ax, (title, wave) in zip(axes[i], waves.items()):
             ax.specgram(wave + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384, cmap="magma", vmin=top - 100, vmax=top)
             ax.set_title(title + labels[title], fontsize=9)
             if step in (0, args.max_train_steps):
                 write_audio(os.path.join(folder, f"step-{step:06d}-{i}-{title}.wav"), wave, SAMPLE_RATE)
         axes[i, 3].plot(np.arange(len(sigma)) / SAMPLE_RATE, sigma, color="tab:red", linewidth=0.6)
-        axes[i, 3].set_title("learned prior sigma", fontsize=9)
-    fig.suptitle(f"validation at step {step} ({args.mode}, {len(betas)} sampling steps)")
+        axes[i, 3].set_title("learned prior sigma (at the training level)", fontsize=9)
+        axes[i, 3].set_xlim(0, len(sigma) / SAMPLE_RATE)
+    steps = len(adapter.restoration_settings()["inference_betas"]) if adapter.restoration_settings()[
+        "inference_betas"] != "all" else adapter.scheduler.config.num_train_timesteps
+    fig.suptitle(f"validation at step {step} ({args.mode}, {steps} sampling steps; {len(validation)} held-out "
+                 f"utterances, {shown} shown)")
     fig.tight_layout()
     save_figure(fig, os.path.join(folder, f"step-{step:06d}.png"), dpi=90)
     adapter.train(was_training)
@@ -364,7 +396,8 @@ def main(args):
                                          accelerator.device, validation_dir)
             history.append({"kind": "validation", "step": step, **metrics})
             accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
-            optional = "".join(f", {k.upper()} {metrics[k]:.3f}" for k in ("pesq", "stoi") if k in metrics)
+            optional = "".join(f", {k.upper()} {metrics[k]:.3f} (noisy {metrics[k + '_noisy']:.3f})"
+                               for k in ("pesq", "stoi") if k in metrics)
             logger.info(f"step {step}: validation SI-SNR {metrics['si_snr']:.2f} dB (noisy "
                         f"{metrics['si_snr_noisy']:.2f} dB){optional}; wrote {validation_dir}/step-{step:06d}.png",
                         main_process_only=True)
@@ -424,6 +457,10 @@ def main(args):
         plot_curves(history.records, ["si_snr", "pesq", "stoi"], curves)
         logger.info(f"saved the trained adapter to {folder}" + (" (EMA weights)" if ema is not None else ""),
                     main_process_only=True)
+        for metric, unit in (("pesq", ""), ("stoi", "")):
+            if metric in last:
+                logger.info(describe_learning(history.records, metric, unit, metric + "_noisy", digits=3),
+                            main_process_only=True)
         logger.info(f"{describe_learning(history.records, 'si_snr', 'dB', 'si_snr_noisy')}; wall time "
                     f"{time.time() - start_time:.0f} s; curves in {curves}", main_process_only=True)
         if args.push_to_hub:

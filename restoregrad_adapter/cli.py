@@ -263,38 +263,54 @@ def _lpips_from_factory(spec: str | None):
     return built[0].eval(), built[1]
 
 
-def evaluate_pairs(pairs: list[tuple[Path, Path]], lpips_network=None) -> list[dict]:
-    """One row of metrics per ``(pred, ref)`` pair; ``lpips_network``: ``(feature_network, linear_weights)``
-    to add LPIPS to the images' PSNR(Y) and SSIM(Y)."""
+def _scores(pred_path: Path, ref_path: Path, lpips_network=None) -> dict:
+    """The metrics of one file against its reference: PSNR(Y), SSIM(Y) (and LPIPS) for images, SI-SNR,
+    PESQ (wideband) and STOI for audio (PESQ and STOI when installed)."""
     from . import metrics
 
+    kind = _kind(pred_path)
+    if kind != _kind(ref_path):
+        raise CommandError(f"{pred_path} and {ref_path} are not the same kind of file.")
+    row = {}
+    if kind == "image":
+        pred, ref = read_image(pred_path), read_image(ref_path)
+        if pred.shape != ref.shape:
+            raise CommandError(f"{pred_path}: size {pred.shape[:2]} differs from the reference's {ref.shape[:2]}.")
+        p, r = (torch.from_numpy(a).permute(2, 0, 1)[None] for a in (pred, ref))
+        row["PSNR_Y"] = metrics.psnr_y(p, r).item()
+        row["SSIM_Y"] = metrics.ssim_y(p, r).item() if min(p.shape[-2:]) >= 11 else float("nan")
+        if lpips_network is not None:
+            row["LPIPS"] = metrics.lpips(p, r, *lpips_network).item()
+        return row
+    (pred, rate), (ref, ref_rate) = read_audio(pred_path), read_audio(ref_path)
+    if rate != ref_rate or len(pred) != len(ref):
+        raise CommandError(f"{pred_path}: {len(pred)} samples at {rate} Hz, but the reference has "
+                           f"{len(ref)} at {ref_rate} Hz.")
+    p, r = torch.from_numpy(pred)[None], torch.from_numpy(ref)[None]
+    row["SI-SNR"] = metrics.si_snr(p, r).item()
+    for name, fn in (("PESQ", metrics.pesq_wb), ("STOI", metrics.stoi)):
+        try:
+            row[name] = fn(p, r, sample_rate=rate).item()
+        except (ImportError, ValueError):
+            pass  # optional packages, or PESQ at a rate other than 16 kHz
+    return row
+
+
+def evaluate_pairs(pairs: list[tuple[Path, Path]], lpips_network=None, degraded_dir: Path | None = None) -> list[dict]:
+    """One row of metrics per ``(pred, ref)`` pair; ``lpips_network``: ``(feature_network, linear_weights)``
+    to add LPIPS to the images' PSNR(Y) and SSIM(Y). ``degraded_dir``: a folder with the degraded inputs
+    under the same names, whose scores against the references are added beside (columns ``..._input``)."""
+    if degraded_dir is not None and not degraded_dir.is_dir():
+        raise CommandError(f"--degraded {degraded_dir} is not a folder.")
     rows = []
     for pred_path, ref_path in pairs:
-        kind = _kind(pred_path)
-        if kind != _kind(ref_path):
-            raise CommandError(f"{pred_path} and {ref_path} are not the same kind of file.")
-        row = {"file": pred_path.name}
-        if kind == "image":
-            pred, ref = read_image(pred_path), read_image(ref_path)
-            if pred.shape != ref.shape:
-                raise CommandError(f"{pred_path.name}: size {pred.shape[:2]} differs from the reference's {ref.shape[:2]}.")
-            p, r = (torch.from_numpy(a).permute(2, 0, 1)[None] for a in (pred, ref))
-            row["PSNR_Y"] = metrics.psnr_y(p, r).item()
-            row["SSIM_Y"] = metrics.ssim_y(p, r).item() if min(p.shape[-2:]) >= 11 else float("nan")
-            if lpips_network is not None:
-                row["LPIPS"] = metrics.lpips(p, r, *lpips_network).item()
-        else:
-            (pred, rate), (ref, ref_rate) = read_audio(pred_path), read_audio(ref_path)
-            if rate != ref_rate or len(pred) != len(ref):
-                raise CommandError(f"{pred_path.name}: {len(pred)} samples at {rate} Hz, but the reference has "
-                                   f"{len(ref)} at {ref_rate} Hz.")
-            p, r = torch.from_numpy(pred)[None], torch.from_numpy(ref)[None]
-            row["SI-SNR"] = metrics.si_snr(p, r).item()
-            for name, fn in (("PESQ", metrics.pesq_wb), ("STOI", metrics.stoi)):
-                try:
-                    row[name] = fn(p, r, sample_rate=rate).item()
-                except (ImportError, ValueError):
-                    pass  # optional packages, or PESQ at a rate other than 16 kHz
+        row = {"file": pred_path.name, **_scores(pred_path, ref_path, lpips_network)}
+        if degraded_dir is not None:
+            matches = [p for p in sorted(degraded_dir.iterdir())
+                       if p.stem == pred_path.stem and p.suffix.lower() in IMAGE_EXTENSIONS + AUDIO_EXTENSIONS]
+            if not matches:
+                raise CommandError(f"--degraded {degraded_dir} has no input named like {pred_path.name}.")
+            row.update({f"{k}_input": v for k, v in _scores(matches[0], ref_path, lpips_network).items()})
         rows.append(row)
     return rows
 
@@ -310,7 +326,8 @@ def format_table(rows: list[dict]) -> str:
 
 
 def command_evaluate(args) -> None:
-    rows = evaluate_pairs(_match(Path(args.pred), Path(args.ref)), _lpips_from_factory(args.lpips_network))
+    rows = evaluate_pairs(_match(Path(args.pred), Path(args.ref)), _lpips_from_factory(args.lpips_network),
+                          Path(args.degraded) if args.degraded else None)
     print(format_table(rows))
 
 
@@ -425,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--lpips-network", default=None,
                           help="package.module:function returning (feature_network, linear_weights) for LPIPS "
                                "(restoregrad_adapter.metrics.lpips); images only")
+    evaluate.add_argument("--degraded", default=None,
+                          help="a folder with the degraded inputs under the same names: their scores against the "
+                               "references are shown beside the restored files' (columns '..._input')")
     evaluate.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     evaluate.set_defaults(run=command_evaluate)
 

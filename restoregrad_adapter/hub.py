@@ -93,6 +93,7 @@ def _config_for(adapter, integration, model, wrapper_kwargs: dict, extra: dict) 
         "mode": adapter.mode,
         "residual": adapter.residual,
         "input_peak": adapter.input_peak,
+        "restoration": dict(getattr(adapter, "restoration", None) or {}) or None,
         "prediction_type": adapter.scheduler.config.prediction_type,
         "weighting": adapter.loss_fn.weighting,
         "snr_gamma": adapter.loss_fn.snr_gamma,
@@ -502,8 +503,10 @@ def from_pretrained(cls, pretrained: str | os.PathLike, denoiser=None, revision:
     loss = RestoreGradLoss(latent_weight=config.get("latent_weight", config.get("eta")),  # older folders: eta/lam
                            prior_matching_weight=config.get("prior_matching_weight", config.get("lam")),
                            weighting=config.get("weighting", "elbo"), snr_gamma=config.get("snr_gamma", 5.0))
+    restoration = config.get("restoration")  # an integration's saved reverse-process settings (CDiffuSE)
     adapter = adapter_cls(denoiser, prior, posterior, scheduler=scheduler, loss=loss, mode=saved_mode,
-                          residual=config.get("residual", False), input_peak=config.get("input_peak"))
+                          residual=config.get("residual", False), input_peak=config.get("input_peak"),
+                          **({"restoration": restoration} if restoration else {}))
     adapter.hub_config = config
     return adapter
 

@@ -77,13 +77,14 @@ def _check_tensor(name: str, value: object) -> Tensor:
 
 
 def _time_vector(name: str, t: object, batch: int, expected: str) -> Tensor:
-    """Return ``t`` as a float vector ``[batch]``; a 0-d tensor is broadcast."""
+    """Return ``t`` as a float vector ``[batch]``; a 0-d or one-element ``[1]`` tensor is broadcast
+    (CDiffuSE's released inference passes one fractional step as ``[1]`` for the whole batch)."""
     t = _check_tensor(name, t)
-    if t.dim() == 0:
+    if t.dim() == 0 or (t.dim() == 1 and t.shape[0] == 1):
         t = t.reshape(1).expand(batch)
     if t.dim() != 1 or t.shape[0] != batch:
         raise ValueError(
-            f"{name}: expected shape {expected} (batch {batch}) or a 0-d tensor, "
+            f"{name}: expected shape {expected} (batch {batch}), [1] or a 0-d tensor, "
             f"got {_shape(t)}"
         )
     if not torch.is_floating_point(t):
@@ -215,7 +216,7 @@ class DiffWaveDenoiser(ModelMixin, ConfigMixin):
     * ``spectrogram``: ``[B, n_freq, frames]`` conditioner, e.g. the noisy
       log-magnitude STFT (``n_freq = 513`` for a 1024-point FFT), with
       ``L == hop_length * frames``.
-    * ``diffusion_step``: ``[B]`` (or 0-d) float step in ``[0, max_steps]``;
+    * ``diffusion_step``: ``[B]`` (or ``[1]`` or 0-d, shared by the batch) float step in ``[0, max_steps]``;
       fractional steps such as ``12.37`` are embedded directly.
 
     Returns ``[B, 1, L]``, the predicted noise.  The final 1x1 convolution is

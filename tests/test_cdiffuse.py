@@ -106,7 +106,7 @@ def test_wrapper_feeds_the_model_the_noisy_spectrogram():
     model = tiny_diffwave()
     torch.nn.init.normal_(model.output_projection.weight, std=0.1)
     x0, y = noisy_sinusoids(2)
-    x_t, t = torch.randn_like(y), torch.tensor([3.0, 41.37])
+    x_t, t = torch.randn_like(y), torch.tensor([3, 41])
     denoiser = wrap(model)
     assert isinstance(denoiser, CDiffuSEDenoiser) and denoiser.model is model
     expected = model(x_t[:, 0], log_magnitude_spectrogram(y / y.abs().amax(-1, keepdim=True)), t)
@@ -377,7 +377,8 @@ def test_restore_options_initial_mix_and_clamp():
     torch.testing.assert_close(adapter.restore(y, generator=torch.Generator().manual_seed(0), mix_noisy=0.5),
                                0.5 * plain + 0.5 * y)
     adapter.restore(y, FAST_INFERENCE_BETAS_3, initial="noisy", callback=lambda t, x: starts.append((t, x.clone())))
-    assert starts[0][0] == 3 and torch.equal(starts[0][1], y)
+    # the chain runs on the whole utterance's frames: y zero-padded to 256 (1 + L // 256) samples
+    assert starts[0][0] == 3 and torch.equal(starts[0][1], torch.nn.functional.pad(y, (0, 256)))
     loud = adapter.restore(4 * y, generator=torch.Generator().manual_seed(0), clamp=True)
     assert loud.abs().max() <= 1.0
     for bad in ({"initial": "zeros"}, {"mix_noisy": 1.5}):
@@ -535,3 +536,207 @@ def test_example_runs_on_a_folder_of_wav_pairs(tmp_path):
         assert (out / name).stat().st_size > 0
     audio, rate = soundfile.read(out / "enhanced.wav")
     assert rate == 16000 and len(audio) == 8000 // 256 * 256
+
+
+# ---------------------------------------------------------------------- the released inference, exactly
+class ReleasedSignatureNet(torch.nn.Module):
+    """A tiny network with the released DiffuSE model's call signature and step embedding, written from
+    the published description (DiffWave, Kong et al. 2021; CDiffuSE, Lu et al. 2022):
+    ``model(audio[B, L], spectrogram[B, 513, F], diffusion_step) -> [B, 1, L]`` with ``L = 256 F``.
+
+    The step embedding is a table of 128 sinusoids per integer step; an integer step tensor indexes
+    it, a float one is interpolated linearly between its neighbours. As in the released model, the
+    interpolation multiplies the ``(n, 128)`` rows by the ``(n,)`` fractions, which only broadcasts for
+    one step ``(1,)`` (or n = 128): a ``(B,)`` float step of another size fails.
+    """
+
+    def __init__(self, channels=8, layers=2, max_steps=50, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        steps = torch.arange(max_steps, dtype=torch.float32)[:, None]
+        frequencies = 10.0 ** (torch.arange(64, dtype=torch.float32)[None] * 4.0 / 63.0)
+        self.register_buffer("table", torch.cat([torch.sin(steps * frequencies), torch.cos(steps * frequencies)], 1),
+                             persistent=False)
+        self.step_mlp = torch.nn.Sequential(torch.nn.Linear(128, 32), torch.nn.SiLU(), torch.nn.Linear(32, 32),
+                                            torch.nn.SiLU())
+        # Two transposed convolutions, x16 each in time: F frames -> 256 F samples.
+        self.upsample = torch.nn.ModuleList(torch.nn.ConvTranspose2d(1, 1, (3, 32), stride=(1, 16), padding=(1, 8))
+                                            for _ in range(2))
+        self.inp = torch.nn.Conv1d(1, channels, 1)
+        self.step_proj = torch.nn.ModuleList(torch.nn.Linear(32, channels) for _ in range(layers))
+        self.cond_proj = torch.nn.ModuleList(torch.nn.Conv1d(513, 2 * channels, 1) for _ in range(layers))
+        self.dilated = torch.nn.ModuleList(torch.nn.Conv1d(channels, 2 * channels, 3, padding=2**i, dilation=2**i)
+                                           for i in range(layers))
+        self.out = torch.nn.Conv1d(channels, 1, 1)
+        torch.nn.init.normal_(self.out.weight, std=0.6)  # large outputs: x0 leaves [-1, 1], the clamps act
+
+    def embed(self, step):
+        if step.dtype in (torch.int32, torch.int64):
+            return self.table[step]
+        low, high = torch.floor(step).long(), torch.ceil(step).long()
+        return self.table[low] + (self.table[high] - self.table[low]) * (step - low)  # (n, 128) * (n,)
+
+    def forward(self, audio, spectrogram, diffusion_step):
+        step = self.step_mlp(self.embed(diffusion_step))
+        condition = spectrogram.unsqueeze(1)
+        for layer in self.upsample:
+            condition = torch.nn.functional.leaky_relu(layer(condition), 0.4)
+        condition = condition.squeeze(1)
+        x = torch.relu(self.inp(audio.unsqueeze(1)))
+        skip = 0
+        for proj, cond, dilated in zip(self.step_proj, self.cond_proj, self.dilated):
+            h = dilated(x + proj(step).unsqueeze(-1)) + cond(condition)
+            gate, filt = h.chunk(2, dim=1)
+            h = torch.sigmoid(gate) * torch.tanh(filt)
+            x, skip = (x + h) / math.sqrt(2.0), skip + h
+        return self.out(skip)
+
+
+def released_fractional_steps(betas):
+    """The training step the released inference gives the model at each sampling step: the t (a float32)
+    where sqrt(abar) of the 50 training steps, interpolated linearly, equals the sampling step's."""
+    train = np.cumprod(1.0 - TRAIN_BETAS)
+    steps = []
+    for target in np.cumprod(1.0 - np.asarray(betas, dtype=np.float64)):
+        for t in range(len(train) - 1):
+            if train[t + 1] <= target <= train[t]:
+                steps.append(t + (train[t] ** 0.5 - target**0.5) / (train[t] ** 0.5 - train[t + 1] ** 0.5))
+                break
+    return np.array(steps, dtype=np.float32)
+
+
+def released_inference(model, noisy, spectrogram, betas, noises):
+    """The released CDiffuSE inference algorithm on one utterance ``noisy`` (L,), as its paper and
+    code describe it: the chain runs on ``256 F`` samples (``F`` spectrogram frames) starting from
+    the zero-padded noisy signal; each step n > 0 is ``c1 x + c2 y - c3 C_hat + sqrt(delta_bar) z``
+    clipped to [-1, 1]; the last is ``c1 x - c3 C_hat``, blended ``0.8 x0 + 0.2 y`` and then clipped;
+    the model sees one (1,) float step. ``noises[k]``: the fresh noise of the k-th noisy step (L_pad,).
+    Returns the result cropped to L, and the largest |x0| before the final blend."""
+    coefficients, _ = paper_reverse_coefficients(betas)
+    steps = released_fractional_steps(betas)
+    padded = torch.zeros(1, 256 * spectrogram.shape[-1])
+    padded[0, : len(noisy)] = noisy
+    audio = padded.clone()
+    fresh = iter(noises)
+    for n in range(len(betas) - 1, -1, -1):
+        predicted = model(audio, spectrogram[None], torch.tensor([steps[n]])).squeeze(1)
+        if n > 0:
+            audio = (float(coefficients["c1"][n]) * audio + float(coefficients["c2"][n]) * padded
+                     - float(coefficients["c3"][n]) * predicted)
+            audio = audio + float(coefficients["delta_bar"][n]) ** 0.5 * next(fresh)[None]
+        else:
+            audio = float(coefficients["c1"][0]) * audio - float(coefficients["c3"][0]) * predicted
+            x0_peak = audio.abs().max().item()
+            audio = 0.8 * audio + 0.2 * padded
+        audio = torch.clamp(audio, -1.0, 1.0)
+    return audio[0, : len(noisy)], x0_peak
+
+
+def loud_utterances(batch, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = torch.arange(length, dtype=torch.float32)
+    x0 = 0.5 * torch.sin(2 * math.pi * (0.01 + 0.02 * torch.rand(batch, 1, 1, generator=g)) * n)
+    return (x0 + 0.3 * torch.randn(batch, 1, length, generator=g)).clamp(-0.999, 0.999)
+
+
+def test_released_signature_net_embeds_only_one_fractional_step():
+    net = ReleasedSignatureNet()
+    audio, spectrogram = torch.zeros(2, 768), torch.zeros(2, 513, 3)
+    assert net(audio, spectrogram, torch.tensor([1.5])).shape == (2, 1, 768)
+    assert net(audio, spectrogram, torch.tensor([1, 7])).shape == (2, 1, 768)
+    with pytest.raises(RuntimeError, match="must match"):
+        net(audio, spectrogram, torch.tensor([1.5, 1.5]))
+
+
+def test_whole_utterance_spectrogram_keeps_every_frame():
+    y = loud_utterances(2, 256 * 5 + 77, seed=1)
+    spectrogram = log_magnitude_spectrogram(y, peak_normalize=True, whole_utterance=True)
+    assert spectrogram.shape == (2, 513, 1 + y.shape[-1] // 256) == (2, 513, 6)
+    for i in range(2):
+        np.testing.assert_allclose(spectrogram[i].numpy(), numpy_log_magnitude(y[i, 0].numpy(), peak_normalize=True),
+                                   rtol=1e-4, atol=1e-4)
+    assert cdiffuse.utterance_length(1357) == 1536 and cdiffuse.utterance_length(1280) == 1536
+    with pytest.raises(ValueError, match="multiple of 256"):
+        log_magnitude_spectrogram(y)
+
+
+@pytest.mark.parametrize("length", [256 * 5 + 77, 256 * 5])
+@pytest.mark.parametrize("name", ["fast6", "full"])
+def test_restore_reproduces_the_released_inference_on_whole_utterances_and_batches(name, length):
+    """mode="ddpm" with RELEASED_INFERENCE and the same noise is CDiffuSE's released inference, for a
+    batch of three utterances of any length, each as it would be restored alone."""
+    betas = SCHEDULES[name] if SCHEDULES[name] is not None else TRAIN_BETAS
+    model = ReleasedSignatureNet()
+    adapter = CDiffuSERestoreGrad.from_model(model, size="tiny", mode="ddpm")
+    y = loud_utterances(3, length, seed=2)
+    padded_length = cdiffuse.utterance_length(length)
+    restored = adapter.restore(y, SCHEDULES[name], generator=torch.Generator().manual_seed(3),
+                               **cdiffuse.RELEASED_INFERENCE)
+    g = torch.Generator().manual_seed(3)  # the adapter's draws: one (B, 1, L_pad) noise per noisy step
+    noises = [torch.randn(3, 1, padded_length, generator=g) for _ in range(len(betas) - 1)]
+    assert restored.shape == y.shape
+    for i in range(3):
+        spectrogram = log_magnitude_spectrogram(y[i:i + 1], peak_normalize=True, whole_utterance=True)[0]
+        expected, x0_peak = released_inference(model, y[i, 0], spectrogram, betas, [z[i, 0] for z in noises])
+        torch.testing.assert_close(restored[i, 0], expected, rtol=1e-5, atol=1e-5)
+        assert x0_peak > 1.0  # the final clip acts after the blend, not on x0
+    assert (restored.abs() == 1.0).any()  # the clips are exercised
+    one = adapter.restore(y[1:2], SCHEDULES[name], generator=torch.Generator().manual_seed(3),
+                          **cdiffuse.RELEASED_INFERENCE)
+    assert one.shape == (1, 1, length)
+
+
+def test_fractional_steps_reach_the_model_as_one_step_or_one_example_at_a_time():
+    model = ReleasedSignatureNet()
+    denoiser = wrap(model)
+    y = loud_utterances(3, 1024, seed=4)
+    x_t = torch.randn_like(y)
+    shared = denoiser(x_t, y, torch.full((3,), 17.25))
+    spectrogram = log_magnitude_spectrogram(y / y.abs().amax(-1, keepdim=True))
+    assert torch.equal(shared, model(x_t[:, 0], spectrogram, torch.tensor([17.25])))
+    steps = torch.tensor([2.5, 17.25, 40.0])
+    mixed = denoiser(x_t, y, steps)
+    for i in range(3):
+        torch.testing.assert_close(mixed[i:i + 1], model(x_t[i:i + 1, 0], spectrogram[i:i + 1], steps[i:i + 1]))
+    with pytest.raises(ValueError, match="`spectrogram` must have shape"):
+        denoiser(x_t, y, steps, spectrogram=spectrogram[..., :2])
+
+
+@pytest.mark.parametrize("mode", ["restoregrad", "ddpm"])
+def test_the_released_model_class_restores_a_batch_with_the_learned_prior(mode):
+    adapter = CDiffuSERestoreGrad.from_model(ReleasedSignatureNet(), size="tiny", mode=mode)
+    y = loud_utterances(2, 3000, seed=5)
+    restored = adapter.restore(y, generator=torch.Generator().manual_seed(0))
+    assert restored.shape == y.shape and torch.isfinite(restored).all()
+    alone = adapter.restore(y[1:], generator=torch.Generator().manual_seed(0))
+    assert alone.shape == (1, 1, 3000)
+
+
+def test_an_adapters_restoration_settings_are_its_defaults_and_are_saved(tmp_path):
+    settings = {"initial": "noisy", "clamp": True, "mix_noisy": True, "inference_betas": list(FAST_INFERENCE_BETAS_3)}
+    adapter = CDiffuSERestoreGrad.from_model(ReleasedSignatureNet(), size="tiny", mode="ddpm", restoration=settings)
+    assert adapter.restoration["mix_noisy"] == 0.2
+    y = loud_utterances(1, 2000, seed=6)
+    own = adapter.restore(y, generator=torch.Generator().manual_seed(0))
+    explicit = adapter.restore(y, FAST_INFERENCE_BETAS_3, generator=torch.Generator().manual_seed(0),
+                               **cdiffuse.RELEASED_INFERENCE)
+    assert torch.equal(own, explicit)
+    plain = CDiffuSERestoreGrad.from_model(adapter.denoiser, size="tiny", mode="ddpm")
+    assert plain.restoration_settings() == cdiffuse.DEFAULT_RESTORATION
+    assert not torch.equal(plain.restore(y, generator=torch.Generator().manual_seed(0)), own)
+    # an argument given wins over the adapter's setting
+    assert torch.equal(adapter.restore(y, generator=torch.Generator().manual_seed(0), mix_noisy=False, clamp=False,
+                                       initial="prior"),
+                       plain.restore(y, FAST_INFERENCE_BETAS_3, generator=torch.Generator().manual_seed(0)))
+    folder = adapter.save_pretrained(tmp_path / "speech")
+    loaded = CDiffuSERestoreGrad.from_pretrained(folder, denoiser=ReleasedSignatureNet(seed=1))
+    assert loaded.restoration == adapter.restoration
+    assert torch.equal(loaded.restore(y, generator=torch.Generator().manual_seed(0)), own)
+
+
+@pytest.mark.parametrize("bad, message", [({"initial": "zeros"}, "`initial`"), ({"mix_noisy": 1.5}, "`mix_noisy`"),
+                                          ({"clamp": "yes"}, "`clamp`"), ({"steps": 3}, "unknown settings"),
+                                          ({"inference_betas": [0.5, 2.0]}, "`inference_betas`")])
+def test_bad_restoration_settings_are_refused_by_name(bad, message):
+    with pytest.raises(ValueError, match=message):
+        CDiffuSERestoreGrad.from_model(ReleasedSignatureNet(), size="tiny", restoration=bad)

@@ -280,3 +280,31 @@ def test_restore_sr_consistency_and_larger_patches(tmp_path, capsys):
     assert main(["restore", "--adapter", str(folder), str(tmp_path / "small.png"), "-o", str(out), "--quiet",
                  "--sr-consistency"]) == 2
     assert "needs --upscale" in capsys.readouterr().err
+
+
+def test_evaluate_scores_the_degraded_inputs_beside_the_restored_files(tmp_path, capsys):
+    import soundfile
+
+    from restoregrad_adapter import metrics
+
+    rng = np.random.default_rng(3)
+    clean = (0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype(np.float32)
+    noisy = clean + 0.1 * rng.standard_normal(16000).astype(np.float32)
+    better = clean + 0.02 * rng.standard_normal(16000).astype(np.float32)
+    for folder, audio in (("ref", clean), ("noisy", noisy), ("pred", better)):
+        (tmp_path / folder).mkdir()
+        soundfile.write(tmp_path / folder / "utt.wav", audio, 16000, subtype="FLOAT")
+    (tmp_path / "noisy" / "manifest.json").write_text("{}")  # other files in the folder are ignored
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                 "--degraded", str(tmp_path / "noisy")]) == 0
+    header, _, row, mean = capsys.readouterr().out.strip().splitlines()
+    columns = dict(zip(header.split(), row.split()))
+    expected = metrics.si_snr(torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]).item()
+    assert float(columns["SI-SNR_input"]) == pytest.approx(expected, abs=1e-4)
+    assert float(columns["SI-SNR"]) > float(columns["SI-SNR_input"])
+    assert float(columns["STOI"]) >= float(columns["STOI_input"]) and "PESQ_input" in header
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
+                 "--degraded", str(tmp_path / "empty")]) == 2
+    assert "no input named like utt.wav" in capsys.readouterr().err

@@ -62,6 +62,10 @@ __all__ = [
     "N_FREQ",
     "NOISY_MIX_WEIGHT",
     "log_magnitude_spectrogram",
+    "utterance_length",
+    "RELEASED_INFERENCE",
+    "DEFAULT_RESTORATION",
+    "check_restoration",
     "CDiffuSEDenoiser",
     "wrap",
     "cdiffuse_scheduler",
@@ -89,26 +93,32 @@ NOISY_MIX_WEIGHT = 0.2
 
 # ---------------------------------------------------------------------- the conditioner
 def log_magnitude_spectrogram(
-    audio: torch.Tensor, peak_normalize: bool = False, pad_mode: str = "reflect"
+    audio: torch.Tensor, peak_normalize: bool = False, pad_mode: str = "reflect", whole_utterance: bool = False
 ) -> torch.Tensor:
-    """CDiffuSE's conditioner ``log1p(|STFT(audio)|)``: ``(B, L)`` or ``(B, 1, L)`` -> ``(B, 513, L // 256)``.
+    """CDiffuSE's conditioner ``log1p(|STFT(audio)|)``: ``(B, L)`` or ``(B, 1, L)`` -> ``(B, 513, frames)``.
 
     A centred STFT with a 1024-point FFT, a 1024-sample *symmetric* Hamming window (the original
     preprocessing passes ``scipy.signal.hamming`` to ``librosa.stft``, which calls it with its
     default ``sym=True``), hop 256, no normalisation, the first 513 bins.
 
-    Frames: a centred STFT of ``L = 256 F`` samples has ``F + 1`` frames, frame ``k`` centred on
-    sample ``256 k``. The original pairs spectrogram frame ``k`` with samples ``[256 k, 256 (k + 1))``
-    (its training crops take frames ``[s, e)`` with samples ``[256 s, 256 e)``), so frame ``F``,
-    centred on the sample just past the end, conditions nothing and is dropped: the output has
-    ``F = L // 256`` frames, as the DiffWave model expects.
+    Frames: a centred STFT of ``L`` samples has ``1 + L // 256`` frames, frame ``k`` centred on
+    sample ``256 k``; the network pairs frame ``k`` with samples ``[256 k, 256 (k + 1))``.
+
+    - ``whole_utterance=False`` (training crops): ``L`` must be a multiple of 256, ``L = 256 F``; the
+      frame centred on the sample just past the end conditions nothing and is dropped, leaving
+      ``F = L // 256`` frames (the original's training crops take frames ``[s, e)`` with samples
+      ``[256 s, 256 e)``).
+    - ``whole_utterance=True`` (the released inference): any ``L``; every one of the ``1 + L // 256``
+      frames is kept, and the network runs on the utterance zero-padded to
+      ``256 (1 + L // 256)`` samples (:func:`utterance_length`).
 
     Args:
-        audio: waveforms, ``L`` a positive multiple of 256 (and above 512 for reflect padding).
+        audio: waveforms (above 512 samples for reflect padding).
         peak_normalize: divide each waveform by its peak magnitude first, as the original
             preprocessing does (an all-zero waveform is left as it is).
         pad_mode: padding of the centred STFT; ``"reflect"`` (torch's and, at the time of the
             original code, librosa's default) or ``"constant"`` (zeros, librosa >= 0.10).
+        whole_utterance: keep every frame of an utterance of any length (see above).
     """
     if not isinstance(audio, torch.Tensor) or not audio.is_floating_point():
         got = audio.dtype if isinstance(audio, torch.Tensor) else type(audio).__name__
@@ -118,9 +128,9 @@ def log_magnitude_spectrogram(
     if audio.ndim != 2:
         raise ValueError(f"`audio` must have shape (B, L) or (B, 1, L), got {tuple(audio.shape)}.")
     length = audio.shape[-1]
-    if length == 0 or length % HOP_LENGTH:
+    if length == 0 or (length % HOP_LENGTH and not whole_utterance):
         raise ValueError(f"`audio` length {length} must be a positive multiple of {HOP_LENGTH} (L = 256 x frames); "
-                         "crop or zero-pad it.")
+                         "crop or zero-pad it, or pass whole_utterance=True.")
     if pad_mode == "reflect" and length <= N_FFT // 2:
         raise ValueError(f"`audio` length {length} is too short for reflect padding (needs more than {N_FFT // 2} "
                          "samples); pass pad_mode='constant' or a longer signal.")
@@ -133,7 +143,14 @@ def log_magnitude_spectrogram(
     window = torch.hamming_window(N_FFT, periodic=False, dtype=x.dtype, device=x.device)
     spec = torch.stft(x, N_FFT, hop_length=HOP_LENGTH, win_length=N_FFT, window=window, center=True,
                       pad_mode=pad_mode, normalized=False, onesided=True, return_complex=True)
-    return torch.log1p(spec.abs())[..., : length // HOP_LENGTH]
+    magnitude = torch.log1p(spec.abs())
+    return magnitude if whole_utterance else magnitude[..., : length // HOP_LENGTH]
+
+
+def utterance_length(length: int) -> int:
+    """The samples the network runs on for a whole utterance of ``length``: ``256 (1 + length // 256)``,
+    one hop per frame of its centred STFT (the released inference zero-pads the utterance to this)."""
+    return HOP_LENGTH * (1 + int(length) // HOP_LENGTH)
 
 
 # ---------------------------------------------------------------------- the denoiser
@@ -141,9 +158,15 @@ class CDiffuSEDenoiser(nn.Module):
     """``eps(x_t, y, t) = model(x_t[:, 0], log_magnitude_spectrogram(y), t)`` on ``(B, 1, L)`` waveforms.
 
     The user's CDiffuSE model is used as it is (anything called as
-    ``model(audio[B, L], spectrogram[B, 513, L // 256], diffusion_step[B])`` and returning
+    ``model(audio[B, L], spectrogram[B, 513, L // 256], diffusion_step)`` and returning
     ``[B, 1, L]`` or ``[B, L]``); it is registered as ``self.model`` so it trains with the adapter.
-    The conditioner is the *noisy* signal's spectrogram, recomputed from ``y`` in torch.
+    The conditioner is the *noisy* signal's spectrogram, recomputed from ``y`` in torch, or the one
+    passed as ``spectrogram=`` (a whole utterance's, :meth:`CDiffuSERestoreGrad.restore`).
+
+    Steps reach the model as the released code passes them: integer training steps as a ``(B,)``
+    long tensor (its embedding indexes a table), a fractional sampling step as a ``(1,)`` float
+    tensor shared by the batch (its embedding interpolates the table, which only broadcasts one
+    step). A batch whose fractional steps differ is run one example at a time.
 
     Args:
         model: the CDiffuSE (DiffWave) network.
@@ -159,12 +182,17 @@ class CDiffuSEDenoiser(nn.Module):
         self.model = model
         self.peak_normalize = bool(peak_normalize)
 
-    def spectrogram(self, y: torch.Tensor) -> torch.Tensor:
-        """The conditioner of ``y`` ``(B, 1, L)``: ``(B, 513, L // 256)``."""
-        return log_magnitude_spectrogram(y, peak_normalize=self.peak_normalize)
+    def spectrogram(self, y: torch.Tensor, whole_utterance: bool = False) -> torch.Tensor:
+        """The conditioner of ``y`` ``(B, 1, L)``: ``(B, 513, L // 256)``, or every frame of a whole
+        utterance, ``(B, 513, 1 + L // 256)`` (:func:`log_magnitude_spectrogram`)."""
+        return log_magnitude_spectrogram(y, peak_normalize=self.peak_normalize, whole_utterance=whole_utterance)
 
-    def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """``x_t, y``: ``(B, 1, L)``; ``t``: ``(B,)`` training steps (0-based, fractional allowed) -> ``(B, 1, L)``."""
+    def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+                spectrogram: torch.Tensor | None = None) -> torch.Tensor:
+        """``x_t, y``: ``(B, 1, L)``; ``t``: ``(B,)`` training steps (0-based, fractional allowed) -> ``(B, 1, L)``.
+
+        ``spectrogram``: the conditioner ``(B, n_freq, L // 256)`` to use instead of ``y``'s.
+        """
         for name, tensor in (("x_t", x_t), ("y", y)):
             if not isinstance(tensor, torch.Tensor) or tensor.ndim != 3 or tensor.shape[1] != 1:
                 shape = tuple(tensor.shape) if isinstance(tensor, torch.Tensor) else type(tensor).__name__
@@ -173,16 +201,42 @@ class CDiffuSEDenoiser(nn.Module):
             raise ValueError(f"`x_t` {tuple(x_t.shape)} and `y` {tuple(y.shape)} must have the same shape.")
         parameter = next(iter(self.model.parameters()), None) if isinstance(self.model, nn.Module) else None
         dtype = parameter.dtype if parameter is not None else x_t.dtype
-        spectrogram = self.spectrogram(y).to(dtype)
-        if isinstance(t, torch.Tensor) and t.is_floating_point():
-            t = t.to(dtype)  # fractional steps in the network's precision (CDiffuSE interpolates its table)
-        out = self.model(x_t[:, 0].to(dtype), spectrogram, t)
+        if spectrogram is None:
+            spectrogram = self.spectrogram(y)
+        elif (not isinstance(spectrogram, torch.Tensor) or spectrogram.ndim != 3
+              or spectrogram.shape[0] != x_t.shape[0] or spectrogram.shape[-1] * HOP_LENGTH != x_t.shape[-1]):
+            shape = tuple(spectrogram.shape) if isinstance(spectrogram, torch.Tensor) else type(spectrogram).__name__
+            raise ValueError(f"`spectrogram` must have shape (B={x_t.shape[0]}, n_freq, {x_t.shape[-1] // HOP_LENGTH}) "
+                             f"for `x_t` of {x_t.shape[-1]} samples, got {shape}.")
+        spectrogram = spectrogram.to(dtype)
+        audio = x_t[:, 0].to(dtype)
+        steps = self._released_steps(t, dtype)
+        if steps is None:  # fractional steps that differ within the batch: one example at a time
+            out = torch.cat([self._call(audio[i:i + 1], spectrogram[i:i + 1], t[i:i + 1].to(dtype), (1,) + x_t.shape[1:])
+                             for i in range(x_t.shape[0])])
+        else:
+            out = self._call(audio, spectrogram, steps, x_t.shape)
+        return out
+
+    @staticmethod
+    def _released_steps(t, dtype: torch.dtype):
+        """Integer steps as they are; fractional steps in the network's precision as one ``(1,)`` step, or
+        None when they differ within the batch."""
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            return t
+        t = t.to(dtype).reshape(-1)
+        if t.numel() == 1 or bool((t == t[:1]).all()):
+            return t[:1]
+        return None
+
+    def _call(self, audio: torch.Tensor, spectrogram: torch.Tensor, steps, shape: torch.Size) -> torch.Tensor:
+        out = self.model(audio, spectrogram, steps)
         if isinstance(out, torch.Tensor) and out.ndim == 2:
             out = out.unsqueeze(1)
-        if not isinstance(out, torch.Tensor) or out.shape != x_t.shape:
-            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"the model returned {shape}; expected the noise of `x_t`, shape "
-                             f"{tuple(x_t.shape)} (or {(x_t.shape[0], x_t.shape[2])}).")
+        if not isinstance(out, torch.Tensor) or out.shape != shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"the model returned {got}; expected the noise of `x_t`, shape "
+                             f"{tuple(shape)} (or {(shape[0], shape[2])}).")
         return out
 
 
@@ -348,23 +402,33 @@ class CDiffuSEScheduler:
     model is evaluated at the fractional training step with the same ``sqrt(abar)``
     (``self.timesteps``). It works in the sample's precision (at least float32).
 
+    The last step (no fresh noise) may blend in the noisy signal, ``(1 - w) x_0 + w y`` (the released
+    code's final mix, ``w = 0.2``). With ``clamp=True`` every step's result is clipped to [-1, 1]
+    where the released code clips it: after each step, the last one after the blend; the initial
+    sample is never clipped.
+
     Args:
         training_scheduler: the adapter's training schedule (CDiffuSE: 50 linear steps).
         initial: ``"prior"`` or ``"noisy"``.
-        clamp: clip to [-1, 1] after every step (and the initial sample), as the released code does.
+        clamp: clip to [-1, 1] after every step, as the released code does.
+        mix_noisy: the weight ``w`` in [0, 1] of the final blend (0: none).
     """
 
     needs_condition = True
     order = 1
 
-    def __init__(self, training_scheduler: LearnedPriorScheduler, initial: str = "prior", clamp: bool = False):
+    def __init__(self, training_scheduler: LearnedPriorScheduler, initial: str = "prior", clamp: bool = False,
+                 mix_noisy: float = 0.0):
         if initial not in ("prior", "noisy"):
             raise ValueError(f"`initial` must be 'prior' or 'noisy', got {initial!r}.")
+        if isinstance(mix_noisy, bool) or not isinstance(mix_noisy, (int, float)) or not 0.0 <= mix_noisy <= 1.0:
+            raise ValueError(f"`mix_noisy` must be a weight in [0, 1], got {mix_noisy!r}.")
         self.config = training_scheduler.config
         self.alphas_cumprod = training_scheduler.alphas_cumprod
         self.training_betas = training_betas(training_scheduler)
         self.initial = initial
         self.clamp = bool(clamp)
+        self.mix_noisy = float(mix_noisy)
         self.schedule: CDiffuSESchedule | None = None
         self.timesteps = torch.empty(0)
         self._step_index = 0
@@ -390,11 +454,10 @@ class CDiffuSEScheduler:
             raise ValueError("CDiffuSE's reverse process needs the noisy signal: pass `condition=y`.")
         self._step_index = 0
         if self.initial == "noisy":
-            return self._clamped(condition.clone())
+            return condition.clone()
         z = randn_tensor(condition.shape, generator=generator, device=condition.device, dtype=prior_std.dtype)
         schedule = self.schedule
-        x = schedule.alphas_cumprod[-1].sqrt().item() * condition + schedule.delta[-1].sqrt().item() * (prior_std * z)
-        return self._clamped(x)
+        return schedule.alphas_cumprod[-1].sqrt().item() * condition + schedule.delta[-1].sqrt().item() * (prior_std * z)
 
     def combined_noise(self, model_output: torch.Tensor, sample: torch.Tensor, n: int) -> torch.Tensor:
         """``C_hat`` at sampling step ``n`` from the model output in the scheduler's ``prediction_type``.
@@ -421,8 +484,51 @@ class CDiffuSEScheduler:
         if n > 0:
             z = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
             x = x + schedule.delta_bar[n].sqrt().item() * (prior_std * z)
+        elif self.mix_noisy:  # the released code's final blend with the noisy signal
+            x = (1 - self.mix_noisy) * x + self.mix_noisy * condition.to(x.dtype)
         self._step_index += 1
         return LearnedPriorSchedulerOutput(prev_sample=self._clamped(x))
+
+
+#: The released CDiffuSE inference's settings for :meth:`CDiffuSERestoreGrad.restore`: the chain starts
+#: from the noisy signal, every step is clipped to [-1, 1], and the last one blends in 0.2 of the noisy
+#: signal before its clip. With ``mode="ddpm"`` and these, ``restore`` is the released algorithm.
+RELEASED_INFERENCE = {"initial": "noisy", "clamp": True, "mix_noisy": True}
+
+
+#: How :meth:`CDiffuSERestoreGrad.restore` runs the reverse process unless told otherwise: the 6-step
+#: fast schedule from the learned prior of eq. 10, nothing clipped or blended.
+DEFAULT_RESTORATION = {"inference_betas": list(FAST_INFERENCE_BETAS_6), "initial": "prior", "clamp": False,
+                       "mix_noisy": 0.0}
+
+
+def check_restoration(settings: Mapping | None) -> dict:
+    """Check reverse-process settings (any subset of :data:`DEFAULT_RESTORATION`'s keys) and return them
+    normalised: ``mix_noisy`` a weight (True is the released 0.2), ``inference_betas`` a list of floats or
+    ``"all"`` (every training step)."""
+    if settings is None:
+        return {}
+    if not isinstance(settings, Mapping):
+        raise ValueError(f"`restoration` must be a mapping of {sorted(DEFAULT_RESTORATION)}, got "
+                         f"{type(settings).__name__}.")
+    unknown = sorted(set(settings) - set(DEFAULT_RESTORATION))
+    if unknown:
+        raise ValueError(f"`restoration` has unknown settings {unknown}; expected some of {sorted(DEFAULT_RESTORATION)}.")
+    out = dict(settings)
+    if "initial" in out and out["initial"] not in ("prior", "noisy"):
+        raise ValueError(f"`initial` must be 'prior' or 'noisy', got {out['initial']!r}.")
+    if "clamp" in out:
+        if not isinstance(out["clamp"], bool):
+            raise ValueError(f"`clamp` must be True or False, got {out['clamp']!r}.")
+    if "mix_noisy" in out:
+        weight = out["mix_noisy"]
+        weight = NOISY_MIX_WEIGHT if weight is True else 0.0 if weight is False else weight
+        if not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+            raise ValueError(f"`mix_noisy` must be a bool or a weight in [0, 1], got {out['mix_noisy']!r}.")
+        out["mix_noisy"] = float(weight)
+    if "inference_betas" in out and out["inference_betas"] != "all":
+        out["inference_betas"] = [float(b) for b in _as_betas("inference_betas", out["inference_betas"])]
+    return out
 
 
 # ---------------------------------------------------------------------- the adapter
@@ -452,11 +558,19 @@ class CDiffuSERestoreGrad(RestoreGrad):
     so ``residual=True`` is refused.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, restoration: Mapping | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if self.residual:
             raise ValueError("`residual=True` is not available with CDiffuSE: its forward process already moves x_t "
                              "towards y (x_t mixes in m_t sqrt(abar_t) y).")
+        self.restoration = check_restoration(restoration)
+
+    def restoration_settings(self, **given) -> dict:
+        """The reverse process's settings: those ``given`` (not None), else the adapter's own
+        :attr:`restoration` (saved with it), else :data:`DEFAULT_RESTORATION`."""
+        settings = {**DEFAULT_RESTORATION, **self.restoration}
+        settings.update({k: v for k, v in given.items() if v is not None})
+        return settings
 
     @classmethod
     def from_model(
@@ -542,55 +656,75 @@ class CDiffuSERestoreGrad(RestoreGrad):
     def restore(
         self,
         y: torch.Tensor,
-        inference_betas: Sequence[float] | None = FAST_INFERENCE_BETAS_6,
+        inference_betas: Sequence[float] | None | str = "adapter",
         generator: torch.Generator | None = None,
         progress: bool = False,
-        mix_noisy: bool | float = False,
+        mix_noisy: bool | float | None = None,
         *,
-        initial: str = "prior",
-        clamp: bool = False,
+        initial: str | None = None,
+        clamp: bool | None = None,
         callback: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Enhance ``y`` with CDiffuSE's reverse process from the learned prior.
+        """Enhance whole utterances ``y`` with CDiffuSE's reverse process from the learned prior.
+
+        Framing (the released inference's): an utterance of ``L`` samples is conditioned on every
+        frame of its spectrogram, ``1 + L // 256`` of them, and the chain runs on it zero-padded to
+        ``256 (1 + L // 256)`` samples (:func:`utterance_length`); the result is cropped back to ``L``.
+        ``mode="ddpm"`` with :data:`RELEASED_INFERENCE` (``initial="noisy"``, ``clamp=True``,
+        ``mix_noisy=True``) is the released inference algorithm, for the 6-step and the 50-step
+        (``inference_betas=None``) schedules.
+
+        Settings left out come from the adapter's :attr:`restoration` (what its training recipe
+        validated with, saved with it), else :data:`DEFAULT_RESTORATION`, which differs from the
+        released inference on purpose: the chain starts from the prior of eq. 10 with the learned
+        covariance, and nothing is clipped or blended.
 
         Args:
-            y: noisy waveforms ``(B, 1, L)`` (``L`` a multiple of 256 for the CDiffuSE denoiser).
-            inference_betas: fast-sampling schedule (default ``FAST_INFERENCE_BETAS_6``;
-                ``FAST_INFERENCE_BETAS_3`` also works); None runs all training steps.
+            y: noisy waveforms ``(B, 1, L)``, ``L`` above 512 samples (any length, not only whole frames);
+                a batch is restored as each of its utterances would be alone.
+            inference_betas: fast-sampling schedule (``FAST_INFERENCE_BETAS_6``, the default, or
+                ``FAST_INFERENCE_BETAS_3``); None runs all training steps; ``"adapter"``: the adapter's setting.
             generator: source of ``x_N`` and of every step's fresh noise.
             progress: show a progress bar.
-            mix_noisy: the released code's final mix ``(1 - w) x_0 + w y``: True for its
-                ``w = 0.2``, or a weight in [0, 1]; False (default) returns ``x_0`` itself.
+            mix_noisy: the released code's final blend ``(1 - w) x_0 + w y``: True for its
+                ``w = 0.2``, or a weight in [0, 1]; False (the default) returns ``x_0`` itself.
             initial: ``"prior"`` draws ``x_N = sqrt(abar_N) y + sqrt(delta_N) sigma_prior z``
                 (eq. 10 with the learned covariance); ``"noisy"`` starts from ``x_N = y`` as the
                 released inference code does.
-            clamp: clip to [-1, 1] after every step, as the released code does.
+            clamp: clip to [-1, 1] after every step (the last one after the blend), as the released code does.
             callback: called as ``callback(t, x_t)`` with the initial sample (``t = N``) and after
-                every step (``t = N-1, ..., 0``; ``x_0`` before the mix).
+                every step (``t = N-1, ..., 0``; ``x_0`` after the blend), on the padded utterance.
 
         Returns:
             The enhanced waveforms, ``y``'s shape, in ``y``'s precision (at least float32).
         """
         self._check_condition(y)
-        weight = NOISY_MIX_WEIGHT if mix_noisy is True else float(mix_noisy)
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"`mix_noisy` must be a bool or a weight in [0, 1], got {mix_noisy!r}.")
-        scheduler = CDiffuSEScheduler(self.scheduler, initial=initial, clamp=clamp)
+        given = {"initial": initial, "clamp": clamp, "mix_noisy": mix_noisy}
+        if not (isinstance(inference_betas, str) and inference_betas == "adapter"):
+            given["inference_betas"] = list(inference_betas) if inference_betas is not None else "all"
+        settings = check_restoration(self.restoration_settings(**given))
+        inference_betas = None if settings["inference_betas"] == "all" else settings["inference_betas"]
+        scheduler = CDiffuSEScheduler(self.scheduler, initial=settings["initial"], clamp=settings["clamp"],
+                                      mix_noisy=settings["mix_noisy"])
         scale = self.input_scale(y)  # the level training used (input_peak), undone on the output
         y = y * scale
-        if inference_betas is None:  # every training step
-            x = sampling.restore(self.denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler,
-                                 num_inference_steps=self.scheduler.config.num_train_timesteps, generator=generator,
-                                 progress=progress, callback=callback)
-        else:
-            x = sampling.restore(self.denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler,
-                                 inference_betas=inference_betas, generator=generator, progress=progress,
-                                 callback=callback)
-        if weight:
-            x = (1 - weight) * x + weight * y.to(x.dtype)
-            if clamp:
-                x = x.clamp(-1.0, 1.0)
-        return x / scale.to(x.dtype)
+        length = y.shape[-1]
+        denoiser = self.denoiser
+        if isinstance(denoiser, CDiffuSEDenoiser):
+            if length <= N_FFT // 2:
+                raise ValueError(f"`y` has {length} samples; CDiffuSE's spectrogram needs more than {N_FFT // 2} "
+                                 "(zero-pad shorter recordings).")
+            spectrogram = denoiser.spectrogram(y, whole_utterance=True)  # every frame of the unpadded utterance
+            y = torch.nn.functional.pad(y, (0, utterance_length(length) - length))
+
+            def denoiser(x_t, condition, t):
+                return self.denoiser(x_t, condition, t, spectrogram=spectrogram)
+
+        steps = ({"num_inference_steps": self.scheduler.config.num_train_timesteps} if inference_betas is None
+                 else {"inference_betas": inference_betas})
+        x = sampling.restore(denoiser, y, self.prior_std, self.scheduler, scheduler=scheduler, generator=generator,
+                             progress=progress, callback=callback, **steps)
+        return x[..., :length] / scale.to(x.dtype)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -683,8 +817,7 @@ register_integration(Integration(
     wrap=wrap,
     wrapper_kwargs=lambda wrapper: {"peak_normalize": wrapper.peak_normalize},
     restoration_defaults=lambda wrapper: sampling.RestorationDefaults(
-        inference_betas=FAST_INFERENCE_BETAS_6, length_multiple=HOP_LENGTH, min_length=3 * HOP_LENGTH,
-        make_scheduler=CDiffuSEScheduler),
+        inference_betas=FAST_INFERENCE_BETAS_6, min_length=N_FFT // 2 + 1, make_scheduler=CDiffuSEScheduler),
     adapter_class=lambda: CDiffuSERestoreGrad,
     check_model=_check_model,
 ))
