@@ -135,7 +135,7 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
     audio, model_rate = _at_adapter_rate(adapter, path, audio, rate)
     from .sampling import restoration_defaults
 
-    defaults = restoration_defaults(adapter.denoiser)  # e.g. CDiffuSE's whole STFT frames, at least 3 of them
+    defaults = restoration_defaults(adapter.denoiser)  # e.g. CDiffuSE's 513 samples for its STFT
     length = len(audio)
     padded_length = max(length, defaults.min_length)
     padded_length += (-padded_length) % defaults.length_multiple

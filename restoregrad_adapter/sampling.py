@@ -57,10 +57,10 @@ class RestorationDefaults:
         pad_to_patch: the denoiser takes exactly ``p x p`` inputs, so smaller images are padded to p
             (WeatherDiff); otherwise images that fit are restored whole.
         patch_batch_size: patches per denoiser call.
-        length_multiple: waveforms must have a length divisible by this (CDiffuSE: its hop, 256);
-            the command line pads and crops.
-        min_length: waveforms must have at least this many samples (CDiffuSE: 3 frames, 768, for
-            its STFT); the command line zero-pads shorter ones and crops the result.
+        length_multiple: waveforms must have a length divisible by this; the command line pads and
+            crops (CDiffuSE takes any length: its adapter frames whole utterances itself).
+        min_length: waveforms must have at least this many samples (CDiffuSE: 513, for its centred
+            STFT); the command line zero-pads shorter ones and crops the result.
         make_scheduler: ``training_scheduler -> scheduler``: the integration's own sampler (its
             timesteps are set by the loop); None samples with the training scheduler.
     """
