@@ -37,6 +37,11 @@ SETTINGS = {
     "steps50": {"inference_betas": None},
     "blend0.1": {"mix_noisy": 0.1},
     "blend0.3": {"mix_noisy": 0.3},
+    "blend0.4": {"mix_noisy": 0.4},
+    "steps3_blend0.3": {"inference_betas": FAST_INFERENCE_BETAS_3, "mix_noisy": 0.3},
+    "steps3_blend0.4": {"inference_betas": FAST_INFERENCE_BETAS_3, "mix_noisy": 0.4},
+    "steps3_released": {"inference_betas": FAST_INFERENCE_BETAS_3, "initial": "noisy", "clamp": True,
+                        "mix_noisy": True},
 }
 
 

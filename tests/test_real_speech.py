@@ -32,6 +32,9 @@ def sources(tmp_path):
     (codec2 / "wav").mkdir(parents=True), (codec2 / "raw").mkdir()
     for k, speaker in enumerate(real_speech.TRAIN_SPEAKERS[:3] + real_speech.TEST_SPEAKERS[:2]):
         soundfile.write(codec2 / "wav" / f"{speaker}.wav", voice(5.0, 8000, 120 + 15 * k, 20 + k), 8000)
+    # an over-the-air recording whose own noise buries the speech: not a clean reference
+    radio = voice(5.0, 8000, 150, 50) + 0.2 * np.random.default_rng(51).standard_normal(40000).astype(np.float32)
+    soundfile.write(codec2 / "wav" / f"{real_speech.TEST_SPEAKERS[4]}.wav", radio, 8000)
     raw = (voice(2.5, 8000, 140, 30) * 32767).astype("<i2")  # codec2's headerless 8 kHz 16-bit files
     raw.tofile(codec2 / "raw" / f"{real_speech.TRAIN_SPEAKERS[4]}.raw")
     alsa = root / real_speech.ALSA_DIR
@@ -51,6 +54,12 @@ def test_builds_held_out_speakers_in_the_voicebank_layout(sources, tmp_path, no_
     train, test = voicebank_pair_files(out, "train"), voicebank_pair_files(out, "test")
     assert len(train) == manifest["counts"]["train"] and len(test) == manifest["counts"]["test"] > 0
     speakers = manifest["speakers"]
+    radio = real_speech.TEST_SPEAKERS[4]
+    assert list(manifest["excluded_noisy_recordings_db"]) == [radio] and radio not in speakers["test"]
+    assert manifest["excluded_noisy_recordings_db"][radio] < real_speech.MIN_DYNAMIC_RANGE_DB
+    held_out = [f for f in manifest["files"] if f["split"] == "test"]
+    sources = [f["source"] for f in held_out]
+    assert len(held_out) == 3 * len(set(sources)) and all(sources.count(x) == 3 for x in sources)
     assert not set(speakers["train"]) & set(speakers["test"])
     assert set(speakers["test"]) <= set(real_speech.TEST_SPEAKERS) | {"alsa"}
     assert "allison" in speakers["train"] and "alsa" in speakers["test"]
@@ -61,6 +70,7 @@ def test_builds_held_out_speakers_in_the_voicebank_layout(sources, tmp_path, no_
         noisy, _ = soundfile.read(out / split[1] / entry["file"], dtype="float64")
         assert rate == 16000 and len(clean) == len(noisy) == round(entry["seconds"] * 16000)
         assert 0 <= entry["snr_db"] <= 15 and entry["noise"] in manifest["noise_types"]
+        assert real_speech.dynamic_range_db(clean) >= real_speech.MIN_DYNAMIC_RANGE_DB or entry["split"] == "train"
         snr = 10 * np.log10(np.sum(clean**2) / np.sum((noisy - clean) ** 2))
         assert snr == pytest.approx(entry["snr_db"], abs=0.15)  # 16-bit files
         assert np.abs(noisy).max() == pytest.approx(10 ** (entry["peak_dbfs"] / 20), rel=2e-3)
@@ -76,6 +86,9 @@ def test_the_same_seed_builds_the_same_set_and_nothing_is_overwritten(sources, t
     assert (tmp_path / "a" / folder / name).read_bytes() == (tmp_path / "b" / folder / name).read_bytes()
     with pytest.raises(SystemExit, match="exists"):
         real_speech.build(tmp_path / "a", seed=0, sources=sources, synthetic=False)
+    with pytest.raises(SystemExit, match="--test_mixtures"):
+        real_speech.build(tmp_path / "d", seed=0, sources=sources, synthetic=False, test_mixtures=0)
+    assert not (tmp_path / "d").exists()
 
 
 def test_missing_sources_are_named(tmp_path, no_network):

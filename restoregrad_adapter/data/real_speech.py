@@ -1,6 +1,6 @@
 """A paired speech-enhancement set built from real recordings, in the VoiceBank+DEMAND layout.
 
-    python -m restoregrad_adapter.data.real_speech OUT [--seed 0] [--sources DIR] [--no-synthetic]
+    python -m restoregrad_adapter.data.real_speech OUT [--seed 0] [--sources DIR] [--no-synthetic] [--test_mixtures 3]
 
 The clean speech is real recorded speech that Debian ships, plus synthesised voices as extra
 training speakers:
@@ -25,7 +25,13 @@ uniformly from ``--snr`` (0-15 dB by default), then both are given one random le
 **Held out.** The test split is made of speakers that no training utterance contains (the
 codec2 speakers in :data:`TEST_SPEAKERS` and the ALSA voice, all real); its babble comes from test
 speakers only, and its noise draws use their own random streams. Synthesised voices are training
-speakers only, so the test set is real speech throughout.
+speakers only, so the test set is real speech throughout. Every held-out utterance is mixed
+``--test_mixtures`` times (3), each with its own noise, SNR and level.
+
+**Clean references.** Some of codec2's recordings were made over the air and carry their own
+noise (the loud and the quiet frames of david4 and vk2tpm_004 differ by 2-4 dB): scored against
+such a "clean" reference, removing noise counts as an error. Recordings whose loud frames stand less
+than :data:`MIN_DYNAMIC_RANGE_DB` (20 dB) above their quiet ones are left out; the manifest lists them.
 
 Output (written under ``OUT.partial`` and renamed to ``OUT`` when complete)::
 
@@ -55,7 +61,8 @@ import numpy as np
 
 from .speech import mix_at_snr, noise, resample
 
-__all__ = ["PACKAGES", "TEST_SPEAKERS", "SENTENCES", "Utterance", "fetch_sources", "real_utterances",
+__all__ = ["PACKAGES", "TEST_SPEAKERS", "MIN_DYNAMIC_RANGE_DB", "SENTENCES", "Utterance", "dynamic_range_db",
+           "fetch_sources", "real_utterances",
            "synthetic_utterances", "build", "main"]
 
 logger = logging.getLogger("restoregrad_adapter.real_speech")
@@ -68,8 +75,14 @@ ALSA_DIR = "usr/share/sounds/alsa"
 
 #: codec2's recordings, one speaker each. Coded or concatenated copies (f2400, m2400, all, the
 #: *_10s cuts, hts1/hts2 next to hts1a/hts2a) are left out so that no speaker is on both sides.
+#: Over-the-air recordings whose own noise buries the speech (david4, vk2tpm_004: their loud and quiet
+#: frames differ by 2-4 dB) would be references that are not clean; :data:`MIN_DYNAMIC_RANGE_DB` leaves
+#: such recordings out, and the manifest lists them.
 TRAIN_SPEAKERS = ("big_dog", "cross", "hts1a", "mmt1", "ve9qrp", "vk5qi", "kristoff", "speech_orig_16k")
-TEST_SPEAKERS = ("forig", "morig", "hts2a", "david4", "vk2tpm_004", "wia_16kHz")
+TEST_SPEAKERS = ("forig", "morig", "hts2a", "wia_16kHz", "david4", "vk2tpm_004")
+#: A clean reference's loud frames (95th percentile of 20 ms frame energies) must stand this far above its
+#: quiet ones (10th percentile); studio recordings reach 25-55 dB, noisy radio recordings 2-5 dB.
+MIN_DYNAMIC_RANGE_DB = 20.0
 
 #: Sentences for the synthesised voices (written for this set).
 SENTENCES = (
@@ -163,6 +176,17 @@ def _trim(audio: np.ndarray, threshold_db: float = -40.0) -> np.ndarray:
     return audio[loud[0] * frame: (loud[-1] + 1) * frame]
 
 
+def dynamic_range_db(audio: np.ndarray) -> float:
+    """How far a recording's loud 20 ms frames stand above its quiet ones: the ratio of the 95th to the
+    10th percentile of the frame energies, in dB (a clean recording with pauses: 25 dB or more)."""
+    frame = SAMPLE_RATE // 50
+    count = len(audio) // frame
+    if count < 2:
+        return float("inf")
+    energy = (audio[: count * frame].astype(np.float64).reshape(count, frame) ** 2).mean(axis=1) + 1e-12
+    return float(10 * np.log10(np.percentile(energy, 95) / np.percentile(energy, 10)))
+
+
 def _chunks(speaker: str, source: str, audio: np.ndarray, split: str, max_seconds: float,
             min_seconds: float = 1.0) -> list[Utterance]:
     """A recording cut into pieces of at most ``max_seconds``, each trimmed; near-silent pieces are dropped."""
@@ -176,8 +200,12 @@ def _chunks(speaker: str, source: str, audio: np.ndarray, split: str, max_second
     return out
 
 
-def real_utterances(root: Path, max_seconds: float = 4.0) -> list[Utterance]:
-    """The recorded speech of the unpacked packages under ``root``, split by speaker."""
+def real_utterances(root: Path, max_seconds: float = 4.0, excluded: dict | None = None) -> list[Utterance]:
+    """The recorded speech of the unpacked packages under ``root``, split by speaker.
+
+    codec2 recordings below :data:`MIN_DYNAMIC_RANGE_DB` are left out (their noise is part of the
+    "clean" signal); ``excluded``, when given, receives their names and dynamic ranges.
+    """
     root = Path(root)
     utterances: list[Utterance] = []
     asterisk = sorted((root / ASTERISK_DIR).rglob("*.wav"))
@@ -200,7 +228,15 @@ def real_utterances(root: Path, max_seconds: float = 4.0) -> list[Utterance]:
             if path is None:
                 logger.warning("codec2 recording %s not found; skipped", speaker)
                 continue
-            utterances += _chunks(speaker, str(path.relative_to(root)), _read(path), split, max_seconds)
+            audio = _read(path)
+            spread = dynamic_range_db(audio)
+            if spread < MIN_DYNAMIC_RANGE_DB:
+                logger.warning("codec2 recording %s left out: its loud frames stand only %.1f dB above its quiet "
+                               "ones (noise in the reference)", speaker, spread)
+                if excluded is not None:
+                    excluded[speaker] = round(spread, 1)
+                continue
+            utterances += _chunks(speaker, str(path.relative_to(root)), audio, split, max_seconds)
     for path in sorted((root / ALSA_DIR).glob("*.wav")):
         if path.stem != "Noise":
             utterances.append(Utterance("alsa", str(path.relative_to(root)), 0.0, _trim(_read(path)), "test"))
@@ -241,7 +277,7 @@ def _noise_for(kind: str, length: int, pool: list[Utterance], exclude: str, alsa
     if kind == "babble":
         others = [u for u in pool if u.speaker != exclude]
         out = np.zeros(length)
-        for i in rng.choice(len(others), size=int(rng.integers(4, 8)), replace=False):
+        for i in rng.choice(len(others), size=min(int(rng.integers(4, 8)), len(others)), replace=False):
             talker = others[int(i)].audio.astype(np.float64)
             talker = np.resize(talker, length)  # repeated to cover the utterance
             out += np.roll(talker, int(rng.integers(length))) / (np.std(talker) + 1e-9)
@@ -258,8 +294,12 @@ def _noise_for(kind: str, length: int, pool: list[Utterance], exclude: str, alsa
 
 
 def build(out: Path, seed: int = 0, sources: Path | None = None, synthetic: bool = True,
-          snr: tuple[float, float] = (0.0, 15.0), max_seconds: float = 4.0) -> dict:
-    """Build the set under ``out`` (see the module docstring) and return its manifest."""
+          snr: tuple[float, float] = (0.0, 15.0), max_seconds: float = 4.0, test_mixtures: int = 3) -> dict:
+    """Build the set under ``out`` (see the module docstring) and return its manifest.
+
+    ``test_mixtures``: how many noisy versions (each its own noise, SNR and level) of every held-out
+    utterance the test split holds; training utterances are mixed once.
+    """
     from tqdm.auto import tqdm
 
     from restoregrad_adapter.io import write_audio, write_json
@@ -269,8 +309,12 @@ def build(out: Path, seed: int = 0, sources: Path | None = None, synthetic: bool
         raise SystemExit(f"error: {out} exists; choose a new folder (nothing was changed)")
     if not snr[0] <= snr[1]:
         raise SystemExit(f"error: --snr wants LOW HIGH with LOW <= HIGH, got {snr}")
+    if isinstance(test_mixtures, bool) or not isinstance(test_mixtures, int) or test_mixtures < 1:
+        raise SystemExit(f"error: --test_mixtures must be a positive integer, got {test_mixtures!r}")
     root = Path(sources) if sources is not None else fetch_sources(Path(str(out) + ".sources"))
-    utterances = real_utterances(root, max_seconds) + (synthetic_utterances(max_seconds) if synthetic else [])
+    excluded: dict[str, float] = {}
+    utterances = (real_utterances(root, max_seconds, excluded)
+                  + (synthetic_utterances(max_seconds) if synthetic else []))
     alsa_path = root / ALSA_DIR / "Noise.wav"
     alsa_noise = _read(alsa_path) if alsa_path.is_file() else None
     kinds = NOISE_TYPES if alsa_noise is not None else tuple(k for k in NOISE_TYPES if k != "alsa_noise")
@@ -287,7 +331,7 @@ def build(out: Path, seed: int = 0, sources: Path | None = None, synthetic: bool
     for split_index, split in enumerate(("train", "test")):
         pool = [u for u in utterances if u.split == split]
         rng = np.random.default_rng([seed, split_index])  # each split its own stream
-        order = rng.permutation(len(pool))
+        order = [i for i in rng.permutation(len(pool)) for _ in range(test_mixtures if split == "test" else 1)]
         for number, i in enumerate(tqdm(order, desc=f"mixing {split}", unit="utt")):
             utterance = pool[int(i)]
             clean = utterance.audio.astype(np.float64)
@@ -307,6 +351,8 @@ def build(out: Path, seed: int = 0, sources: Path | None = None, synthetic: bool
     speakers = {split: sorted({f["speaker"] for f in files if f["split"] == split}) for split in folders}
     manifest = {"seed": seed, "sample_rate": SAMPLE_RATE, "snr_db": list(snr), "packages": list(PACKAGES),
                 "synthetic_voices": synthetic, "noise_types": list(kinds), "speakers": speakers,
+                "test_mixtures": test_mixtures, "min_dynamic_range_db": MIN_DYNAMIC_RANGE_DB,
+                "excluded_noisy_recordings_db": excluded,
                 "counts": {split: sum(f["split"] == split for f in files) for split in folders}, "files": files}
     if set(speakers["train"]) & set(speakers["test"]):
         raise RuntimeError(f"speakers on both sides: {set(speakers['train']) & set(speakers['test'])}")
@@ -326,9 +372,12 @@ def main(argv=None) -> None:
                         help="leave out the espeak-ng and flite voices")
     parser.add_argument("--snr", type=float, nargs=2, default=(0.0, 15.0), metavar=("LOW", "HIGH"))
     parser.add_argument("--max_seconds", type=float, default=4.0, help="longest utterance")
+    parser.add_argument("--test_mixtures", type=int, default=3,
+                        help="noisy versions of every held-out utterance (each its own noise, SNR and level)")
     args = parser.parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    manifest = build(args.out, args.seed, args.sources, args.synthetic, tuple(args.snr), args.max_seconds)
+    manifest = build(args.out, args.seed, args.sources, args.synthetic, tuple(args.snr), args.max_seconds,
+                     args.test_mixtures)
     logger.info("wrote %s: %d training and %d held-out pairs; test speakers %s", args.out,
                 manifest["counts"]["train"], manifest["counts"]["test"], ", ".join(manifest["speakers"]["test"]))
 
