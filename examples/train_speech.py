@@ -83,14 +83,19 @@ MODEL_SIZES = {
 }
 
 #: What the network predicts and how the denoising term is weighted. "paper", the RestoreGrad
-#: paper's speech recipe (CDiffuSE's noise prediction, eq. 10), is the default: it ended higher than
-#: "restoring" (x0 prediction with a plain x0 loss, the image default) in the default budget
-#: (README, "The two commands"). CDiffuSE's process mixes y into x_t, so neither diffuses a residual.
+#: paper's speech recipe (CDiffuSE's noise prediction, eq. 10), is the default on the built-in data.
+#: "restoring" (x0 prediction with a plain x0 loss, the image default) is the recipe for real
+#: recordings (docs/real_speech.md). CDiffuSE's process mixes y into x_t, so neither diffuses a residual.
 RECIPES = {
-    "restoring": {"prediction_type": "sample", "loss_weighting": "x0",
-                  "sampling_start": "prior", "final_blend": 0.0, "clamp": False},
-    "paper": {"prediction_type": "epsilon", "loss_weighting": "elbo",
-              "sampling_start": "prior", "final_blend": 0.0, "clamp": False},
+    "restoring": {"prediction_type": "sample", "loss_weighting": "x0"},
+    "paper": {"prediction_type": "epsilon", "loss_weighting": "elbo"},
+}
+#: How each recipe restores (validation, and the saved adapter's `restoration`): the reverse steps, the
+#: chain's start, the weight of the noisy signal in the last step's blend, and clipping. An x0 predictor
+#: gains from fewer noisy steps and a blend with y (docs/real_speech.md, "What was measured").
+SAMPLING = {
+    "restoring": {"num_inference_steps": 3, "sampling_start": "prior", "final_blend": 0.4, "clamp": False},
+    "paper": {"num_inference_steps": 6, "sampling_start": "prior", "final_blend": 0.0, "clamp": False},
 }
 
 
@@ -116,8 +121,10 @@ def parse_args(argv=None):
     g = parser.add_argument_group("model")
     g.add_argument("--model_size", choices=tuple(MODEL_SIZES), default="tiny")
     g.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
-                   help="paper (default): the paper's speech recipe, CDiffuSE's noise prediction with eq. 10; "
-                        "restoring: the network predicts the clean waveform x0 with a plain x0 loss (README)")
+                   help="paper (default): the paper's speech recipe, CDiffuSE's noise prediction with eq. 10, 6 "
+                        "sampling steps; restoring (for real recordings): the network predicts the clean waveform "
+                        "x0 with a plain x0 loss, 3 sampling steps and a final blend of 0.4 of the noisy signal "
+                        "(docs/real_speech.md)")
     g.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"), default=None,
                    help="what the network predicts: CDiffuSE's combined noise, x0 (sample) or v "
                         "(default: the recipe's)")
@@ -152,28 +159,29 @@ def parse_args(argv=None):
     g.add_argument("--checkpoints_total_limit", type=int, default=2)
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--validation_steps", type=int, default=500)
-    g.add_argument("--num_inference_steps", type=int, choices=(3, 6, 50), default=6,
-                   help="reverse steps: CDiffuSE's fast schedules (6 or 3) or every training step (50)")
+    g.add_argument("--num_inference_steps", type=int, choices=(3, 6, 50), default=None,
+                   help="reverse steps: CDiffuSE's fast schedules (6 or 3) or every training step (50) "
+                        "(default: the recipe's, paper 6, restoring 3)")
     g.add_argument("--sampling_start", choices=("prior", "noisy"), default=None,
                    help="the reverse chain starts from the learned prior of eq. 10 or, as CDiffuSE's released "
-                        "inference, from the noisy signal (default: the recipe's)")
+                        "inference, from the noisy signal (default: the recipe's, prior)")
     g.add_argument("--final_blend", type=float, default=None,
                    help="weight w of the noisy signal in the last step's (1 - w) x0 + w y (CDiffuSE's released "
-                        "inference: 0.2; default: the recipe's)")
+                        "inference: 0.2; default: the recipe's, paper 0, restoring 0.4)")
     g.add_argument("--clamp", action=argparse.BooleanOptionalAction, default=None,
-                   help="clip every reverse step to [-1, 1] as CDiffuSE's released inference does (default: the recipe's)")
+                   help="clip every reverse step to [-1, 1] as CDiffuSE's released inference does (default: the recipe's, off)")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--report_to", default="auto", help="'auto' (tensorboard when installed), 'all', 'none', ...")
     g.add_argument("--push_to_hub", action="store_true")
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
     args = parser.parse_args(argv)
-    for name, value in RECIPES[args.recipe].items():  # what the command line leaves out
+    for name, value in {**RECIPES[args.recipe], **SAMPLING[args.recipe]}.items():  # what the command line leaves out
         if getattr(args, name) is None:
             setattr(args, name, value)
 
     for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
-                 "validation_steps", "num_inference_steps"):
+                 "validation_steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
     if not 0 <= args.ema_decay < 1:

@@ -272,6 +272,11 @@ def test_train_speech_recipes_fill_what_the_command_line_leaves_out():
     assert (default.recipe, default.prediction_type, default.loss_weighting) == ("paper", "epsilon", "elbo")
     restoring = script.parse_args(["--recipe", "restoring"])
     assert (restoring.prediction_type, restoring.loss_weighting) == ("sample", "x0")
+    assert (restoring.num_inference_steps, restoring.final_blend, restoring.sampling_start) == (3, 0.4, "prior")
+    assert (default.num_inference_steps, default.final_blend, default.clamp) == (6, 0.0, False)
+    released = script.build_adapter(script.parse_args(["--recipe", "restoring", "--num_inference_steps", "50",
+                                                       "--final_blend", "0.2", "--sampling_start", "noisy", "--clamp"]))
+    assert released.restoration == {"inference_betas": "all", "initial": "noisy", "mix_noisy": 0.2, "clamp": True}
     adapter = script.build_adapter(script.parse_args(["--recipe", "restoring", "--prediction_type", "v_prediction"]))
     assert adapter.scheduler.config.prediction_type == "v_prediction" and adapter.loss_fn.weighting == "x0"
     assert adapter.input_peak == 0.95 and adapter.denoiser.model.config.conditioner_channels == 64
