@@ -90,12 +90,14 @@ RECIPES = {
     "restoring": {"prediction_type": "sample", "loss_weighting": "x0"},
     "paper": {"prediction_type": "epsilon", "loss_weighting": "elbo"},
 }
-#: How each recipe restores (validation, and the saved adapter's `restoration`): the reverse steps, the
-#: chain's start, the weight of the noisy signal in the last step's blend, and clipping. An x0 predictor
-#: gains from fewer noisy steps and a blend with y (docs/real_speech.md, "What was measured").
-SAMPLING = {
-    "restoring": {"num_inference_steps": 3, "sampling_start": "prior", "final_blend": 0.4, "clamp": False},
-    "paper": {"num_inference_steps": 6, "sampling_start": "prior", "final_blend": 0.0, "clamp": False},
+#: Each recipe's learning rate and how it restores (validation, and the saved adapter's `restoration`):
+#: the reverse steps, the chain's start, the weight of the noisy signal in the last step's blend, and
+#: clipping. An x0 predictor gains from fewer noisy steps and a blend with y (docs/real_speech.md).
+RECIPE_DEFAULTS = {
+    "restoring": {"learning_rate": 2e-3, "num_inference_steps": 3, "sampling_start": "prior", "final_blend": 0.4,
+                  "clamp": False},
+    "paper": {"learning_rate": 1e-3, "num_inference_steps": 6, "sampling_start": "prior", "final_blend": 0.0,
+              "clamp": False},
 }
 
 
@@ -149,7 +151,7 @@ def parse_args(argv=None):
     g.add_argument("--max_train_steps", type=int, default=1000)
     g.add_argument("--train_batch_size", type=int, default=8, help="per process")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=1e-3)
+    g.add_argument("--learning_rate", type=float, default=None, help="default: the recipe's (paper 1e-3, restoring 2e-3)")
     g.add_argument("--lr_warmup_steps", type=int, default=0)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
     g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
@@ -176,7 +178,7 @@ def parse_args(argv=None):
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
     args = parser.parse_args(argv)
-    for name, value in {**RECIPES[args.recipe], **SAMPLING[args.recipe]}.items():  # what the command line leaves out
+    for name, value in {**RECIPES[args.recipe], **RECIPE_DEFAULTS[args.recipe]}.items():  # what the command line leaves out
         if getattr(args, name) is None:
             setattr(args, name, value)
 

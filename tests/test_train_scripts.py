@@ -274,6 +274,8 @@ def test_train_speech_recipes_fill_what_the_command_line_leaves_out():
     assert (restoring.prediction_type, restoring.loss_weighting) == ("sample", "x0")
     assert (restoring.num_inference_steps, restoring.final_blend, restoring.sampling_start) == (3, 0.4, "prior")
     assert (default.num_inference_steps, default.final_blend, default.clamp) == (6, 0.0, False)
+    assert (restoring.learning_rate, default.learning_rate) == (2e-3, 1e-3)
+    assert script.parse_args(["--recipe", "restoring", "--learning_rate", "5e-4"]).learning_rate == 5e-4
     released = script.build_adapter(script.parse_args(["--recipe", "restoring", "--num_inference_steps", "50",
                                                        "--final_blend", "0.2", "--sampling_start", "noisy", "--clamp"]))
     assert released.restoration == {"inference_betas": "all", "initial": "noisy", "mix_noisy": 0.2, "clamp": True}
