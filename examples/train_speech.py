@@ -289,7 +289,8 @@ def build_adapter(args):
 # ---------------------------------------------------------------------- validation
 #: The sampling seed of every held-out utterance: `restoregrad restore`'s default --seed.
 RESTORE_SEED = 0
-#: Held-out utterances drawn in the validation PNG (and written as WAVs at the first and last step).
+#: Held-out utterances drawn in the validation PNG, spread over the set (and written as WAVs at the first
+#: and the last step, named by their index in the held-out set).
 SHOWN_UTTERANCES = 3
 
 
@@ -309,6 +310,7 @@ def log_validation(adapter, validation, args, step, device, folder):
     adapter.eval()
     scores: dict[str, list[float]] = {}
     shown = min(SHOWN_UTTERANCES, len(validation))
+    rows = {len(validation) * k // shown: k for k in range(shown)}  # spread over the set: other utterances
     fig, axes = plt.subplots(shown, 4, figsize=(15, 2.6 * shown), squeeze=False)
     for i, (clean, noisy) in enumerate(validation):
         x0 = torch.from_numpy(clean)[None, None].to(device)
@@ -322,22 +324,23 @@ def log_validation(adapter, validation, args, step, device, folder):
                     scores.setdefault(name + suffix, []).append(metric(signal[:, 0].cpu(), x0[:, 0].cpu()).item())
                 except ImportError:
                     scores.pop(name + suffix, None)
-        if i >= shown:
+        if i not in rows:
             continue
+        row = rows[i]
         sigma = adapter.prior_std(y * adapter.input_scale(y))[0, 0].float().cpu().numpy()  # what restore used
         waves = {"noisy": noisy, "restored": restored[0, 0].cpu().numpy(), "clean": clean}
         labels = {"noisy": f"  SI-SNR {scores['si_snr_noisy'][-1]:.1f} dB",
                   "restored": f"  SI-SNR {scores['si_snr'][-1]:.1f} dB", "clean": ""}
         # One colour scale per row, from the clean spectrogram (a silent restoration stays drawable).
         top = 10 * np.log10(mlab.specgram(clean + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384)[0].max() + 1e-20)
-        for ax, (title, wave) in zip(axes[i], waves.items()):
+        for ax, (title, wave) in zip(axes[row], waves.items()):
             ax.specgram(wave + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384, cmap="magma", vmin=top - 100, vmax=top)
             ax.set_title(title + labels[title], fontsize=9)
             if step in (0, args.max_train_steps):
                 write_audio(os.path.join(folder, f"step-{step:06d}-{i}-{title}.wav"), wave, SAMPLE_RATE)
-        axes[i, 3].plot(np.arange(len(sigma)) / SAMPLE_RATE, sigma, color="tab:red", linewidth=0.6)
-        axes[i, 3].set_title("learned prior sigma (at the training level)", fontsize=9)
-        axes[i, 3].set_xlim(0, len(sigma) / SAMPLE_RATE)
+        axes[row, 3].plot(np.arange(len(sigma)) / SAMPLE_RATE, sigma, color="tab:red", linewidth=0.6)
+        axes[row, 3].set_title("learned prior sigma (at the training level)", fontsize=9)
+        axes[row, 3].set_xlim(0, len(sigma) / SAMPLE_RATE)
     steps = len(adapter.restoration_settings()["inference_betas"]) if adapter.restoration_settings()[
         "inference_betas"] != "all" else adapter.scheduler.config.num_train_timesteps
     fig.suptitle(f"validation at step {step} ({args.mode}, {steps} sampling steps; {len(validation)} held-out "
