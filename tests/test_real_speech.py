@@ -95,3 +95,35 @@ def test_missing_sources_are_named(tmp_path, no_network):
     with pytest.raises(SystemExit, match="asterisk-core-sounds-en-wav"):
         real_speech.build(tmp_path / "set", sources=tmp_path, synthetic=False)
     assert not (tmp_path / "set").exists()
+
+
+def test_speech_restore_benchmark_scores_settings_beside_the_noisy_input(tmp_path, monkeypatch, no_network):
+    import torch
+
+    from benchmark_modules import load
+    from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
+    from restoregrad_adapter.metrics import si_snr
+    from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+
+    torch.manual_seed(0)
+    adapter = CDiffuSERestoreGrad.from_model(DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32),
+                                             size="tiny")
+    folder = adapter.save_pretrained(tmp_path / "adapter", sample_rate=16000)
+    data = tmp_path / "set"
+    (data / "clean_testset_wav").mkdir(parents=True), (data / "noisy_testset_wav").mkdir()
+    rng = np.random.default_rng(0)
+    noisy_scores = []
+    for i in range(2):
+        clean = voice(1.2, 16000, 150 + 40 * i, i)
+        noisy = (clean + 0.05 * rng.standard_normal(len(clean))).astype(np.float32)
+        soundfile.write(data / "clean_testset_wav" / f"u{i}.wav", clean, 16000, subtype="FLOAT")
+        soundfile.write(data / "noisy_testset_wav" / f"u{i}.wav", noisy, 16000, subtype="FLOAT")
+        noisy_scores.append(si_snr(torch.from_numpy(noisy)[None], torch.from_numpy(clean)[None]).item())
+    bench = load(monkeypatch, "speech_restore")
+    bench.main(["--adapter", str(folder), "--data_dir", str(data), "--settings", "default", "released",
+                "--output", str(tmp_path / "table.json")])
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert set(table) == {"noisy", "default", "released"}
+    assert table["noisy"]["si_snr"] == pytest.approx(np.mean(noisy_scores), abs=1e-4)
+    assert table["default"]["si_snr"] != table["released"]["si_snr"]
+    assert all(set(row) >= {"si_snr", "pesq", "stoi"} for row in table.values())
