@@ -121,13 +121,21 @@ def test_cdiffuse_adapter_restores_identically_through_every_entry_point(tmp_pat
     audio = (0.3 * np.sin(np.arange(700) * 0.05) + 0.05 * np.random.default_rng(0).standard_normal(700))
     audio = audio.astype(np.float32)
     soundfile.write(tmp_path / "noisy.wav", audio, 16000, subtype="FLOAT")
-    y = torch.from_numpy(np.pad(audio, (0, (-700) % cdiffuse.HOP_LENGTH)))[None, None]
-
+    crop = torch.from_numpy(np.pad(audio, (0, (-700) % cdiffuse.HOP_LENGTH)))[None, None]  # whole frames
     scheduler = cdiffuse.CDiffuSEScheduler(adapter.scheduler)
-    through_loop = sampling.restore(adapter.denoiser, y, adapter.prior_std, adapter.scheduler, scheduler=scheduler,
-                                    generator=seeded())
-    assert torch.equal(sampling.restore(adapter.denoiser, y, adapter.prior_std, adapter.scheduler,
-                                        generator=seeded()), through_loop)  # the integration's default sampler
+    assert torch.equal(sampling.restore(adapter.denoiser, crop, adapter.prior_std, adapter.scheduler, generator=seeded()),
+                       sampling.restore(adapter.denoiser, crop, adapter.prior_std, adapter.scheduler,
+                                        scheduler=cdiffuse.CDiffuSEScheduler(adapter.scheduler), generator=seeded())
+                       )  # the integration's default sampler
+
+    # A whole utterance (the adapter's framing): the loop on y zero-padded to 256 (1 + 700 // 256) samples,
+    # conditioned on every frame of the unpadded utterance's spectrogram, cropped back to 700.
+    y = torch.from_numpy(audio)[None, None]
+    spectrogram = adapter.denoiser.spectrogram(y, whole_utterance=True)
+    padded = torch.nn.functional.pad(y, (0, cdiffuse.utterance_length(700) - 700))
+    through_loop = sampling.restore(lambda x_t, c, t: adapter.denoiser(x_t, c, t, spectrogram=spectrogram), padded,
+                                    adapter.prior_std, adapter.scheduler, scheduler=scheduler,
+                                    inference_betas=cdiffuse.FAST_INFERENCE_BETAS_6, generator=seeded())[..., :700]
     assert torch.equal(adapter.restore(y, generator=seeded()), through_loop)
     folder = adapter.save_pretrained(tmp_path / "adapter", sample_rate=16000)
     run_cli_with_factory(monkeypatch, folder, "from restoregrad_adapter.reference_nets import DiffWaveDenoiser\n\n"
