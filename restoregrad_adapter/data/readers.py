@@ -43,6 +43,7 @@ __all__ = [
     "div2k_pair_files",
     "read_sr_pair",
     "audio_pair_files",
+    "VOICEBANK_FOLDERS",
     "voicebank_pair_files",
     "read_image_pair",
     "read_audio_pair",
@@ -242,15 +243,18 @@ def audio_pair_files(clean_dir, noisy_dir) -> list[tuple[str, str]]:
     return pairs
 
 
+#: VoiceBank+DEMAND's folders: split -> (clean, noisy), files of the same name paired.
+VOICEBANK_FOLDERS = {"train": ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
+                     "test": ("clean_testset_wav", "noisy_testset_wav")}
+
+
 def voicebank_pair_files(root, split: str = "train") -> list[tuple[str, str]]:
     """``(clean, noisy)`` paths of VoiceBank+DEMAND: ``clean_trainset_28spk_wav/`` and
     ``noisy_trainset_28spk_wav/`` (``split="train"``), ``clean_testset_wav/`` and ``noisy_testset_wav/``
     (``"test"``)."""
-    folders = {"train": ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
-               "test": ("clean_testset_wav", "noisy_testset_wav")}
-    if split not in folders:
+    if split not in VOICEBANK_FOLDERS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    return audio_pair_files(*(Path(root) / name for name in folders[split]))
+    return audio_pair_files(*(Path(root) / name for name in VOICEBANK_FOLDERS[split]))
 
 
 # ---------------------------------------------------------------------- reading pairs

@@ -59,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .readers import VOICEBANK_FOLDERS
 from .speech import mix_at_snr, noise, resample
 
 __all__ = ["PACKAGES", "TEST_SPEAKERS", "MIN_DYNAMIC_RANGE_DB", "SENTENCES", "Utterance", "dynamic_range_db",
@@ -165,25 +166,31 @@ def _read(path: Path) -> np.ndarray:
     return audio
 
 
+FRAME = SAMPLE_RATE // 50  # 20 ms, the frames silence and noise are judged on
+
+
+def _frame_energies(audio: np.ndarray) -> np.ndarray:
+    """The mean square of each whole 20 ms frame of ``audio``, in its precision (a trailing partial frame is
+    left out)."""
+    count = len(audio) // FRAME
+    return (audio[: count * FRAME].reshape(count, FRAME) ** 2).mean(axis=1)
+
+
 def _trim(audio: np.ndarray, threshold_db: float = -40.0) -> np.ndarray:
     """Cut leading and trailing silence (20 ms frames below ``threshold_db`` of the loudest frame)."""
-    frame = SAMPLE_RATE // 50
-    count = len(audio) // frame
-    if count == 0:
+    energy = _frame_energies(audio)
+    if len(energy) == 0:
         return audio
-    energy = (audio[: count * frame].reshape(count, frame) ** 2).mean(axis=1)
     loud = np.flatnonzero(energy > energy.max() * 10 ** (threshold_db / 10))
-    return audio[loud[0] * frame: (loud[-1] + 1) * frame]
+    return audio[loud[0] * FRAME: (loud[-1] + 1) * FRAME]
 
 
 def dynamic_range_db(audio: np.ndarray) -> float:
     """How far a recording's loud 20 ms frames stand above its quiet ones: the ratio of the 95th to the
     10th percentile of the frame energies, in dB (a clean recording with pauses: 25 dB or more)."""
-    frame = SAMPLE_RATE // 50
-    count = len(audio) // frame
-    if count < 2:
+    energy = _frame_energies(audio.astype(np.float64)) + 1e-12
+    if len(energy) < 2:
         return float("inf")
-    energy = (audio[: count * frame].astype(np.float64).reshape(count, frame) ** 2).mean(axis=1) + 1e-12
     return float(10 * np.log10(np.percentile(energy, 95) / np.percentile(energy, 10)))
 
 
@@ -322,8 +329,7 @@ def build(out: Path, seed: int = 0, sources: Path | None = None, synthetic: bool
     partial = Path(str(out) + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
-    folders = {"train": ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"),
-               "test": ("clean_testset_wav", "noisy_testset_wav")}
+    folders = VOICEBANK_FOLDERS
     for pair in folders.values():
         for name in pair:
             (partial / name).mkdir(parents=True)
