@@ -13,7 +13,6 @@ noise (seed 0 for each utterance, the command line's default).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -22,7 +21,7 @@ import torch
 
 from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6
 from restoregrad_adapter.data.readers import read_audio_pair, voicebank_pair_files
-from restoregrad_adapter.metrics import pesq_wb, si_snr, stoi
+from restoregrad_adapter.metrics import speech_scores
 
 #: name -> keyword arguments of CDiffuSERestoreGrad.restore.
 SETTINGS = {
@@ -45,9 +44,10 @@ SETTINGS = {
 }
 
 
-def score(restored: np.ndarray, clean: np.ndarray) -> dict[str, float]:
-    p, r = torch.from_numpy(restored)[None].float(), torch.from_numpy(clean)[None].float()
-    return {"si_snr": si_snr(p, r).item(), "pesq": pesq_wb(p, r).item(), "stoi": stoi(p, r).item()}
+def mean_scores(pairs) -> dict[str, float]:
+    """The mean of each of :func:`~restoregrad_adapter.metrics.speech_scores` over ``(signal, clean)`` pairs."""
+    rows = [speech_scores(torch.from_numpy(signal).float(), torch.from_numpy(clean).float()) for signal, clean in pairs]
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def main(argv=None) -> None:
@@ -64,18 +64,16 @@ def main(argv=None) -> None:
     adapter = load_adapter(args.adapter, None, "cpu")
     pairs = voicebank_pair_files(args.data_dir, "test")[: args.limit]
     data = [read_audio_pair(clean, noisy, sample_rate=16000) for clean, noisy in pairs]
-    table = {"noisy": {k: float(np.mean([score(y, x0)[k] for x0, y in data])) for k in ("si_snr", "pesq", "stoi")}}
+    table = {"noisy": mean_scores((noisy, clean) for clean, noisy in data)}
     print(f"{len(data)} held-out pairs; noisy input: " + ", ".join(f"{k} {v:.3f}" for k, v in table["noisy"].items()))
     for name in args.settings:
-        start, rows = time.time(), []
+        start, restored = time.time(), []
+        kwargs = dict(SETTINGS[name])
+        betas = kwargs.pop("inference_betas", FAST_INFERENCE_BETAS_6)
         for clean, noisy in data:
             y = torch.from_numpy(noisy)[None, None]
-            kwargs = dict(SETTINGS[name])
-            betas = kwargs.pop("inference_betas", FAST_INFERENCE_BETAS_6)
-            restored = adapter.restore(y, betas, generator=torch.Generator().manual_seed(0), **kwargs)
-            rows.append(score(restored[0, 0].numpy(), clean))
-        table[name] = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
-        table[name]["seconds"] = time.time() - start
+            restored.append(adapter.restore(y, betas, generator=torch.Generator().manual_seed(0), **kwargs)[0, 0].numpy())
+        table[name] = {**mean_scores(zip(restored, (clean for clean, _ in data))), "seconds": time.time() - start}
         print(f"{name:>18}: " + ", ".join(f"{k} {v:.3f}" for k, v in table[name].items()), flush=True)
     if args.output:
         from restoregrad_adapter.io import write_json

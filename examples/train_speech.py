@@ -52,7 +52,7 @@ from restoregrad_adapter.figures import plot_curves
 from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad, cdiffuse_scheduler
 from restoregrad_adapter.loss import WEIGHTINGS
 from restoregrad_adapter.io import save_figure, write_audio, write_json
-from restoregrad_adapter.metrics import pesq_wb, si_snr, stoi
+from restoregrad_adapter.metrics import speech_scores
 from restoregrad_adapter.reference_nets import DiffWaveDenoiser
 from restoregrad_adapter.training import (
     JsonLog,
@@ -294,12 +294,18 @@ RESTORE_SEED = 0
 SHOWN_UTTERANCES = 3
 
 
+def input_scores(validation) -> list[dict[str, float]]:
+    """SI-SNR, PESQ and STOI of each held-out noisy input against its clean reference (computed once: they
+    do not change during training)."""
+    return [speech_scores(torch.from_numpy(noisy), torch.from_numpy(clean)) for clean, noisy in validation]
+
+
 @torch.no_grad()
-def log_validation(adapter, validation, args, step, device, folder):
+def log_validation(adapter, validation, noisy_scores, args, step, device, folder):
     """Enhance every held-out utterance whole, exactly as ``restoregrad restore`` enhances a file (the
     adapter's own restoration settings, sampling seed 0); SI-SNR, PESQ (wideband) and STOI beside the
-    noisy input's (PESQ and STOI when installed); a PNG of noisy, restored and clean spectrograms with the
-    learned sigma; the WAVs at the first and the last step."""
+    noisy input's (``noisy_scores``, from :func:`input_scores`; PESQ and STOI when installed); a PNG of
+    noisy, restored and clean spectrograms with the learned sigma; the WAVs at the first and the last step."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -308,7 +314,7 @@ def log_validation(adapter, validation, args, step, device, folder):
 
     was_training = adapter.training
     adapter.eval()
-    scores: dict[str, list[float]] = {}
+    restored_scores = []
     shown = min(SHOWN_UTTERANCES, len(validation))
     rows = {len(validation) * k // shown: k for k in range(shown)}  # spread over the set: other utterances
     fig, axes = plt.subplots(shown, 4, figsize=(15, 2.6 * shown), squeeze=False)
@@ -317,20 +323,14 @@ def log_validation(adapter, validation, args, step, device, folder):
         y = torch.from_numpy(noisy)[None, None].to(device)
         generator = torch.Generator(device=device).manual_seed(RESTORE_SEED)
         restored = adapter.restore(y, generator=generator).float()
-        for suffix, signal in (("", restored), ("_noisy", y)):
-            scores.setdefault("si_snr" + suffix, []).append(si_snr(signal[:, 0], x0[:, 0]).item())
-            for name, metric in (("pesq", pesq_wb), ("stoi", stoi)):
-                try:
-                    scores.setdefault(name + suffix, []).append(metric(signal[:, 0].cpu(), x0[:, 0].cpu()).item())
-                except ImportError:
-                    scores.pop(name + suffix, None)
+        restored_scores.append(speech_scores(restored.cpu(), x0.cpu()))
         if i not in rows:
             continue
         row = rows[i]
         sigma = adapter.prior_std(y * adapter.input_scale(y))[0, 0].float().cpu().numpy()  # what restore used
         waves = {"noisy": noisy, "restored": restored[0, 0].cpu().numpy(), "clean": clean}
-        labels = {"noisy": f"  SI-SNR {scores['si_snr_noisy'][-1]:.1f} dB",
-                  "restored": f"  SI-SNR {scores['si_snr'][-1]:.1f} dB", "clean": ""}
+        labels = {"noisy": f"  SI-SNR {noisy_scores[i]['si_snr']:.1f} dB",
+                  "restored": f"  SI-SNR {restored_scores[i]['si_snr']:.1f} dB", "clean": ""}
         # One colour scale per row, from the clean spectrogram (a silent restoration stays drawable).
         top = 10 * np.log10(mlab.specgram(clean + 1e-9, NFFT=512, Fs=SAMPLE_RATE, noverlap=384)[0].max() + 1e-20)
         for ax, (title, wave) in zip(axes[row], waves.items()):
@@ -341,14 +341,15 @@ def log_validation(adapter, validation, args, step, device, folder):
         axes[row, 3].plot(np.arange(len(sigma)) / SAMPLE_RATE, sigma, color="tab:red", linewidth=0.6)
         axes[row, 3].set_title("learned prior sigma (at the training level)", fontsize=9)
         axes[row, 3].set_xlim(0, len(sigma) / SAMPLE_RATE)
-    steps = len(adapter.restoration_settings()["inference_betas"]) if adapter.restoration_settings()[
-        "inference_betas"] != "all" else adapter.scheduler.config.num_train_timesteps
-    fig.suptitle(f"validation at step {step} ({args.mode}, {steps} sampling steps; {len(validation)} held-out "
-                 f"utterances, {shown} shown)")
+    fig.suptitle(f"validation at step {step} ({args.mode}, {args.num_inference_steps} sampling steps; "
+                 f"{len(validation)} held-out utterances, {shown} shown)")
     fig.tight_layout()
     save_figure(fig, os.path.join(folder, f"step-{step:06d}.png"), dpi=90)
     adapter.train(was_training)
-    return {name: float(np.mean(values)) for name, values in scores.items()}
+    means = {}
+    for suffix, rows_of_scores in (("", restored_scores), ("_noisy", noisy_scores)):
+        means.update({name + suffix: float(np.mean([r[name] for r in rows_of_scores])) for name in rows_of_scores[0]})
+    return means
 
 
 # ---------------------------------------------------------------------- training
@@ -377,6 +378,7 @@ def main(args):
     # utterances shorter than a segment are padded with zeros, as CDiffuSE's collator does.
     pairs, validation, description = load_data(args)
     logger.info(f"data: {description}", main_process_only=True)
+    noisy_scores = input_scores(validation) if accelerator.is_main_process else None
     dataset = RandomCropDataset(pairs, args.segment_length, args.seed, waveform_to_tensor, pad="zeros")
 
     # Model, optimizer, EMA of the weights.
@@ -405,7 +407,7 @@ def main(args):
     def run_validation(step):
         if accelerator.is_main_process:
             with ema_weights(ema, parameters):  # validate the EMA weights
-                metrics = log_validation(accelerator.unwrap_model(adapter), validation, args, step,
+                metrics = log_validation(accelerator.unwrap_model(adapter), validation, noisy_scores, args, step,
                                          accelerator.device, validation_dir)
             history.append({"kind": "validation", "step": step, **metrics})
             accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)

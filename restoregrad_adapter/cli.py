@@ -271,8 +271,8 @@ def _scores(pred_path: Path, ref_path: Path, lpips_network=None) -> dict:
     kind = _kind(pred_path)
     if kind != _kind(ref_path):
         raise CommandError(f"{pred_path} and {ref_path} are not the same kind of file.")
-    row = {}
     if kind == "image":
+        row = {}
         pred, ref = read_image(pred_path), read_image(ref_path)
         if pred.shape != ref.shape:
             raise CommandError(f"{pred_path}: size {pred.shape[:2]} differs from the reference's {ref.shape[:2]}.")
@@ -286,14 +286,8 @@ def _scores(pred_path: Path, ref_path: Path, lpips_network=None) -> dict:
     if rate != ref_rate or len(pred) != len(ref):
         raise CommandError(f"{pred_path}: {len(pred)} samples at {rate} Hz, but the reference has "
                            f"{len(ref)} at {ref_rate} Hz.")
-    p, r = torch.from_numpy(pred)[None], torch.from_numpy(ref)[None]
-    row["SI-SNR"] = metrics.si_snr(p, r).item()
-    for name, fn in (("PESQ", metrics.pesq_wb), ("STOI", metrics.stoi)):
-        try:
-            row[name] = fn(p, r, sample_rate=rate).item()
-        except (ImportError, ValueError):
-            pass  # optional packages, or PESQ at a rate other than 16 kHz
-    return row
+    scores = metrics.speech_scores(torch.from_numpy(pred), torch.from_numpy(ref), sample_rate=rate)
+    return {{"si_snr": "SI-SNR", "pesq": "PESQ", "stoi": "STOI"}[k]: v for k, v in scores.items()}
 
 
 def evaluate_pairs(pairs: list[tuple[Path, Path]], lpips_network=None, degraded_dir: Path | None = None) -> list[dict]:

@@ -43,6 +43,7 @@ __all__ = [
     "psnr_y",
     "rgb_to_y",
     "si_snr",
+    "speech_scores",
     "ssim_y",
     "stoi",
 ]
@@ -388,6 +389,28 @@ def stoi(pred: torch.Tensor, target: torch.Tensor, sample_rate: int = 16000) -> 
             f"stoi needs the optional `pystoi` package: {_SPEECH_EXTRA_HINT}"
         ) from err
     return _per_item(pred, target, lambda ref, deg: _stoi(ref, deg, sample_rate, extended=False))
+
+
+def speech_scores(pred: torch.Tensor, target: torch.Tensor, sample_rate: int = 16000) -> dict[str, float]:
+    """SI-SNR, wideband PESQ and STOI of one waveform against its reference, as floats.
+
+    The scores a speech restoration is reported with (the command line's ``evaluate``, the training
+    script's validation, the benchmarks). ``pred`` and ``target``: ``(L,)``, ``(1, L)`` or ``(1, 1, L)``.
+    PESQ and STOI are left out when their optional package is not installed, PESQ also at a rate other
+    than 16 kHz, where wideband PESQ is not defined.
+    """
+    for name, x in (("pred", pred), ("target", target)):
+        if isinstance(x, torch.Tensor) and (x.ndim == 0 or x.numel() != x.shape[-1]):
+            raise ValueError(f"`{name}` must be one waveform, (L,), (1, L) or (1, 1, L); got {tuple(x.shape)}.")
+    pred, target = (x.reshape(1, -1) if isinstance(x, torch.Tensor) else x for x in (pred, target))
+    scores = {"si_snr": si_snr(pred, target).item()}
+    metrics = (("pesq", pesq_wb), ("stoi", stoi)) if sample_rate == _PESQ_WB_SAMPLE_RATE else (("stoi", stoi),)
+    for name, metric in metrics:
+        try:
+            scores[name] = metric(pred, target, sample_rate=sample_rate).item()
+        except ImportError:
+            pass  # the optional speech-metrics packages
+    return scores
 
 
 # --------------------------------------------------------------------------- #

@@ -527,3 +527,19 @@ def test_lpips_bad_inputs_name_the_argument() -> None:
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+def test_speech_scores_are_the_three_metrics_of_one_waveform():
+    g = torch.Generator().manual_seed(0)
+    n = torch.arange(16000, dtype=torch.float32)
+    clean = 0.3 * torch.sin(2 * math.pi * 200 * n / 16000) * (torch.sin(2 * math.pi * 2 * n / 16000) > 0)
+    noisy = clean + 0.05 * torch.randn(16000, generator=g)
+    scores = metrics.speech_scores(noisy, clean)
+    assert scores == {"si_snr": metrics.si_snr(noisy[None], clean[None]).item(),
+                      "pesq": metrics.pesq_wb(noisy[None], clean[None]).item(),
+                      "stoi": metrics.stoi(noisy[None], clean[None]).item()}
+    assert metrics.speech_scores(noisy[None, None], clean[None]) == scores  # (1, 1, L) and (1, L) alike
+    at_8k = metrics.speech_scores(noisy[::2], clean[::2], sample_rate=8000)  # no wideband PESQ at 8 kHz
+    assert set(at_8k) == {"si_snr", "stoi"}
+    with pytest.raises(ValueError, match="one waveform"):
+        metrics.speech_scores(noisy.reshape(2, 8000), clean.reshape(2, 8000))
