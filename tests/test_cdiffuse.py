@@ -514,7 +514,7 @@ def test_example_runs_on_a_folder_of_wav_pairs(tmp_path):
 
     soundfile = pytest.importorskip("soundfile")
     pytest.importorskip("matplotlib")
-    path = Path(__file__).resolve().parents[1] / "integrations" / "cdiffuse_enhance.py"
+    path = Path(__file__).resolve().parents[1] / "guides" / "cdiffuse_enhance.py"
     spec = importlib.util.spec_from_file_location("cdiffuse_enhance_example", path)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)

@@ -509,7 +509,7 @@ def test_load_checkpoint_names_mismatched_and_missing_entries(tmp_path):
 def load_example():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "integrations" / "weatherdiff_restore.py"
+    path = Path(__file__).resolve().parents[1] / "guides" / "weatherdiff_restore.py"
     spec = importlib.util.spec_from_file_location("weatherdiff_restore_example", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -17,8 +17,8 @@ estimates far more accurate than a couple of minutes of CPU training give (Weath
 about two million iterations), so the restored PSNR stays below the degraded input's. Longer
 training (``--steps``, preferably on a GPU) is what improves it.
 
-    python integrations/weatherdiff_restore.py                   # defaults
-    python integrations/weatherdiff_restore.py --steps 20000     # longer training
+    python guides/weatherdiff_restore.py                   # defaults
+    python guides/weatherdiff_restore.py --steps 20000     # longer training
 """
 
 import argparse

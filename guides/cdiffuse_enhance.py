@@ -6,10 +6,10 @@ Nets on noisy speech with CDiffuSE's conditional forward process, and restores a
 with CDiffuSE's 6-step fast sampler. Nothing is downloaded: by default the speech and noise are
 synthesised in code (restoregrad_adapter.data.speech); ``--data_dir`` reads your own pairs instead.
 
-    python integrations/cdiffuse_enhance.py                    # defaults
-    python integrations/cdiffuse_enhance.py --steps 2000       # better enhancement
-    python integrations/cdiffuse_enhance.py --data_dir DIR     # DIR/clean/*.wav and DIR/noisy/*.wav, same names
-    python integrations/cdiffuse_enhance.py --threads 1        # on a machine busy with other work
+    python guides/cdiffuse_enhance.py                    # defaults
+    python guides/cdiffuse_enhance.py --steps 2000       # better enhancement
+    python guides/cdiffuse_enhance.py --data_dir DIR     # DIR/clean/*.wav and DIR/noisy/*.wav, same names
+    python guides/cdiffuse_enhance.py --threads 1        # on a machine busy with other work
 
 Writes ``noisy.wav``, ``enhanced.wav``, ``clean.wav`` and ``cdiffuse_enhance.png`` (waveforms,
 spectrograms and the learned sigma) to ``--output_dir``.
