@@ -101,6 +101,41 @@ RECIPE_DEFAULTS = {
 }
 
 
+def _shown(value):
+    """A default as --help writes it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def layered_default(name, flag, table):
+    """'default: ...' of the option ``name`` that ``flag`` fills in from ``table`` ({choice: {name: value}}),
+    written from the table itself: each value with the choices that give it, the commonest last as 'otherwise'."""
+    choices_of = {}
+    for choice, defaults in table.items():
+        choices_of.setdefault(_shown(defaults[name]), []).append(choice)
+    if len(choices_of) == 1:
+        return f"default: {next(iter(choices_of))}"
+    commonest = max(reversed(choices_of), key=lambda value: len(choices_of[value]))  # among equals the last
+    named = [f"{value} with {flag} " + (", ".join(choices[:-1]) + " or " if len(choices) > 1 else "") + choices[-1]
+             for value, choices in choices_of.items() if value != commonest]
+    return "default: " + "; ".join(named + [f"{commonest} otherwise"])
+
+
+def describe_defaults(parser, layers):
+    """Make --help state each option's default: for an option that a (flag, table) of ``layers`` fills in,
+    the table's values; for any other, its own default unless its help already says it."""
+    for action in parser._actions:
+        layered = [layered_default(action.dest, flag, table) for flag, table in layers
+                   if action.dest in next(iter(table.values()))]
+        says_default = "default" in {word.strip("(),;:") for word in (action.help or "").split()}
+        if not layered and (action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                            or says_default):
+            continue
+        said = layered[0] if layered else "default: %(default)s"
+        action.help = f"{action.help} ({said})" if action.help else said
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("data")
@@ -123,16 +158,14 @@ def parse_args(argv=None):
     g = parser.add_argument_group("model")
     g.add_argument("--model_size", choices=tuple(MODEL_SIZES), default="tiny")
     g.add_argument("--recipe", choices=tuple(RECIPES), default="paper",
-                   help="paper (default): the paper's speech recipe, CDiffuSE's noise prediction with eq. 10, 6 "
-                        "sampling steps; restoring (for real recordings): the network predicts the clean waveform "
-                        "x0 with a plain x0 loss, 3 sampling steps and a final blend of 0.4 of the noisy signal "
-                        "(docs/real_speech.md)")
+                   help="paper (default): the paper's speech recipe, CDiffuSE's noise prediction with eq. 10; "
+                        "restoring (for real recordings): the network predicts the clean waveform x0 with a "
+                        "plain x0 loss, with fewer sampling steps and a final blend with the noisy signal "
+                        "(docs/real_speech.md); the options below list what each recipe sets")
     g.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"), default=None,
-                   help="what the network predicts: CDiffuSE's combined noise, x0 (sample) or v "
-                        "(default: the recipe's)")
+                   help="what the network predicts: CDiffuSE's combined noise, x0 (sample) or v")
     g.add_argument("--loss_weighting", choices=WEIGHTINGS, default=None,
-                   help="the denoising term's weighting: elbo (the paper's eq. 10), min_snr, x0 (plain x0 MSE); "
-                        "default: the recipe's")
+                   help="the denoising term's weighting: elbo (the paper's eq. 10), min_snr, x0 (plain x0 MSE)")
     g.add_argument("--snr_gamma", type=float, default=5.0, help="gamma of --loss_weighting min_snr")
     g = parser.add_argument_group("RestoreGrad")
     g.add_argument("--mode", choices=MODES, default="restoregrad",
@@ -151,7 +184,7 @@ def parse_args(argv=None):
     g.add_argument("--max_train_steps", type=int, default=1000)
     g.add_argument("--train_batch_size", type=int, default=8, help="per process")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--learning_rate", type=float, default=None, help="default: the recipe's (paper 1e-3, restoring 2e-3)")
+    g.add_argument("--learning_rate", type=float, default=None, help="the learning rate after the warm-up")
     g.add_argument("--lr_warmup_steps", type=int, default=0)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
     g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
@@ -162,21 +195,21 @@ def parse_args(argv=None):
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--validation_steps", type=int, default=500)
     g.add_argument("--num_inference_steps", type=int, choices=(3, 6, 50), default=None,
-                   help="reverse steps: CDiffuSE's fast schedules (6 or 3) or every training step (50) "
-                        "(default: the recipe's, paper 6, restoring 3)")
+                   help="reverse steps: CDiffuSE's fast schedules (6 or 3) or every training step (50)")
     g.add_argument("--sampling_start", choices=("prior", "noisy"), default=None,
                    help="the reverse chain starts from the learned prior of eq. 10 or, as CDiffuSE's released "
-                        "inference, from the noisy signal (default: the recipe's, prior)")
+                        "inference, from the noisy signal")
     g.add_argument("--final_blend", type=float, default=None,
                    help="weight w of the noisy signal in the last step's (1 - w) x0 + w y (CDiffuSE's released "
-                        "inference: 0.2; default: the recipe's, paper 0, restoring 0.4)")
+                        "inference: 0.2)")
     g.add_argument("--clamp", action=argparse.BooleanOptionalAction, default=None,
-                   help="clip every reverse step to [-1, 1] as CDiffuSE's released inference does (default: the recipe's, off)")
+                   help="clip every reverse step to [-1, 1] as CDiffuSE's released inference does")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--report_to", default="auto", help="'auto' (tensorboard when installed), 'all', 'none', ...")
     g.add_argument("--push_to_hub", action="store_true")
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
+    describe_defaults(parser, (("--recipe", RECIPES), ("--recipe", RECIPE_DEFAULTS)))
     args = parser.parse_args(argv)
     for name, value in {**RECIPES[args.recipe], **RECIPE_DEFAULTS[args.recipe]}.items():  # what the command line leaves out
         if getattr(args, name) is None:

@@ -134,6 +134,41 @@ DEGRADATION_DEFAULTS = {
 }
 
 
+def _shown(value):
+    """A default as --help writes it."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def layered_default(name, flag, table):
+    """'default: ...' of the option ``name`` that ``flag`` fills in from ``table`` ({choice: {name: value}}),
+    written from the table itself: each value with the choices that give it, the commonest last as 'otherwise'."""
+    choices_of = {}
+    for choice, defaults in table.items():
+        choices_of.setdefault(_shown(defaults[name]), []).append(choice)
+    if len(choices_of) == 1:
+        return f"default: {next(iter(choices_of))}"
+    commonest = max(reversed(choices_of), key=lambda value: len(choices_of[value]))  # among equals the last
+    named = [f"{value} with {flag} " + (", ".join(choices[:-1]) + " or " if len(choices) > 1 else "") + choices[-1]
+             for value, choices in choices_of.items() if value != commonest]
+    return "default: " + "; ".join(named + [f"{commonest} otherwise"])
+
+
+def describe_defaults(parser, layers):
+    """Make --help state each option's default: for an option that a (flag, table) of ``layers`` fills in,
+    the table's values; for any other, its own default unless its help already says it."""
+    for action in parser._actions:
+        layered = [layered_default(action.dest, flag, table) for flag, table in layers
+                   if action.dest in next(iter(table.values()))]
+        says_default = "default" in {word.strip("(),;:") for word in (action.help or "").split()}
+        if not layered and (action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                            or says_default):
+            continue
+        said = layered[0] if layered else "default: %(default)s"
+        action.help = f"{action.help} ({said})" if action.help else said
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("data")
@@ -142,7 +177,8 @@ def parse_args(argv=None):
                         "and the task's defaults on your own data")
     g.add_argument("--sr_scale", type=int, choices=(2, 3, 4), default=None,
                    help="DIV2K's down-sampling factor (X2, X3, X4) for a DIV2K --train_data_dir "
-                        "(default: the --degradation's, 2 for sr2 and 4 for sr4)")
+                        "(default: the --degradation's, "
+                        + " and ".join(f"{scale} for {name}" for name, scale in SR_SCALES.items()) + ")")
     g.add_argument("--dataset_name", default=None)
     g.add_argument("--dataset_config_name", default=None)
     g.add_argument("--dataset_split", default="train")
@@ -153,16 +189,15 @@ def parse_args(argv=None):
     g.add_argument("--validation_data_dir", default=None)
     g.add_argument("--num_validation_images", type=int, default=3)
     g.add_argument("--builtin_size", type=int, default=None,
-                   help="longest side of the built-in photos (default 96; 192 for sr2 and sr4)")
+                   help="longest side of the built-in photos")
     g.add_argument("--max_validation_size", type=int, default=None,
-                   help="validation images are brought to at most this longest side (--validation_fit; "
-                        "default 256; 128 for sr2 and sr4)")
+                   help="validation images are brought to at most this longest side, as --validation_fit says")
     g.add_argument("--validation_fit", choices=("downscale", "crop"), default=None,
-                   help="how a larger validation image is brought to --max_validation_size: downscaled (the "
-                        "weather tasks' default) or centre-cropped (deblurring and super-resolution)")
+                   help="how a larger validation image is brought to --max_validation_size: downscaled or "
+                        "centre-cropped")
     g.add_argument("--augment", choices=AUGMENTATIONS, default=None,
                    help="the same random mirror and rotation of both training crops: none, hflip (left-right "
-                        "mirror) or dihedral (any of the square's 8 symmetries; default: the task's)")
+                        "mirror) or dihedral (any of the square's 8 symmetries)")
     g = parser.add_argument_group("model")
     g.add_argument("--model_size", choices=tuple(UNET_SIZES), default="tiny")
     g.add_argument("--patch_size", type=int, default=32)
@@ -174,14 +209,13 @@ def parse_args(argv=None):
     g.add_argument("--num_train_timesteps", type=int, default=1000)
     g.add_argument("--recipe", choices=tuple(RECIPES), default="restoring",
                    help="restoring (default): the UNet predicts the clean residual x0 - y with a plain x0 loss; "
-                        "paper: the paper's image recipe, noise prediction of x0 itself with eq. 10 (README)")
+                        "paper: the paper's image recipe, noise prediction of x0 itself with eq. 10 (docs/results.md)")
     g.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"), default=None,
-                   help="what the UNet predicts: the noise, x0 (sample) or v (default: the recipe's)")
+                   help="what the UNet predicts: the noise, x0 (sample) or v")
     g.add_argument("--residual", action=argparse.BooleanOptionalAction, default=None,
-                   help="diffuse the residual x0 - y and restore y + r0_hat (default: the recipe's)")
+                   help="diffuse the residual x0 - y and restore y + r0_hat")
     g.add_argument("--loss_weighting", choices=WEIGHTINGS, default=None,
-                   help="the denoising term's weighting: elbo (the paper's eq. 10), min_snr, x0 (plain x0 MSE); "
-                        "default: the recipe's")
+                   help="the denoising term's weighting: elbo (the paper's eq. 10), min_snr, x0 (plain x0 MSE)")
     g.add_argument("--snr_gamma", type=float, default=5.0, help="gamma of --loss_weighting min_snr")
     g = parser.add_argument_group("RestoreGrad")
     g.add_argument("--mode", choices=MODES, default="restoregrad",
@@ -201,7 +235,7 @@ def parse_args(argv=None):
     g.add_argument("--train_batch_size", type=int, default=16, help="per process")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--learning_rate", type=float, default=None,
-                   help="default 1e-3 for the weather tasks, 3e-3 for deblurring and super-resolution")
+                   help="the learning rate after the warm-up")
     g.add_argument("--lr_warmup_steps", type=int, default=0)
     g.add_argument("--lr_scheduler", choices=("constant_with_warmup", "cosine"), default="constant_with_warmup",
                    help="the learning rate after the warm-up: constant (every task's default) or a cosine decay to 0 "
@@ -215,23 +249,23 @@ def parse_args(argv=None):
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--validation_steps", type=int, default=400)
     g.add_argument("--num_inference_steps", type=int, default=None,
-                   help="sampling steps of validation: default 10 for the weather tasks, 2 for deblurring, 1 for "
-                        "super-resolution")
+                   help="sampling steps of validation")
     g.add_argument("--timestep_spacing", choices=TIMESTEP_SPACINGS, default=None,
-                   help="how validation's DDIM steps are spread: leading (WeatherDiff's; the default but for "
-                        "super-resolution) or diffusers' linspace or trailing (from pure noise; super-resolution)")
+                   help="how validation's DDIM steps are spread: leading (WeatherDiff's), diffusers' linspace or "
+                        "trailing (from pure noise)")
     g.add_argument("--sr_consistency", action=argparse.BooleanOptionalAction, default=None,
                    help="super-resolution validation: project each restoration onto the images whose bicubic "
                         "down-sampling is the low-resolution input (recovered from y; "
                         "restoregrad_adapter.consistency); default on for sr2, sr4 and DIV2K")
     g.add_argument("--self_ensemble", action=argparse.BooleanOptionalAction, default=None,
                    help="validate on the mean of each image's eight rotations and mirrors, restored and turned "
-                        "back (eight times the work; default: on for super-resolution only)")
+                        "back, eight times the work")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
     g.add_argument("--report_to", default="auto", help="'auto' (tensorboard when installed), 'all', 'none', ...")
     g.add_argument("--push_to_hub", action="store_true")
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
+    describe_defaults(parser, (("--recipe", RECIPES), ("--degradation", DEGRADATION_DEFAULTS)))
     args = parser.parse_args(argv)
     for name, value in {**RECIPES[args.recipe], **DEGRADATION_DEFAULTS[args.degradation]}.items():
         if getattr(args, name) is None:  # what the command line leaves out
