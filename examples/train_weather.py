@@ -100,7 +100,7 @@ UNET_SIZES = {
 
 
 #: What the UNet predicts, what is diffused and how the denoising term is weighted. "restoring" is the
-#: default because it restores within the default budget (README, "The two commands"); "paper" is
+#: default because it restores within the default budget (docs/results.md, "The two commands"); "paper" is
 #: the RestoreGrad paper's image recipe.
 RECIPES = {
     "restoring": {"prediction_type": "sample", "residual": True, "loss_weighting": "x0"},
