@@ -223,7 +223,7 @@ def weather_setup(settings, device):
     """The WeatherDiff adapter of ``settings.weather_unet`` and its (bare DDPM step, RestoreGrad step) closures."""
     from restoregrad_adapter import RestoreGrad
     from restoregrad_adapter.integrations.weatherdiff import wrap
-    from restoregrad_adapter.reference_nets import WeatherUNet
+    from restoregrad_adapter.contrib.reference_nets import WeatherUNet
 
     size = settings.patch_size
     unet = (WeatherUNet(image_size=size) if settings.weather_unet == "weatherdiff64"
@@ -254,7 +254,7 @@ def speech_setup(settings, device):
     """The CDiffuSE adapter of ``settings.speech_model``, its (CDiffuSE step, RestoreGrad step) closures and a
     noisy input."""
     from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
-    from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+    from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
 
     model = (DiffWaveDenoiser() if settings.speech_model == "cdiffuse"
              else DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32))

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6
-from restoregrad_adapter.data.readers import read_audio_pair, voicebank_pair_files
-from restoregrad_adapter.metrics import speech_scores
+from restoregrad_adapter.contrib.data.readers import read_audio_pair, voicebank_pair_files
+from restoregrad_adapter.contrib.metrics import speech_scores
 
 #: name -> keyword arguments of CDiffuSERestoreGrad.restore.
 SETTINGS = {
@@ -45,7 +45,7 @@ SETTINGS = {
 
 
 def mean_scores(pairs) -> dict[str, float]:
-    """The mean of each of :func:`~restoregrad_adapter.metrics.speech_scores` over ``(signal, clean)`` pairs."""
+    """The mean of each of :func:`~restoregrad_adapter.contrib.metrics.speech_scores` over ``(signal, clean)`` pairs."""
     rows = [speech_scores(torch.from_numpy(signal).float(), torch.from_numpy(clean).float()) for signal, clean in pairs]
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
 

@@ -173,8 +173,8 @@ class _Task:
 # ---------------------------------------------------------------------- speech
 def load_speech(config):
     """(train, held-out, description): level-normalised (clean, noisy) float32 waveform pairs."""
-    from restoregrad_adapter.data.readers import normalize_level, voicebank_pair_files
-    from restoregrad_adapter.data.speech import builtin_speech_pairs
+    from restoregrad_adapter.contrib.data.readers import normalize_level, voicebank_pair_files
+    from restoregrad_adapter.contrib.data.speech import builtin_speech_pairs
     from restoregrad_adapter.io import read_audio
 
     if config.data_dir:
@@ -220,7 +220,7 @@ class SpeechTask(_Task):
 
     def _build(self, prior, encoder: str):
         from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
-        from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+        from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
 
         from restoregrad_adapter import LearnedPriorScheduler
         from restoregrad_adapter.integrations.cdiffuse import cdiffuse_scheduler
@@ -268,7 +268,7 @@ class SpeechTask(_Task):
 
     def scores(self, waveforms: torch.Tensor) -> dict:
         """SI-SNR (and wide-band PESQ) of held-out-shaped ``waveforms`` against the clean utterances."""
-        from restoregrad_adapter.metrics import pesq_wb, si_snr
+        from restoregrad_adapter.contrib.metrics import pesq_wb, si_snr
 
         result = {"si_snr": float(si_snr(waveforms[:, 0], self.eval_clean[:, 0]).mean())}
         if self.pesq:
@@ -285,8 +285,8 @@ class SpeechTask(_Task):
 # ---------------------------------------------------------------------- images
 def load_images(config):
     """(train, held-out, description): (clean, degraded) HxWx3 float32 image pairs in [0, 1]."""
-    from restoregrad_adapter.data.readers import downscale, image_pair_files
-    from restoregrad_adapter.data.weather import builtin_weather_pairs
+    from restoregrad_adapter.contrib.data.readers import downscale, image_pair_files
+    from restoregrad_adapter.contrib.data.weather import builtin_weather_pairs
     from restoregrad_adapter.io import read_image
 
     size = config.image_size
@@ -320,7 +320,7 @@ class ImageTask(_Task):
     name = "image"
 
     def __init__(self, config):
-        from restoregrad_adapter.data.readers import image_to_tensor
+        from restoregrad_adapter.contrib.data.readers import image_to_tensor
 
         super().__init__(config)
         self.default_steps = config.sampling_steps
@@ -335,7 +335,7 @@ class ImageTask(_Task):
         from restoregrad_adapter import LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
         from restoregrad_adapter.encoders import downsample_of
         from restoregrad_adapter.integrations.weatherdiff import wrap
-        from restoregrad_adapter.reference_nets import WeatherUNet
+        from restoregrad_adapter.contrib.reference_nets import WeatherUNet
 
         c = self.config
         recipe = RECIPES[c.recipe]["image"]
@@ -389,7 +389,7 @@ class ImageTask(_Task):
 
     def scores(self, images: list[torch.Tensor]) -> dict:
         """Mean PSNR and SSIM on Y of ``images`` (one per held-out image, in [-1, 1]) against the clean ones."""
-        from restoregrad_adapter.metrics import psnr_y, ssim_y
+        from restoregrad_adapter.contrib.metrics import psnr_y, ssim_y
 
         pairs = [((image + 1) / 2, (x0 + 1) / 2) for image, (x0, _) in zip(images, self.held_out)]
         return {"psnr_y": statistics.fmean(float(psnr_y(p, t).mean()) for p, t in pairs),

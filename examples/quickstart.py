@@ -1,7 +1,7 @@
 """Quickstart: add RestoreGrad's learned prior to a diffusers UNet and remove rain from photos.
 
 Runs on a CPU in a couple of minutes with nothing to download: the photos ship with scikit-image
-and the rain is drawn in code (restoregrad_adapter.data.weather). It trains a small ``UNet2DModel`` jointly
+and the rain is drawn in code (restoregrad_adapter.contrib.data.weather). It trains a small ``UNet2DModel`` jointly
 with the Prior and Posterior Nets on 32 x 32 crops, then restores held-out photos with DDIM through
 the learned prior and writes ``quickstart.png`` (degraded / restored / clean / learned sigma).
 
@@ -19,12 +19,12 @@ from diffusers import DDIMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
 from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss
-from restoregrad_adapter.data import random_batch, random_crop
-from restoregrad_adapter.data.readers import image_to_tensor, tensor_to_image
-from restoregrad_adapter.data.weather import builtin_weather_pairs
-from restoregrad_adapter.figures import plot_image_restorations
+from restoregrad_adapter.contrib.data import random_batch, random_crop
+from restoregrad_adapter.contrib.data.readers import image_to_tensor, tensor_to_image
+from restoregrad_adapter.contrib.data.weather import builtin_weather_pairs
+from restoregrad_adapter.contrib.figures import plot_image_restorations
+from restoregrad_adapter.contrib.metrics import psnr_y
 from restoregrad_adapter.integrations.diffusers import wrap
-from restoregrad_adapter.metrics import psnr_y
 
 
 def main(argv=None):

@@ -39,22 +39,22 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, MODES, LearnedPriorScheduler
-from restoregrad_adapter.data import LazyPairs
+from restoregrad_adapter.contrib.data import LazyPairs
 from restoregrad_adapter.encoders import ENCODERS
-from restoregrad_adapter.data.readers import (
+from restoregrad_adapter.contrib.data.readers import (
     SPEECH_PEAK,
     audio_pair_files,
     normalize_level,
     read_audio_pair,
     voicebank_pair_files,
 )
-from restoregrad_adapter.figures import plot_curves
+from restoregrad_adapter.contrib.figures import plot_curves
 from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad, cdiffuse_scheduler
 from restoregrad_adapter.loss import WEIGHTINGS
 from restoregrad_adapter.io import save_figure, write_audio, write_json
-from restoregrad_adapter.metrics import speech_scores
-from restoregrad_adapter.reference_nets import DiffWaveDenoiser
-from restoregrad_adapter.training import (
+from restoregrad_adapter.contrib.metrics import speech_scores
+from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
+from restoregrad_adapter.contrib.training import (
     JsonLog,
     RandomCropDataset,
     StepBatchSampler,
@@ -287,7 +287,7 @@ def load_data(args):
         return (LazyPairs(range(len(rows) - count), lambda i: normalize_level(*read_row(i)), cache_size=2048), validation,
                 f"dataset {args.dataset_name} ({len(rows) - count} training pairs)")
 
-    from restoregrad_adapter.data.speech import builtin_speech_pairs
+    from restoregrad_adapter.contrib.data.speech import builtin_speech_pairs
 
     train = builtin_speech_pairs("train", num_utterances=args.builtin_utterances, seconds=2.0, seed=args.seed)
     held = builtin_speech_pairs("validation", num_utterances=args.num_validation_utterances or 3,

@@ -57,9 +57,9 @@ from restoregrad_adapter import MODES, LearnedPriorScheduler, PosteriorNet, Prio
 from restoregrad_adapter.consistency import low_resolution_from_condition
 from restoregrad_adapter.encoders import ENCODERS, downsample_of
 from restoregrad_adapter.loss import WEIGHTINGS
-from restoregrad_adapter.data import AUGMENTATIONS, LazyPairs
-from restoregrad_adapter.data.blur_sr import KINDS as BLUR_SR_KINDS, SR_SCALES
-from restoregrad_adapter.data.readers import (
+from restoregrad_adapter.contrib.data import AUGMENTATIONS, LazyPairs
+from restoregrad_adapter.contrib.data.blur_sr import KINDS as BLUR_SR_KINDS, SR_SCALES
+from restoregrad_adapter.contrib.data.readers import (
     div2k_pair_files,
     downscale,
     image_pair_files,
@@ -68,12 +68,12 @@ from restoregrad_adapter.data.readers import (
     read_sr_pair,
     tensor_to_image,
 )
-from restoregrad_adapter.figures import plot_curves, plot_image_restorations
+from restoregrad_adapter.contrib.figures import plot_curves, plot_image_restorations
 from restoregrad_adapter.integrations.weatherdiff import TIMESTEP_SPACINGS, restore_image, wrap
 from restoregrad_adapter.io import write_json
-from restoregrad_adapter.metrics import psnr_y, ssim_y
-from restoregrad_adapter.reference_nets import WeatherUNet
-from restoregrad_adapter.training import (
+from restoregrad_adapter.contrib.metrics import psnr_y, ssim_y
+from restoregrad_adapter.contrib.reference_nets import WeatherUNet
+from restoregrad_adapter.contrib.training import (
     JsonLog,
     RandomCropDataset,
     StepBatchSampler,
@@ -342,14 +342,14 @@ def load_data(args):
                 f"{len(files)} pairs from {args.train_data_dir}")
 
     if args.degradation in BLUR_SR_KINDS:
-        from restoregrad_adapter.data.blur_sr import builtin_blur_sr_pairs
+        from restoregrad_adapter.contrib.data.blur_sr import builtin_blur_sr_pairs
 
         train = builtin_blur_sr_pairs(args.degradation, "train", seed=args.seed, size=args.builtin_size)
         held_out = builtin_blur_sr_pairs(args.degradation, "validation", seed=args.seed, size=args.builtin_size)
         drawn = args.degradation.replace("_", " ") if args.degradation not in SR_SCALES else \
             f"bicubic x{SR_SCALES[args.degradation]} down- and up-sampling"
     else:
-        from restoregrad_adapter.data.weather import KINDS, builtin_weather_pairs
+        from restoregrad_adapter.contrib.data.weather import KINDS, builtin_weather_pairs
 
         kinds = KINDS if args.degradation == "mixed" else (args.degradation,)
         train = builtin_weather_pairs("train", kinds=kinds, seed=args.seed, size=args.builtin_size)

@@ -4,7 +4,7 @@ A small DiffWave network with CDiffuSE's call signature stands in for a CDiffuSE
 wrapped (``restoregrad_adapter.integrations.cdiffuse``), trained jointly with the Prior and Posterior
 Nets on noisy speech with CDiffuSE's conditional forward process, and restores a held-out utterance
 with CDiffuSE's 6-step fast sampler. Nothing is downloaded: by default the speech and noise are
-synthesised in code (restoregrad_adapter.data.speech); ``--data_dir`` reads your own pairs instead.
+synthesised in code (restoregrad_adapter.contrib.data.speech); ``--data_dir`` reads your own pairs instead.
 
     python guides/cdiffuse_enhance.py                    # defaults
     python guides/cdiffuse_enhance.py --steps 2000       # better enhancement
@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 from restoregrad_adapter import FAST_INFERENCE_BETAS_6
-from restoregrad_adapter.data import random_batch
-from restoregrad_adapter.data.readers import audio_pair_files, normalize_level, read_audio_pair
-from restoregrad_adapter.data.speech import builtin_speech_pairs
+from restoregrad_adapter.contrib.data import random_batch
+from restoregrad_adapter.contrib.data.readers import audio_pair_files, normalize_level, read_audio_pair
+from restoregrad_adapter.contrib.data.speech import builtin_speech_pairs
 from restoregrad_adapter.integrations.cdiffuse import HOP_LENGTH, CDiffuSERestoreGrad, log_magnitude_spectrogram
 from restoregrad_adapter.io import save_figure, write_audio
-from restoregrad_adapter.metrics import si_snr
-from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+from restoregrad_adapter.contrib.metrics import si_snr
+from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
 
 SAMPLE_RATE = 16000
 

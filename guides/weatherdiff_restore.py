@@ -8,9 +8,9 @@ one sigma map for the whole photo. Writes ``weatherdiff_restore.png`` (degraded 
 learned sigma) to ``--output_dir``.
 
 Runs on a CPU in about two minutes with nothing to download: the photos ship with scikit-image and
-the rain, snow and raindrops are drawn in code (restoregrad_adapter.data.weather). With ``--data_dir`` it
+the rain, snow and raindrops are drawn in code (restoregrad_adapter.contrib.data.weather). With ``--data_dir`` it
 reads your own pairs instead: ``input/`` and ``gt/`` images with matching names (the last name, in
-sorted order, is held out), or another layout of ``restoregrad_adapter.data.readers.image_pair_files``.
+sorted order, is held out), or another layout of ``restoregrad_adapter.contrib.data.readers.image_pair_files``.
 
 The default run shows the mechanics, not a useful restorer: sampling from pure noise needs noise
 estimates far more accurate than a couple of minutes of CPU training give (WeatherDiff trains for
@@ -31,17 +31,17 @@ import torch
 from tqdm.auto import tqdm
 
 from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss
-from restoregrad_adapter.data.readers import image_pair_files, image_to_tensor, read_image_pair, tensor_to_image
-from restoregrad_adapter.data.weather import builtin_weather_pairs
-from restoregrad_adapter.figures import plot_image_restorations
+from restoregrad_adapter.contrib.data.readers import image_pair_files, image_to_tensor, read_image_pair, tensor_to_image
+from restoregrad_adapter.contrib.data.weather import builtin_weather_pairs
+from restoregrad_adapter.contrib.figures import plot_image_restorations
 from restoregrad_adapter.integrations.weatherdiff import (
     antithetic_timesteps,
     random_patch_pairs,
     restore_image,
     wrap,
 )
-from restoregrad_adapter.metrics import psnr_y
-from restoregrad_adapter.reference_nets import WeatherUNet
+from restoregrad_adapter.contrib.metrics import psnr_y
+from restoregrad_adapter.contrib.reference_nets import WeatherUNet
 
 
 def to_unit(image: torch.Tensor) -> torch.Tensor:

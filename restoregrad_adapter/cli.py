@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data.readers import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
-from .io import InputFileError, read_audio, read_image, save_figure, write_audio, write_image
+from .io import (AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, InputFileError, read_audio, read_image, save_figure, write_audio,
+                 write_image)
 
 
 class CommandError(Exception):
@@ -95,7 +95,7 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
         image = read_image(path)
         low = None
         if args.upscale > 1:  # a super-resolution adapter's input: the small image enlarged as in training
-            from .data.blur_sr import bicubic_resize
+            from .contrib.data.blur_sr import bicubic_resize
 
             if args.sr_consistency:
                 low = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
@@ -143,7 +143,7 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
     y = torch.from_numpy(padded)[None, None].to(device)
     restored = adapter.restore(y, generator=generator, progress=not args.quiet)[0, 0, :length].cpu().numpy()
     if model_rate != rate:  # back to the file's own rate and length
-        from .data.speech import resample
+        from .contrib.data.speech import resample
 
         restored = np.pad(resample(restored, model_rate, rate), (0, file_length))[:file_length]
     return restored, rate
@@ -155,7 +155,7 @@ def _at_adapter_rate(adapter, path: Path, audio: np.ndarray, rate: int) -> tuple
     model_rate = adapter.hub_config.get("sample_rate") or 16000
     if rate == model_rate:
         return audio, rate
-    from .data.speech import resample
+    from .contrib.data.speech import resample
 
     print(f"{path}: resampling {rate} Hz to the adapter's {model_rate} Hz (and the result back to {rate} Hz), "
           "as training resampled its data", file=sys.stderr)
@@ -266,7 +266,7 @@ def _lpips_from_factory(spec: str | None):
 def _scores(pred_path: Path, ref_path: Path, lpips_network=None) -> dict:
     """The metrics of one file against its reference: PSNR(Y), SSIM(Y) (and LPIPS) for images, SI-SNR,
     PESQ (wideband) and STOI for audio (PESQ and STOI when installed)."""
-    from . import metrics
+    from .contrib import metrics
 
     kind = _kind(pred_path)
     if kind != _kind(ref_path):

@@ -2,9 +2,9 @@
 
 A x``s`` super-resolution model sees ``y = U(l)``, the low-resolution image ``l`` enlarged
 bicubically, and is trained on pairs where ``l = D(x)``: the clean ``x`` shrunk bicubically
-(:func:`restoregrad_adapter.data.blur_sr.bicubic_downsample`). Both are linear and separable. On each
+(:func:`restoregrad_adapter.contrib.data.blur_sr.bicubic_downsample`). Both are linear and separable. On each
 channel, ``D(x) = D_h x D_w^T`` with ``D_h``, ``D_w`` the 1-D matrices of Pillow's ``BICUBIC``
-filter (:func:`bicubic_matrix`; the same numbers as :func:`~restoregrad_adapter.data.blur_sr.bicubic_resize`
+filter (:func:`bicubic_matrix`; the same numbers as :func:`~restoregrad_adapter.contrib.data.blur_sr.bicubic_resize`
 before its clipping), and likewise ``U``.
 
 A restoration ``x_hat`` rarely satisfies ``D(x_hat) = l`` exactly. Its orthogonal projection onto the
@@ -53,7 +53,7 @@ def _bicubic_matrix(length_in: int, length_out: int) -> np.ndarray:
 def bicubic_matrix(length_in: int, length_out: int) -> np.ndarray:
     """The ``(length_out, length_in)`` matrix of Pillow's 1-D ``BICUBIC`` resampling (float64).
 
-    Resizing an image ``(H, W) -> (h, w)`` with :func:`~restoregrad_adapter.data.blur_sr.bicubic_resize`
+    Resizing an image ``(H, W) -> (h, w)`` with :func:`~restoregrad_adapter.contrib.data.blur_sr.bicubic_resize`
     is ``bicubic_matrix(H, h) @ image @ bicubic_matrix(W, w).T`` on each channel, up to float32 rounding
     and before the result is clipped to [0, 1]. Each row sums to 1 (a flat image stays flat).
     """

@@ -408,14 +408,14 @@ def _load_state_dict_strictly(model: nn.Module, file: Path) -> None:
 
 
 #: Where saved diffusers-format denoiser classes may come from (nothing else is imported by name).
-_MODEL_LIBRARIES = {"diffusers": "diffusers", "restoregrad_adapter": "restoregrad_adapter.reference_nets"}
+_MODEL_LIBRARIES = {"diffusers": "diffusers", "restoregrad_adapter": "restoregrad_adapter.contrib.reference_nets"}
 
 
 def _denoiser_library(model) -> str | None:
     module = type(model).__module__
     if module.startswith("diffusers."):
         return "diffusers"
-    if module == "restoregrad_adapter.reference_nets":
+    if module.startswith("restoregrad_adapter.contrib.reference_nets."):
         return "restoregrad_adapter"
     return None
 

@@ -24,6 +24,8 @@ from typing import Iterator
 import numpy as np
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
+    "AUDIO_EXTENSIONS",
     "InputFileError",
     "atomic_path",
     "read_image",
@@ -33,6 +35,11 @@ __all__ = [
     "write_json",
     "save_figure",
 ]
+
+
+#: File suffixes (lower case) read as images and as audio.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 class InputFileError(ValueError):
@@ -78,7 +85,7 @@ def read_audio(source, sample_rate: int | None = None, mix_to_mono: bool = False
 
     Args:
         source: a path, or the bytes of an audio file (e.g. an undecoded ``datasets`` Audio value).
-        sample_rate: resample to this rate (polyphase, :func:`restoregrad_adapter.data.speech.resample`)
+        sample_rate: resample to this rate (polyphase, :func:`restoregrad_adapter.contrib.data.speech.resample`)
             when the file has another one; ``None`` keeps the file's rate.
         mix_to_mono: average the channels of a multi-channel file; when ``False`` such a file raises
             :class:`InputFileError`.
@@ -103,7 +110,7 @@ def read_audio(source, sample_rate: int | None = None, mix_to_mono: bool = False
     if not np.isfinite(waveform).all():
         raise InputFileError(f"{name}: the audio holds NaN or infinite samples.")
     if sample_rate is not None and rate != sample_rate:
-        from .data.speech import resample
+        from .contrib.data.speech import resample
 
         return resample(waveform, rate, sample_rate).astype(np.float32), sample_rate
     return waveform, rate

@@ -25,7 +25,7 @@ from restoregrad_adapter import (LearnedPriorScheduler, PosteriorNet, PriorNet, 
 from restoregrad_adapter.cli import main as cli
 from restoregrad_adapter.integrations import cdiffuse, weatherdiff
 from restoregrad_adapter.integrations.diffusers import wrap as wrap_diffusers
-from restoregrad_adapter.reference_nets import DiffWaveDenoiser, WeatherUNet
+from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser, WeatherUNet
 from restoregrad_adapter.scheduler import whitened_step
 
 T = 50

@@ -1,12 +1,12 @@
-"""Tests of the blur and super-resolution data (restoregrad_adapter.data.blur_sr) and of the RealBlur and
-DIV2K file layouts (restoregrad_adapter.data.readers), against closed forms."""
+"""Tests of the blur and super-resolution data (restoregrad_adapter.contrib.data.blur_sr) and of the RealBlur and
+DIV2K file layouts (restoregrad_adapter.contrib.data.readers), against closed forms."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from restoregrad_adapter.data import blur_sr, weather
-from restoregrad_adapter.data.readers import (
+from restoregrad_adapter.contrib.data import blur_sr, weather
+from restoregrad_adapter.contrib.data.readers import (
     div2k_pair_files,
     image_pair_files,
     pairs_from_realblur_list,

@@ -24,7 +24,7 @@ from restoregrad_adapter.integrations.cdiffuse import (
     reverse_schedule,
     wrap,
 )
-from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
 
 TRAIN_BETAS = np.linspace(1e-4, 0.035, 50)
 

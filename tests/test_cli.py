@@ -11,7 +11,7 @@ from PIL import Image
 from restoregrad_adapter import RestoreGrad
 from restoregrad_adapter.cli import main
 from restoregrad_adapter.integrations import cdiffuse, weatherdiff
-from restoregrad_adapter.reference_nets import DiffWaveDenoiser, WeatherUNet
+from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser, WeatherUNet
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_restore_and_show_prior_for_speech(speech_adapter, tmp_path):
 
 def test_a_wav_at_another_rate_is_restored_at_the_adapters_rate_and_given_back_at_its_own(speech_adapter, tmp_path,
                                                                                           capsys):
-    from restoregrad_adapter.data.speech import resample
+    from restoregrad_adapter.contrib.data.speech import resample
 
     rng = np.random.default_rng(1)
     audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(1500) / 8000) + 0.05 * rng.standard_normal(1500))
@@ -177,7 +177,7 @@ def test_clear_errors(image_adapter, speech_adapter, tmp_path, capsys):
 
 
 def test_restore_upscale_enlarges_bicubically_as_training_does(image_adapter, tmp_path, speech_adapter, capsys):
-    from restoregrad_adapter.data.blur_sr import bicubic_resize
+    from restoregrad_adapter.contrib.data.blur_sr import bicubic_resize
     from restoregrad_adapter.io import read_image
 
     write_png(tmp_path / "small.png", 10, 13, seed=3)
@@ -239,7 +239,7 @@ def test_image_only_options_refuse_audio(speech_adapter, tmp_path, capsys, flag)
 
 def test_restore_sr_consistency_and_larger_patches(tmp_path, capsys):
     from restoregrad_adapter.consistency import bicubic_downsample_tensor, project_to_low_resolution
-    from restoregrad_adapter.data.blur_sr import bicubic_resize
+    from restoregrad_adapter.contrib.data.blur_sr import bicubic_resize
     from restoregrad_adapter.integrations.weatherdiff import restore_image
     from restoregrad_adapter.io import read_image
 
@@ -285,7 +285,7 @@ def test_restore_sr_consistency_and_larger_patches(tmp_path, capsys):
 def test_evaluate_scores_the_degraded_inputs_beside_the_restored_files(tmp_path, capsys):
     import soundfile
 
-    from restoregrad_adapter import metrics
+    from restoregrad_adapter.contrib import metrics
 
     rng = np.random.default_rng(3)
     clean = (0.3 * np.sin(2 * np.pi * 200 * np.arange(16000) / 16000)).astype(np.float32)

@@ -11,7 +11,7 @@ from restoregrad_adapter.consistency import (
     low_resolution_from_condition,
     project_to_low_resolution,
 )
-from restoregrad_adapter.data.blur_sr import bicubic_downsample, bicubic_resize
+from restoregrad_adapter.contrib.data.blur_sr import bicubic_downsample, bicubic_resize
 
 
 def smooth_image(height, width, seed=0):
@@ -82,7 +82,7 @@ def test_projection_keeps_what_downsampling_cannot_see():
 
 
 def test_projection_never_lowers_psnr_on_a_photo():
-    from restoregrad_adapter.metrics import psnr_y
+    from restoregrad_adapter.contrib.metrics import psnr_y
 
     clean = to_tensor(smooth_image(48, 32, seed=4))
     low = bicubic_downsample_tensor(clean, 4)

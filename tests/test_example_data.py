@@ -1,4 +1,4 @@
-"""Tests of restoregrad_adapter.data (built-in data, paired-file layouts, crops) and restoregrad_adapter.io."""
+"""Tests of restoregrad_adapter.contrib.data (built-in data, paired-file layouts, crops) and restoregrad_adapter.io."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from restoregrad_adapter.data import speech, weather
+from restoregrad_adapter.contrib.data import speech, weather
 
 
 pytestmark = pytest.mark.usefixtures("no_network")  # every helper must work offline (conftest)
@@ -401,7 +401,7 @@ def test_resample_bad_arguments():
 
 
 def test_random_crop_is_aligned_and_drawn_corner_by_corner():
-    from restoregrad_adapter.data import random_crop
+    from restoregrad_adapter.contrib.data import random_crop
 
     x0 = np.arange(10 * 12 * 3, dtype=np.float32).reshape(10, 12, 3)
     y = -x0
@@ -423,7 +423,7 @@ def test_random_crop_is_aligned_and_drawn_corner_by_corner():
 def test_random_flip_rotate_draws_the_squares_symmetries():
     import torch
 
-    from restoregrad_adapter.data import random_flip_rotate
+    from restoregrad_adapter.contrib.data import random_flip_rotate
 
     x0 = np.arange(4 * 4 * 3, dtype=np.float32).reshape(4, 4, 3)
     y = x0 * 10
@@ -462,7 +462,7 @@ def test_random_flip_rotate_draws_the_squares_symmetries():
 
 
 def test_random_crop_pads_short_signals():
-    from restoregrad_adapter.data import random_crop
+    from restoregrad_adapter.contrib.data import random_crop
 
     wave = np.ones(100, np.float32)
     a, b = random_crop(wave, 2 * wave, 256, np.random.default_rng(0), pad="zeros")
@@ -481,7 +481,7 @@ def test_random_crop_pads_short_signals():
 def test_random_batch_picks_then_crops():
     import torch
 
-    from restoregrad_adapter.data import random_batch, random_crop
+    from restoregrad_adapter.contrib.data import random_batch, random_crop
 
     pairs = [(np.full(50, i, np.float32), np.full(50, -i, np.float32)) for i in range(4)]
     x0, y = random_batch(pairs, 16, 3, torch.Generator().manual_seed(1))
@@ -492,7 +492,7 @@ def test_random_batch_picks_then_crops():
 
 
 def test_lazy_pairs_reads_on_demand_with_a_cache():
-    from restoregrad_adapter.data import LazyPairs
+    from restoregrad_adapter.contrib.data import LazyPairs
 
     calls = []
 
@@ -519,7 +519,7 @@ def _png(path, value, size=(6, 8)):
 
 
 def test_image_pair_files_layouts(tmp_path):
-    from restoregrad_adapter.data.readers import image_pair_files, read_image_pair
+    from restoregrad_adapter.contrib.data.readers import image_pair_files, read_image_pair
 
     raindrop = tmp_path / "raindrop"
     _png(raindrop / "input" / "0_rain.png", 200)
@@ -555,7 +555,8 @@ def test_image_pair_files_layouts(tmp_path):
 
 def test_audio_pair_files_and_reading(tmp_path):
     soundfile = pytest.importorskip("soundfile")
-    from restoregrad_adapter.data.readers import audio_pair_files, normalize_level, read_audio_pair, voicebank_pair_files
+    from restoregrad_adapter.contrib.data.readers import (audio_pair_files, normalize_level, read_audio_pair,
+                                                          voicebank_pair_files)
 
     root = tmp_path / "vb"
     for folder in ("clean_trainset_28spk_wav", "noisy_trainset_28spk_wav"):

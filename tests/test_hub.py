@@ -15,7 +15,7 @@ from restoregrad_adapter import LearnedPriorScheduler, PriorNet, RestoreGrad
 from restoregrad_adapter.hub import CONFIG_NAME
 from restoregrad_adapter.integrations import cdiffuse, weatherdiff
 from restoregrad_adapter.integrations.diffusers import wrap as wrap_diffusers
-from restoregrad_adapter.reference_nets import DiffWaveDenoiser, WeatherUNet
+from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser, WeatherUNet
 
 
 def randomise(adapter):

@@ -1,4 +1,4 @@
-"""Tests of restoregrad_adapter.metrics against closed forms and reference implementations."""
+"""Tests of restoregrad_adapter.contrib.metrics against closed forms and reference implementations."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from restoregrad_adapter import metrics
-from restoregrad_adapter.metrics import (
+from restoregrad_adapter.contrib import metrics
+from restoregrad_adapter.contrib.metrics import (
     evaluate_module_path,
     pesq_wb,
     psnr_y,
@@ -351,7 +351,7 @@ def test_pesq_identical_and_degraded() -> None:
 # --------------------------------------------------------------------------- #
 def test_module_import_is_light() -> None:
     code = (
-        "import sys, restoregrad_adapter.metrics\n"
+        "import sys, restoregrad_adapter.contrib.metrics\n"
         "heavy = [m for m in ('torchmetrics', 'pesq', 'pystoi', 'evaluate') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -425,7 +425,7 @@ def _frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_fid_with_a_user_backbone_matches_the_closed_form():
-    from restoregrad_adapter.metrics import fid
+    from restoregrad_adapter.contrib.metrics import fid
 
     generator = torch.Generator().manual_seed(0)
     pred = torch.rand(40, 3, 16, 16, generator=generator) * 0.8
@@ -457,7 +457,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def test_lpips_of_flat_images_is_the_weighted_distance_of_unit_colours() -> None:
-    from restoregrad_adapter.metrics import lpips
+    from restoregrad_adapter.contrib.metrics import lpips
 
     a_colour, b_colour = np.array([0.2, 0.5, 0.9]), np.array([0.7, 0.1, 0.4])
     pred = torch.tensor(a_colour, dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 8, 8).contiguous()
@@ -478,7 +478,7 @@ def test_lpips_of_flat_images_is_the_weighted_distance_of_unit_colours() -> None
 
 
 def test_lpips_averages_over_positions_and_is_zero_for_identical_images() -> None:
-    from restoregrad_adapter.metrics import lpips
+    from restoregrad_adapter.contrib.metrics import lpips
 
     # Left half red in pred, green in target; right halves equal: only the left half differs. One layer.
     pred = torch.zeros(2, 3, 4, 4)
@@ -496,7 +496,7 @@ def test_lpips_averages_over_positions_and_is_zero_for_identical_images() -> Non
 
 
 def test_lpips_linear_weights_read_the_published_file_layout() -> None:
-    from restoregrad_adapter.metrics import lpips_linear_weights
+    from restoregrad_adapter.contrib.metrics import lpips_linear_weights
 
     state = {"lin0.model.1.weight": torch.arange(3.0).view(1, 3, 1, 1),
              "lin1.model.1.weight": torch.ones(1, 5, 1, 1)}
@@ -511,7 +511,7 @@ def test_lpips_linear_weights_read_the_published_file_layout() -> None:
 
 
 def test_lpips_bad_inputs_name_the_argument() -> None:
-    from restoregrad_adapter.metrics import lpips
+    from restoregrad_adapter.contrib.metrics import lpips
 
     images = torch.rand(1, 3, 8, 8)
     net, weights = _PixelsAndPooled(), [torch.ones(3), torch.ones(3)]

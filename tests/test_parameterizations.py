@@ -211,7 +211,7 @@ def test_cdiffuse_trains_and_samples_every_prediction_type_through_its_combined_
 
 def test_cdiffuse_refuses_residual_diffusion():
     from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
-    from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+    from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
 
     model = DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32)
     with pytest.raises(ValueError, match="residual"):
@@ -220,7 +220,7 @@ def test_cdiffuse_refuses_residual_diffusion():
 
 def test_the_training_level_is_applied_and_undone_at_any_input_level(tmp_path):
     from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
-    from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+    from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
 
     torch.manual_seed(0)
     model = DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32)

@@ -1,4 +1,4 @@
-"""The real-speech set builder (restoregrad_adapter.data.real_speech) on a generated stand-in for the
+"""The real-speech set builder (restoregrad_adapter.contrib.data.real_speech) on a generated stand-in for the
 unpacked Debian packages: layout, held-out speakers, SNRs, seeding and the manifest. Offline."""
 
 import json
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from restoregrad_adapter.data import real_speech
-from restoregrad_adapter.data.readers import voicebank_pair_files
+from restoregrad_adapter.contrib.data import real_speech
+from restoregrad_adapter.contrib.data.readers import voicebank_pair_files
 
 
 def voice(seconds, rate, pitch, seed):
@@ -102,8 +102,8 @@ def test_speech_restore_benchmark_scores_settings_beside_the_noisy_input(tmp_pat
 
     from benchmark_modules import load
     from restoregrad_adapter.integrations.cdiffuse import CDiffuSERestoreGrad
-    from restoregrad_adapter.metrics import si_snr
-    from restoregrad_adapter.reference_nets import DiffWaveDenoiser
+    from restoregrad_adapter.contrib.metrics import si_snr
+    from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
 
     torch.manual_seed(0)
     adapter = CDiffuSERestoreGrad.from_model(DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32),

@@ -1,4 +1,4 @@
-"""Tests for restoregrad_adapter.reference_nets (CPU, a few seconds)."""
+"""Tests for restoregrad_adapter.contrib.reference_nets (CPU, a few seconds)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from restoregrad_adapter.reference_nets import (
+from restoregrad_adapter.contrib.reference_nets import (
     DiffWaveDenoiser,
     WeatherUNet,
     sinusoidal_embedding,

@@ -17,7 +17,7 @@ from restoregrad_adapter.integrations import (Integration, find_integration, get
                                               registered_integrations)
 from restoregrad_adapter.integrations import cdiffuse, weatherdiff
 from restoregrad_adapter.integrations.diffusers import wrap as wrap_diffusers
-from restoregrad_adapter.reference_nets import DiffWaveDenoiser, WeatherUNet
+from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser, WeatherUNet
 
 
 def seeded(seed=0):
@@ -79,7 +79,7 @@ def test_weatherdiff_adapter_restores_identically_through_every_entry_point(tmp_
     loaded = RestoreGrad.from_pretrained(folder, denoiser=WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1,
                                                                       attn_resolutions=(), image_size=16))
     assert torch.equal(loaded.restore(y, generator=seeded()), through_loop)
-    run_cli_with_factory(monkeypatch, folder, "from restoregrad_adapter.reference_nets import WeatherUNet\n\n"
+    run_cli_with_factory(monkeypatch, folder, "from restoregrad_adapter.contrib.reference_nets import WeatherUNet\n\n"
                          "def build():\n    return WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, "
                          "attn_resolutions=(), image_size=16)\n", [tmp_path / "rain.png"], tmp_path / "out")
     written = np.asarray(Image.open(tmp_path / "out" / "rain.png"))
@@ -138,9 +138,9 @@ def test_cdiffuse_adapter_restores_identically_through_every_entry_point(tmp_pat
                                     inference_betas=cdiffuse.FAST_INFERENCE_BETAS_6, generator=seeded())[..., :700]
     assert torch.equal(adapter.restore(y, generator=seeded()), through_loop)
     folder = adapter.save_pretrained(tmp_path / "adapter", sample_rate=16000)
-    run_cli_with_factory(monkeypatch, folder, "from restoregrad_adapter.reference_nets import DiffWaveDenoiser\n\n"
-                         "def build():\n    return DiffWaveDenoiser(residual_channels=8, residual_layers=2, "
-                         "embedding_dim=32)\n", [tmp_path / "noisy.wav"], tmp_path / "out")
+    run_cli_with_factory(monkeypatch, folder, "from restoregrad_adapter.contrib.reference_nets import "
+                         "DiffWaveDenoiser\n\ndef build():\n    return DiffWaveDenoiser(residual_channels=8, "
+                         "residual_layers=2, embedding_dim=32)\n", [tmp_path / "noisy.wav"], tmp_path / "out")
     enhanced, rate = soundfile.read(tmp_path / "out" / "noisy.wav", dtype="float32")
     # The same samples, written in the command's WAV format.
     subtype = soundfile.info(tmp_path / "out" / "noisy.wav").subtype

@@ -1,5 +1,5 @@
 """The Accelerate training scripts run end to end on CPU in a tiny configuration, resume exactly,
-and train on two processes; the helpers they share (restoregrad_adapter.training) behave."""
+and train on two processes; the helpers they share (restoregrad_adapter.contrib.training) behave."""
 
 import json
 import os
@@ -164,7 +164,7 @@ def test_restoregrad_restore_gives_a_held_out_file_exactly_what_validation_got(t
 
 # ---------------------------------------------------------------------- the shared helpers
 def test_step_batch_sampler_and_examples_depend_only_on_seed_and_step():
-    from restoregrad_adapter.training import RandomCropDataset, StepBatchSampler, noise_generator
+    from restoregrad_adapter.contrib.training import RandomCropDataset, StepBatchSampler, noise_generator
 
     batches = list(StepBatchSampler(2, 4, batch_size=3, process_index=1, num_processes=2))
     assert batches == [[15, 16, 17], [21, 22, 23]]  # (m * P + p) * B + k
@@ -178,8 +178,8 @@ def test_step_batch_sampler_and_examples_depend_only_on_seed_and_step():
 
 
 def test_random_crop_dataset_augments_after_the_same_crop():
-    from restoregrad_adapter.data import random_crop, random_flip_rotate
-    from restoregrad_adapter.training import RandomCropDataset, example_rng
+    from restoregrad_adapter.contrib.data import random_crop, random_flip_rotate
+    from restoregrad_adapter.contrib.training import RandomCropDataset, example_rng
 
     image = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
     pairs = [(image, 1 - image)]
@@ -206,7 +206,7 @@ def test_random_crop_dataset_augments_after_the_same_crop():
 
 
 def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
-    from restoregrad_adapter import training
+    from restoregrad_adapter.contrib import training
 
     if hasattr(os, "sched_getaffinity"):
         assert training.usable_cpus() == len(os.sched_getaffinity(0))
@@ -218,7 +218,7 @@ def test_usable_cpus_follows_the_affinity_mask(monkeypatch):
 
 
 def test_checkpoints_and_json_log(tmp_path):
-    from restoregrad_adapter.training import JsonLog, checkpoint_step, find_checkpoint, prune_checkpoints
+    from restoregrad_adapter.contrib.training import JsonLog, checkpoint_step, find_checkpoint, prune_checkpoints
 
     assert find_checkpoint(tmp_path, "latest") is None and find_checkpoint(tmp_path, None) is None
     for step in (2, 10, 4):
@@ -369,7 +369,7 @@ def _write_png(path, array):
 
 
 def test_train_weather_reads_realblur_lists_and_div2k(tmp_path):
-    from restoregrad_adapter.data.blur_sr import bicubic_downsample
+    from restoregrad_adapter.contrib.data.blur_sr import bicubic_downsample
 
     rng = np.random.default_rng(0)
     realblur = tmp_path / "RealBlur"

@@ -21,7 +21,7 @@ from restoregrad_adapter.integrations.weatherdiff import (
     sampling_timesteps,
     wrap,
 )
-from restoregrad_adapter.reference_nets import WeatherUNet
+from restoregrad_adapter.contrib.reference_nets import WeatherUNet
 
 
 def tiny_unet(image_size=32, seed=0):
@@ -292,7 +292,7 @@ def test_an_oracle_denoiser_restores_the_clean_image(mode, sampler):
     bookkeeping, the whitening and the PSNR the benchmarks report are right end to end."""
     import diffusers
 
-    from restoregrad_adapter.metrics import psnr_y
+    from restoregrad_adapter.contrib.metrics import psnr_y
 
     adapter = make_adapter(Pointwise(), T=50)
     adapter.mode = mode

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...io import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "AUDIO_EXTENSIONS",
@@ -52,9 +54,6 @@ __all__ = [
     "tensor_to_image",
     "normalize_level",
 ]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-AUDIO_EXTENSIONS = (".wav", ".flac")
 
 
 # ---------------------------------------------------------------------- image layouts
@@ -210,12 +209,12 @@ def div2k_pair_files(root, split: str = "train", scale: int = 4, track: str = "b
 
 def read_sr_pair(high, low, scale: int) -> tuple[np.ndarray, np.ndarray]:
     """``(x0, y)`` of super-resolution: the high-resolution image, and the low-resolution one up-sampled
-    bicubically to its size (:func:`restoregrad_adapter.data.blur_sr.bicubic_resize`); ``HxWx3`` float32.
+    bicubically to its size (:func:`restoregrad_adapter.contrib.data.blur_sr.bicubic_resize`); ``HxWx3`` float32.
 
     The low-resolution image must be ``scale`` times smaller, its sides rounded down or up (as MATLAB's
     ``imresize`` rounds); anything else raises a ValueError naming both files.
     """
-    from ..io import read_image
+    from ...io import read_image
     from .blur_sr import bicubic_resize
 
     if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
@@ -263,7 +262,7 @@ def read_image_pair(clean, degraded) -> tuple[np.ndarray, np.ndarray]:
 
     ``clean`` and ``degraded`` are paths or PIL images (see :func:`restoregrad_adapter.io.read_image`).
     """
-    from ..io import read_image
+    from ...io import read_image
 
     x0, y = read_image(clean), read_image(degraded)
     if x0.shape != y.shape:
@@ -278,7 +277,7 @@ def read_audio_pair(clean, noisy, sample_rate: int | None = None) -> tuple[np.nd
 
     With ``sample_rate=None`` both files must have the same rate.
     """
-    from ..io import read_audio
+    from ...io import read_audio
 
     (x0, rate), (y, noisy_rate) = (read_audio(s, sample_rate=sample_rate, mix_to_mono=True) for s in (clean, noisy))
     if rate != noisy_rate:

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .io import save_figure
+from ..io import save_figure
 
 __all__ = ["plot_image_restorations", "plot_curves"]
 

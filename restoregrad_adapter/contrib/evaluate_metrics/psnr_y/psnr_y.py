@@ -3,7 +3,7 @@
 Load it from its folder, without network access::
 
     import evaluate
-    from restoregrad_adapter.metrics import evaluate_module_path
+    from restoregrad_adapter.contrib.metrics import evaluate_module_path
 
     psnr = evaluate.load(evaluate_module_path("psnr_y"))
     psnr.compute(predictions=[pred_chw], references=[target_chw])
@@ -18,7 +18,7 @@ import evaluate
 import numpy as np
 import torch
 
-from restoregrad_adapter.metrics import psnr_y
+from restoregrad_adapter.contrib.metrics import psnr_y
 
 _DESCRIPTION = """\
 Peak signal-to-noise ratio computed on the luma (Y) channel of ITU-R BT.601

@@ -3,7 +3,7 @@
 Load it from its folder, without network access::
 
     import evaluate
-    from restoregrad_adapter.metrics import evaluate_module_path
+    from restoregrad_adapter.contrib.metrics import evaluate_module_path
 
     si_snr = evaluate.load(evaluate_module_path("si_snr"))
     si_snr.compute(predictions=[pred_wave], references=[clean_wave])
@@ -18,7 +18,7 @@ import evaluate
 import numpy as np
 import torch
 
-from restoregrad_adapter.metrics import si_snr
+from restoregrad_adapter.contrib.metrics import si_snr
 
 _DESCRIPTION = """\
 Scale-invariant signal-to-noise ratio (SI-SNR, a.k.a. SI-SDR) in dB, one value

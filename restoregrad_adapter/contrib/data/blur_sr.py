@@ -22,7 +22,7 @@ images, uses the same cubic but mirrors the image at its borders where Pillow re
 weights that fall inside, so the two differ slightly along the borders.
 
 :func:`builtin_blur_sr_pairs` turns the photographs bundled with scikit-image (the ones
-:func:`restoregrad_adapter.data.weather.builtin_photos` reads, same train / validation split)
+:func:`restoregrad_adapter.contrib.data.weather.builtin_photos` reads, same train / validation split)
 into deterministic ``(clean, degraded, kind, name)`` pairs for each kind in :data:`KINDS`.
 """
 
@@ -338,7 +338,7 @@ def builtin_blur_sr_pairs(
     """Deterministic ``(clean, degraded, kind, name)`` pairs of one ``kind`` from the bundled photos.
 
     The photos and their train / validation split are those of
-    :func:`restoregrad_adapter.data.weather.builtin_weather_pairs`.
+    :func:`restoregrad_adapter.contrib.data.weather.builtin_weather_pairs`.
 
     kind:
         One of :data:`KINDS`.

@@ -1,6 +1,7 @@
 """A paired speech-enhancement set built from real recordings, in the VoiceBank+DEMAND layout.
 
-    python -m restoregrad_adapter.data.real_speech OUT [--seed 0] [--sources DIR] [--no-synthetic] [--test_mixtures 3]
+    python -m restoregrad_adapter.contrib.data.real_speech OUT [--seed 0] [--sources DIR] [--no-synthetic]
+        [--test_mixtures 3]
 
 The clean speech is real recorded speech that Debian ships, plus synthesised voices as extra
 training speakers:
@@ -19,7 +20,7 @@ uniformly from ``--snr`` (0-15 dB by default), then both are given one random le
 
 - real noise: babble, four to seven *other* utterances of the same split summed, and the ALSA
   speaker-test noise recording;
-- coloured noise: white, pink, brown, mains hum and traffic (:func:`restoregrad_adapter.data.speech.noise`),
+- coloured noise: white, pink, brown, mains hum and traffic (:func:`restoregrad_adapter.contrib.data.speech.noise`),
   with a slow random amplitude swing in half the cases, so that the noise is not stationary.
 
 **Held out.** The test split is made of speakers that no training utterance contains (the
@@ -368,7 +369,7 @@ def build(out: Path, seed: int = 0, sources: Path | None = None, synthetic: bool
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m restoregrad_adapter.data.real_speech",
+    parser = argparse.ArgumentParser(prog="python -m restoregrad_adapter.contrib.data.real_speech",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path, help="the folder to create (VoiceBank+DEMAND layout)")
     parser.add_argument("--seed", type=int, default=0)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .data import check_augment, random_crop, random_flip_rotate
-from .io import atomic_path
+from ..io import atomic_path
 
 __all__ = [
     "LOSS_TERMS",
@@ -91,13 +91,14 @@ class RandomCropDataset(torch.utils.data.Dataset):
 
     Args:
         pairs: a sequence of ``(x0, y)`` numpy pairs (clean, degraded), e.g. a
-            :class:`~restoregrad_adapter.data.LazyPairs`.
-        size, crop_kwargs: the crop, as :func:`restoregrad_adapter.data.random_crop` takes it.
+            :class:`~restoregrad_adapter.contrib.data.LazyPairs`.
+        size, crop_kwargs: the crop, as :func:`restoregrad_adapter.contrib.data.random_crop` takes it.
         seed: the run's seed.
         to_tensor: ``array -> tensor`` for each crop (e.g.
-            :func:`restoregrad_adapter.data.readers.image_to_tensor`).
+            :func:`restoregrad_adapter.contrib.data.readers.image_to_tensor`).
         augment: images only: the same random mirror and rotation of both crops, one of
-            :data:`restoregrad_adapter.data.AUGMENTATIONS` (:func:`~restoregrad_adapter.data.random_flip_rotate`),
+            :data:`restoregrad_adapter.contrib.data.AUGMENTATIONS`
+            (:func:`~restoregrad_adapter.contrib.data.random_flip_rotate`),
             drawn after the crop from the same generator, so ``"none"`` (the default) gives the crops of a
             dataset without it.
 
