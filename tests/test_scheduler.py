@@ -4,7 +4,10 @@ when no prior is given, Algorithm 2 in closed form with one, fast sampling, and 
 import inspect
 import io
 import logging
+import math
 import re
+import textwrap
+import tokenize
 from contextlib import contextmanager
 
 import numpy as np
@@ -16,10 +19,14 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     UniPCMultistepScheduler,
 )
+from diffusers.configuration_utils import ConfigMixin
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import logging as diffusers_logging
 
+import restoregrad_adapter.scheduler as scheduler_module
 from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, LearnedPriorScheduler
-from restoregrad_adapter.scheduler import fractional_timesteps, whitened_initial_sample, whitened_step
+from restoregrad_adapter.scheduler import (fractional_timesteps, scale_model_input_whitened, whitened_initial_sample,
+                                           whitened_step)
 
 # ---------------------------------------------------------------------------- fixtures
 
@@ -176,7 +183,11 @@ def test_compatibles(scheduler_class):
 
 
 def test_config_mirrors_ddpm_scheduler():
-    assert issubclass(LearnedPriorScheduler, DDPMScheduler)
+    # A diffusers scheduler of its own (no DDPMScheduler subclass) with DDPMScheduler's configuration.
+    assert issubclass(LearnedPriorScheduler, SchedulerMixin) and issubclass(LearnedPriorScheduler, ConfigMixin)
+    assert not issubclass(LearnedPriorScheduler, DDPMScheduler)
+    assert LearnedPriorScheduler._compatibles == DDPMScheduler._compatibles
+    assert LearnedPriorScheduler.order == DDPMScheduler.order == 1
     ours = inspect.signature(LearnedPriorScheduler.__init__).parameters
     theirs = inspect.signature(DDPMScheduler.__init__).parameters
     assert list(ours) == list(theirs)
@@ -501,8 +512,9 @@ def test_without_prior_equals_ddpm_scheduler_over_whole_chains(prediction_type, 
 
 
 def test_stock_step_reads_only_the_promoted_schedule():
-    """Drift check for the float64 step: DDPMScheduler.step (and the _get_variance it calls) read the
-    schedule only from `alphas_cumprod` and `one`, the two tensors promoted for float64 samples."""
+    """Drift check for the step: DDPMScheduler.step (and the _get_variance it calls) read the schedule only
+    from `alphas_cumprod` and `one`, the two tensors LearnedPriorScheduler's step reads (in float64 for
+    float64 samples)."""
     scheduler = DDPMScheduler()
     source = inspect.getsource(DDPMScheduler.step) + inspect.getsource(DDPMScheduler._get_variance)
     tensors = {a for a in re.findall(r"self\.(\w+)", source) if isinstance(getattr(scheduler, a, None), torch.Tensor)}
@@ -874,22 +886,164 @@ def test_whitening_refuses_clipping_and_draws_scaled_initial_noise():
     assert torch.equal(x_T, sigma * torch.randn(sigma.shape, generator=torch.Generator().manual_seed(1)))
 
 
-def test_a_checked_prior_std_is_not_synchronised_again_until_it_changes(monkeypatch):
-    """The restoration loop checks sigma once; later steps skip the value check (no host synchronisation),
-    but a map changed in place, or a new one, is checked again, so `step` on its own stays safe."""
-    import restoregrad_adapter.scheduler as module
 
-    scheduler = module.LearnedPriorScheduler(num_train_timesteps=50)
+# ---------------------------------------------------------------------- host synchronisations for the prior
+#: The ways a tensor's value reaches Python: on an accelerator, each one waits for the device.
+HOST_READS = ("__bool__", "__int__", "__float__", "__index__", "item", "tolist", "nonzero")
+
+
+def host_reads(call):
+    """``(number of host reads of tensor values during call(), its result)``."""
+    reads = []
+    with pytest.MonkeyPatch.context() as patch:
+        for name in HOST_READS:
+            def counted(self, *args, _original=getattr(torch.Tensor, name), _name=name, **kwargs):
+                reads.append(_name)
+                return _original(self, *args, **kwargs)
+
+            patch.setattr(torch.Tensor, name, counted)
+        result = call()
+    return len(reads), result
+
+
+@pytest.mark.parametrize("chain", ["training", "strided", "fast", "float64"])
+def test_a_step_with_validate_args_false_makes_no_host_synchronisation_for_the_prior(chain):
+    """The restoration loop checks sigma once and steps with validate_args=False: the prior then costs a
+    step no host synchronisation (as many reads as the step without a prior). The default step checks
+    sigma's values: exactly one more."""
+    scheduler = LearnedPriorScheduler(num_train_timesteps=50, beta_end=0.035)
+    if chain == "fast":
+        scheduler.set_timesteps(inference_betas=FAST_INFERENCE_BETAS_6)
+    elif chain != "training":
+        scheduler.set_timesteps(5)
+    dtype = torch.float64 if chain == "float64" else torch.float32
+    g = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(2, 1, 16, generator=g, dtype=dtype), torch.randn(2, 1, 16, generator=g, dtype=dtype)
+    sigma = torch.rand(2, 1, 16, generator=g, dtype=dtype) + 0.1
+    t = scheduler.timesteps[1]
+
+    def step(**kwargs):
+        return scheduler.step(eps, t, x, generator=torch.Generator().manual_seed(1), **kwargs).prev_sample
+
+    plain, _ = host_reads(step)
+    unchecked, a = host_reads(lambda: step(prior_std=sigma, validate_args=False))
+    checked, b = host_reads(lambda: step(prior_std=sigma))
+    assert unchecked == plain
+    assert checked == plain + 1
+    assert torch.equal(a, b)
+
+
+def test_sample_prior_and_the_whitening_functions_check_the_prior_only_when_asked():
+    scheduler = LearnedPriorScheduler()
+    ddim = DDIMScheduler(clip_sample=False)
+    ddim.set_timesteps(10)
+    t = ddim.timesteps[2]
+    g = torch.Generator().manual_seed(0)
+    x, eps, sigma = torch.randn(1, 2, 16, generator=g), torch.randn(1, 2, 16, generator=g), torch.rand(1, 2, 16) + 0.1
+    assert host_reads(lambda: scheduler.sample_prior(sigma, validate_args=False))[0] == 0
+    assert host_reads(lambda: scheduler.sample_prior(sigma))[0] == 1
+    assert host_reads(lambda: whitened_initial_sample(ddim, sigma, validate_args=False))[0] == 0
+    assert host_reads(lambda: whitened_initial_sample(ddim, sigma))[0] == 1
+    assert host_reads(lambda: scale_model_input_whitened(ddim, x, t, sigma, validate_args=False))[0] == 0
+    assert host_reads(lambda: scale_model_input_whitened(ddim, x, t, sigma))[0] == 1
+    stock, _ = host_reads(lambda: ddim.step(eps / sigma, t, x / sigma))
+    unchecked, a = host_reads(lambda: whitened_step(ddim, eps, t, x, sigma, validate_args=False))
+    checked, b = host_reads(lambda: whitened_step(ddim, eps, t, x, sigma))
+    assert unchecked == stock and checked == stock + 1
+    assert torch.equal(a.prev_sample, b.prev_sample)
+
+
+@pytest.mark.parametrize("bad, message", [(0.0, "must be > 0"), (-1.0, "must be > 0"), (math.nan, "non-finite"),
+                                          (math.inf, "non-finite")])
+def test_the_default_step_checks_the_prior_values_every_time(bad, message):
+    """Nothing is remembered between calls: a map changed in place is checked again, and refused."""
+    scheduler = LearnedPriorScheduler(num_train_timesteps=50)
     scheduler.set_timesteps(5)
-    sigma = torch.full((1, 1, 8), 0.5)
-    value_checks = []
-    original = torch.isfinite
-    monkeypatch.setattr(module.torch, "isfinite", lambda t: value_checks.append(1) or original(t))
-    x = torch.zeros(1, 1, 8)
-    for t in scheduler.timesteps:
-        x = scheduler.step(torch.zeros_like(x), t, x, prior_std=sigma, generator=torch.Generator().manual_seed(0)).prev_sample
-    assert len(value_checks) == 1
-    sigma[0, 0, 0] = -1.0  # changed in place: checked again, and refused
-    scheduler.set_timesteps(5)
-    with pytest.raises(ValueError, match="must be > 0"):
-        scheduler.step(torch.zeros_like(x), scheduler.timesteps[0], x, prior_std=sigma)
+    x, sigma = torch.zeros(1, 1, 8), torch.full((1, 1, 8), 0.5)
+    for t in scheduler.timesteps[:2]:
+        x = scheduler.step(torch.zeros_like(x), t, x, prior_std=sigma, generator=torch.manual_seed(0)).prev_sample
+    sigma[0, 0, 3] = bad
+    with pytest.raises(ValueError, match=message):
+        scheduler.step(torch.zeros_like(x), scheduler.timesteps[2], x, prior_std=sigma)
+    for call in (lambda: scheduler.sample_prior(sigma), lambda: whitened_initial_sample(scheduler, sigma),
+                 lambda: whitened_step(DDIMScheduler(clip_sample=False), x, 10, x, sigma),
+                 lambda: scale_model_input_whitened(DDIMScheduler(), x, 10, sigma)):
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+# ---------------------------------------------------------------------- methods copied from diffusers
+#: "# Copied from diffusers.schedulers.scheduling_ddpm.DDPMScheduler.<name>[ with A->B, C->D]" above a def.
+COPIED_FROM = re.compile(r"^[ \t]*# Copied from diffusers\.schedulers\.scheduling_ddpm\.DDPMScheduler\.(\w+)"
+                         r"(?: with (.+?))?[ \t]*\n[ \t]*def (\w+)\(", re.MULTILINE)
+
+
+def copied_methods():
+    """``(our method, DDPMScheduler's method, [(A, B), ...])`` for every copy marked in our module."""
+    found = []
+    for match in COPIED_FROM.finditer(inspect.getsource(scheduler_module)):
+        replacements = [tuple(part.strip() for part in pair.split("->")) for pair in (match[2] or "").split(",") if pair]
+        found.append((match[3], match[1], replacements))
+    return found
+
+
+def code_lines(source):
+    """A function's code as diffusers' copy check sees it, less comments, blank lines and indentation."""
+    source = textwrap.dedent(source)
+    lines = source.splitlines()
+    comments = [t.start for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT]
+    for row, column in reversed(comments):
+        lines[row - 1] = lines[row - 1][:column]
+    return [line.strip() for line in lines if line.strip()]
+
+
+def expected_copy(name, replacements):
+    """DDPMScheduler's ``name`` with the marker's ``A->B`` replacements applied (diffusers' convention)."""
+    source = inspect.getsource(getattr(DDPMScheduler, name))
+    for old, new in replacements:
+        source = source.replace(old, new)
+    return code_lines(source)
+
+
+def test_the_copies_marked_are_the_expected_ones():
+    assert {(ours, theirs) for ours, theirs, _ in copied_methods()} == {
+        ("scale_model_input", "scale_model_input"),
+        ("_ddpm_set_timesteps", "set_timesteps"),
+        ("_threshold_sample", "_threshold_sample"),
+        ("_ddpm_add_noise", "add_noise"),
+        ("get_velocity", "get_velocity"),
+        ("__len__", "__len__"),
+    }
+
+
+@pytest.mark.parametrize("ours, theirs, replacements", copied_methods(), ids=lambda v: v if isinstance(v, str) else "")
+def test_copied_methods_equal_the_installed_diffusers(ours, theirs, replacements):
+    """Drift check: every method marked "# Copied from ...DDPMScheduler.X" is diffusers' X line for line."""
+    assert code_lines(inspect.getsource(getattr(LearnedPriorScheduler, ours))) == expected_copy(theirs, replacements)
+
+
+def test_the_copy_check_notices_a_changed_line():
+    """The comparison sees code: a changed line, or a dropped one, is a difference; comments are not."""
+    ours = inspect.getsource(LearnedPriorScheduler.get_velocity)
+    expected = expected_copy("get_velocity", [])
+    assert code_lines(ours) == expected
+    assert code_lines(ours.replace("noise - sqrt_one_minus", "noise + sqrt_one_minus")) != expected
+    assert code_lines(ours.replace("        timesteps = timesteps.to(sample.device)\n", "")) != expected
+    assert code_lines(ours.replace("# Make sure", "# Check that")) == expected
+
+
+# ---------------------------------------------------------------------- the training schedule
+@pytest.mark.parametrize("config", [
+    *[dict(beta_schedule=s) for s in ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace")],
+    dict(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, rescale_betas_zero_snr=True),
+    dict(num_train_timesteps=50, beta_end=0.035),
+    dict(num_train_timesteps=3, trained_betas=[0.1, 0.2, 0.3]),
+    dict(rescale_betas_zero_snr=True),
+], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_training_schedule_equals_ddpm(config):
+    ours, theirs = LearnedPriorScheduler(**config), DDPMScheduler(**config)
+    for name in ("betas", "alphas", "alphas_cumprod", "one", "timesteps"):
+        assert getattr(ours, name).dtype == getattr(theirs, name).dtype, name
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    assert (ours.init_noise_sigma, ours.custom_timesteps, ours.num_inference_steps, ours.variance_type) == (
+        theirs.init_noise_sigma, theirs.custom_timesteps, theirs.num_inference_steps, theirs.variance_type)
