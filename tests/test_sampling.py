@@ -122,10 +122,11 @@ def test_cdiffuse_adapter_restores_identically_through_every_entry_point(tmp_pat
     audio = audio.astype(np.float32)
     soundfile.write(tmp_path / "noisy.wav", audio, 16000, subtype="FLOAT")
     crop = torch.from_numpy(np.pad(audio, (0, (-700) % cdiffuse.HOP_LENGTH)))[None, None]  # whole frames
-    scheduler = cdiffuse.CDiffuSEScheduler(adapter.scheduler)
+    scheduler = cdiffuse.CDiffuSEScheduler.from_training_scheduler(adapter.scheduler)
     assert torch.equal(sampling.restore(adapter.denoiser, crop, adapter.prior_std, adapter.scheduler, generator=seeded()),
                        sampling.restore(adapter.denoiser, crop, adapter.prior_std, adapter.scheduler,
-                                        scheduler=cdiffuse.CDiffuSEScheduler(adapter.scheduler), generator=seeded())
+                                        scheduler=cdiffuse.CDiffuSEScheduler.from_training_scheduler(adapter.scheduler),
+                                        generator=seeded())
                        )  # the integration's default sampler
 
     # A whole utterance (the adapter's framing): the loop on y zero-padded to 256 (1 + 700 // 256) samples,

@@ -36,24 +36,29 @@ from __future__ import annotations
 
 import pickle
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from restoregrad_adapter import sampling
 from restoregrad_adapter.adapter import RestoreGrad
 from restoregrad_adapter.integrations import Integration, register_integration
 from restoregrad_adapter.loss import RestoreGradLoss
-from restoregrad_adapter.scheduler import (
-    FAST_INFERENCE_BETAS_6,
-    LearnedPriorScheduler,
-    LearnedPriorSchedulerOutput,
-    fractional_timesteps,
-    noise_from_prediction,
+from restoregrad_adapter.scheduler import FAST_INFERENCE_BETAS_6, LearnedPriorScheduler
+
+from .scheduler import (
+    NUM_TRAINING_STEPS,
+    TRAINING_BETA_END,
+    TRAINING_BETA_START,
+    CDiffuSESchedule,
+    CDiffuSEScheduler,
+    _as_betas,
+    cdiffuse_scheduler,
+    forward_coefficients,
+    interpolation_ratio,
+    reverse_schedule,
+    training_betas,
 )
 
 __all__ = [
@@ -83,10 +88,6 @@ __all__ = [
 N_FFT = 1024
 HOP_LENGTH = 256
 N_FREQ = N_FFT // 2 + 1
-#: CDiffuSE's training schedule: ``beta = linspace(1e-4, 0.035, 50)``.
-TRAINING_BETA_START = 1e-4
-TRAINING_BETA_END = 0.035
-NUM_TRAINING_STEPS = 50
 #: Weight of the noisy input in the released inference code's final mix ``(1 - w) x_0 + w y``.
 NOISY_MIX_WEIGHT = 0.2
 
@@ -245,251 +246,7 @@ def wrap(model: Callable, peak_normalize: bool = True) -> CDiffuSEDenoiser:
     return CDiffuSEDenoiser(model, peak_normalize=peak_normalize)
 
 
-# ---------------------------------------------------------------------- the schedules
-def cdiffuse_scheduler() -> LearnedPriorScheduler:
-    """CDiffuSE's training schedule: 50 steps, ``beta = linspace(1e-4, 0.035, 50)``."""
-    return LearnedPriorScheduler(num_train_timesteps=NUM_TRAINING_STEPS, beta_start=TRAINING_BETA_START,
-                                 beta_end=TRAINING_BETA_END)
-
-
-def _as_betas(name: str, betas) -> torch.Tensor:
-    values = torch.as_tensor(np.asarray(betas, dtype=np.float64))
-    if values.ndim != 1 or len(values) == 0 or not bool(((values > 0) & (values < 1)).all()):
-        raise ValueError(f"`{name}` must be a non-empty 1-D sequence of values in (0, 1), got {betas!r}.")
-    return values
-
-
-def interpolation_ratio(alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """``m_t = sqrt(min((1 - abar_t) / sqrt(abar_t), 1))`` (float64).
-
-    The paper's ``m_t = sqrt((1 - abar_t) / sqrt(abar_t))`` grows from 0 towards 1; like the
-    released inference code we cap it at 1 (reached only once ``abar_t < 0.382``, never with
-    CDiffuSE's schedules), so the mean never overshoots ``sqrt(abar_t) y``.
-    """
-    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    return ((1 - abar) / abar.sqrt()).clamp(max=1.0).sqrt()
-
-
-def _variance(abar: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    # delta_t = (1 - abar_t) - m_t^2 abar_t (eq. 9), clamped at 0 as in the released code (it is
-    # only negative for m_t = 1 with abar_t > 1/2, which reverse_schedule refuses).
-    return ((1 - abar) - m**2 * abar).clamp(min=0.0)
-
-
-def forward_coefficients(alphas_cumprod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The conditional forward marginal ``x_t = a_t x0 + b_t y + s_t eps``, ``eps ~ N(0, Sigma)``.
-
-    Returns float64 ``(a_t, b_t, s_t) = ((1 - m_t) sqrt(abar_t), m_t sqrt(abar_t), sqrt(delta_t))``
-    for every entry of ``alphas_cumprod`` (paper eq. 9 and the marginal above it).
-    """
-    abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
-    m = interpolation_ratio(abar)
-    return (1 - m) * abar.sqrt(), m * abar.sqrt(), _variance(abar, m).sqrt()
-
-
-@dataclass(frozen=True)
-class CDiffuSESchedule:
-    """The coefficients of CDiffuSE's reverse chain (float64 tensors of length N, the number of steps).
-
-    Entry ``n`` (0-based) belongs to the paper's step ``t = n + 1``, the update ``x_t -> x_{t-1}``:
-    ``x_{t-1} = c1[n] x_t + c2[n] y - c3[n] C_hat + sqrt(delta_bar[n]) sigma z`` with the model
-    evaluated at the fractional training step ``timesteps[n]``. The chain runs n = N-1, ..., 0.
-
-    Attributes:
-        betas, alphas_cumprod: the sampling schedule (training or inference betas).
-        m, delta: ``m_t`` and ``delta_t`` of the sampling schedule, with ``m_N = 1``.
-        c1, c2, c3, delta_bar: the reverse-step coefficients; ``c2[0] = delta_bar[0] = 0``.
-        timesteps: the 0-based fractional training step with the same ``sqrt(abar)`` as each
-            sampling step (integers 0..T-1 for full sampling).
-    """
-
-    betas: torch.Tensor
-    alphas_cumprod: torch.Tensor
-    m: torch.Tensor
-    delta: torch.Tensor
-    c1: torch.Tensor
-    c2: torch.Tensor
-    c3: torch.Tensor
-    delta_bar: torch.Tensor
-    timesteps: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.betas)
-
-
-def reverse_schedule(training_betas: Sequence[float] | torch.Tensor,
-                     inference_betas: Sequence[float] | None = None) -> CDiffuSESchedule:
-    """Coefficients of CDiffuSE's reverse process for full (``inference_betas=None``) or fast sampling.
-
-    Derivation (paper Sec. 3.3; t = 1..N over the sampling schedule, ``m_0 = delta_0 = 0``,
-    ``abar_0 = 1``, ``r_t = (1 - m_t) / (1 - m_{t-1})``), per element with variances in units of
-    ``sigma^2``:
-
-    1. Consecutive marginals are joined by ``q(x_t | x_{t-1}, y) = N(r_t sqrt(alpha_t) x_{t-1} +
-       (m_t - r_t m_{t-1}) sqrt(abar_t) y, delta_{t|t-1})``, ``delta_{t|t-1} = delta_t -
-       r_t^2 alpha_t delta_{t-1}``: substituting ``x_{t-1}``'s marginal gives ``x_t``'s.
-    2. Bayes on these two Gaussians: ``q(x_{t-1} | x_t, x0, y)`` has variance
-       ``delta_bar_t = delta_{t|t-1} delta_{t-1} / delta_t`` (eq. 17; the paper prints the ratio
-       inverted, a typo its authors confirmed; the released code has this form) and mean
-       ``c_xt x_t + c_yt y + c_x0 x0`` with ``c_xt = r_t sqrt(alpha_t) delta_{t-1} / delta_t``,
-       ``c_yt = (m_{t-1} delta_t - m_t r_t alpha_t delta_{t-1}) sqrt(abar_{t-1}) / delta_t`` and
-       ``c_x0 = (1 - m_{t-1}) sqrt(abar_{t-1}) delta_{t|t-1} / delta_t``.
-    3. The network predicts ``C_t`` with ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) C_t``
-       (Algorithm 1); substituting ``x0 = (x_t - sqrt(1 - abar_t) C_hat) / sqrt(abar_t)`` moves
-       ``c_x0 / sqrt(abar_t) = (1 - m_{t-1}) delta_{t|t-1} / (delta_t sqrt(alpha_t))`` onto ``x_t``:
-
-       ``c1 = r_t sqrt(alpha_t) delta_{t-1} / delta_t + (1 - m_{t-1}) delta_{t|t-1} / (delta_t sqrt(alpha_t))``
-       ``c2 = c_yt``
-       ``c3 = (1 - m_{t-1}) delta_{t|t-1} sqrt(1 - abar_t) / (delta_t sqrt(alpha_t))``
-
-       At t = 1 (``m_0 = delta_0 = 0``) this is DDPM's last step: ``c1 = 1 / sqrt(alpha_1)``,
-       ``c3 = beta_1 / (sqrt(alpha_1) sqrt(1 - abar_1))``, ``c2 = delta_bar_1 = 0``.
-
-    Fast sampling replaces the training betas by ``inference_betas`` (e.g.
-    ``FAST_INFERENCE_BETAS_6``) in all of the above, and evaluates the model at the fractional
-    training step whose ``sqrt(abar)`` matches (:func:`~restoregrad_adapter.scheduler.fractional_timesteps`).
-    As in the released code the top step uses ``m_N = 1`` (so ``q(x_N | x0, y) = p(x_N | y)``, the
-    prior of eq. 10) and ``m_t`` is capped at 1.
-
-    Raises:
-        ValueError: when the sampling schedule ends at ``abar_N >= 1/2`` (then ``delta_N = 0``) or
-            reaches ``m_t = 1`` before its last step (``r_{t+1}`` would divide by zero).
-    """
-    train = _as_betas("training_betas", training_betas)
-    betas = train if inference_betas is None else _as_betas("inference_betas", inference_betas)
-    alphas = 1 - betas
-    abar = torch.cumprod(alphas, dim=0)
-    m = interpolation_ratio(abar)
-    m[-1] = 1.0
-    delta = _variance(abar, m)
-    if delta[-1] <= 0:
-        raise ValueError(f"the sampling schedule ends at alpha_bar = {abar[-1].item():.4f} >= 1/2, where "
-                         "delta_N = 1 - 2 alpha_bar_N vanishes; use betas that reach alpha_bar_N < 1/2 "
-                         "(CDiffuSE's end near 0.41-0.49).")
-    if len(m) > 1 and bool((m[:-1] >= 1).any()):
-        raise ValueError("the sampling schedule reaches alpha_bar < 0.382 (m_t = 1) before its last step, where "
-                         "CDiffuSE's reverse coefficients are undefined; use fewer or smaller betas.")
-    zero, one = torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
-    m_prev, delta_prev = torch.cat([zero, m[:-1]]), torch.cat([zero, delta[:-1]])
-    abar_prev = torch.cat([one, abar[:-1]])
-
-    ratio = (1 - m) / (1 - m_prev)
-    delta_cond = delta - ratio**2 * alphas * delta_prev
-    c1 = ratio * alphas.sqrt() * delta_prev / delta + (1 - m_prev) * delta_cond / (delta * alphas.sqrt())
-    c2 = (m_prev * delta - m * ratio * alphas * delta_prev) * abar_prev.sqrt() / delta
-    c3 = (1 - m_prev) * delta_cond * (1 - abar).sqrt() / (delta * alphas.sqrt())
-    delta_bar = delta_cond * delta_prev / delta
-    timesteps = fractional_timesteps(torch.cumprod(1 - train, dim=0), abar)
-    return CDiffuSESchedule(betas=betas, alphas_cumprod=abar, m=m, delta=delta, c1=c1, c2=c2, c3=c3,
-                            delta_bar=delta_bar, timesteps=timesteps)
-
-
-def training_betas(scheduler: LearnedPriorScheduler) -> torch.Tensor:
-    """A training scheduler's betas in float64 (recomputed from the config for a linear schedule)."""
-    config = scheduler.config
-    if config.trained_betas is None and config.beta_schedule == "linear" and not config.rescale_betas_zero_snr:
-        return torch.from_numpy(np.linspace(config.beta_start, config.beta_end, config.num_train_timesteps))
-    return scheduler.betas.double()
-
-
-class CDiffuSEScheduler:
-    """CDiffuSE's conditional reverse process as a learned-prior scheduler for the restoration loop.
-
-    ``x_{t-1} = c1 x_t + c2 y - c3 C_hat + sqrt(delta_bar) sigma_prior z`` with the coefficients of
-    :func:`reverse_schedule` (docs/design.md, "CDiffuSE's conditional process"); the chain starts
-    from ``x_N = sqrt(abar_N) y + sqrt(delta_N) sigma_prior z`` (``initial="prior"``, eq. 10 with the
-    learned covariance) or from ``x_N = y`` (``initial="noisy"``, the released inference code). The
-    model is evaluated at the fractional training step with the same ``sqrt(abar)``
-    (``self.timesteps``). It works in the sample's precision (at least float32).
-
-    The last step (no fresh noise) may blend in the noisy signal, ``(1 - w) x_0 + w y`` (the released
-    code's final mix, ``w = 0.2``). With ``clamp=True`` every step's result is clipped to [-1, 1]
-    where the released code clips it: after each step, the last one after the blend; the initial
-    sample is never clipped.
-
-    Args:
-        training_scheduler: the adapter's training schedule (CDiffuSE: 50 linear steps).
-        initial: ``"prior"`` or ``"noisy"``.
-        clamp: clip to [-1, 1] after every step, as the released code does.
-        mix_noisy: the weight ``w`` in [0, 1] of the final blend (0: none).
-    """
-
-    needs_condition = True
-    order = 1
-
-    def __init__(self, training_scheduler: LearnedPriorScheduler, initial: str = "prior", clamp: bool = False,
-                 mix_noisy: float = 0.0):
-        if initial not in ("prior", "noisy"):
-            raise ValueError(f"`initial` must be 'prior' or 'noisy', got {initial!r}.")
-        if isinstance(mix_noisy, bool) or not isinstance(mix_noisy, (int, float)) or not 0.0 <= mix_noisy <= 1.0:
-            raise ValueError(f"`mix_noisy` must be a weight in [0, 1], got {mix_noisy!r}.")
-        self.config = training_scheduler.config
-        self.alphas_cumprod = training_scheduler.alphas_cumprod
-        self.training_betas = training_betas(training_scheduler)
-        self.initial = initial
-        self.clamp = bool(clamp)
-        self.mix_noisy = float(mix_noisy)
-        self.schedule: CDiffuSESchedule | None = None
-        self.timesteps = torch.empty(0)
-        self._step_index = 0
-
-    def set_timesteps(self, num_inference_steps: int | None = None, device=None,
-                      inference_betas: Sequence[float] | None = None) -> None:
-        """Every training step (``num_inference_steps`` = T), or the fast schedule ``inference_betas``."""
-        T = len(self.training_betas)
-        if inference_betas is None and num_inference_steps != T:
-            raise ValueError(f"CDiffuSE's reverse process runs every training step (num_inference_steps={T}) or a "
-                             f"fast schedule (`inference_betas`), got num_inference_steps={num_inference_steps!r}.")
-        self.schedule = reverse_schedule(self.training_betas, inference_betas)
-        self.timesteps = self.schedule.timesteps.flip(0).to(device)
-        self._step_index = 0
-
-    def _clamped(self, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(-1.0, 1.0) if self.clamp else x
-
-    def sample_prior(self, prior_std: torch.Tensor, generator: torch.Generator | None = None,
-                     condition: torch.Tensor | None = None) -> torch.Tensor:
-        """``x_N`` for the condition ``y`` (``condition``); ``prior_std`` has its shape and precision."""
-        if condition is None:
-            raise ValueError("CDiffuSE's reverse process needs the noisy signal: pass `condition=y`.")
-        self._step_index = 0
-        if self.initial == "noisy":
-            return condition.clone()
-        z = randn_tensor(condition.shape, generator=generator, device=condition.device, dtype=prior_std.dtype)
-        schedule = self.schedule
-        return schedule.alphas_cumprod[-1].sqrt().item() * condition + schedule.delta[-1].sqrt().item() * (prior_std * z)
-
-    def combined_noise(self, model_output: torch.Tensor, sample: torch.Tensor, n: int) -> torch.Tensor:
-        """``C_hat`` at sampling step ``n`` from the model output in the scheduler's ``prediction_type``.
-
-        ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) C_t`` (Algorithm 1) is DDPM's relation with ``C_t``
-        in place of the noise, so DDPM's conversions hold with the sampling schedule's ``abar_t``
-        (the same ``sqrt(abar)`` as the fractional training step the model sees): ``sample`` gives
-        ``(x_t - a x0_hat) / s`` and ``v_prediction`` gives ``s x_t + a v_hat``.
-        """
-        return noise_from_prediction(self.config.prediction_type, model_output, sample,
-                                     self.schedule.alphas_cumprod[n].item())
-
-    def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, prior_std: torch.Tensor,
-             condition: torch.Tensor, generator: torch.Generator | None = None) -> LearnedPriorSchedulerOutput:
-        """One reverse step ``x_t -> x_{t-1}`` (``timestep``: the current entry of ``self.timesteps``)."""
-        if model_output.shape != sample.shape:
-            raise ValueError(f"the denoiser returned shape {tuple(model_output.shape)}, expected "
-                             f"{tuple(sample.shape)}.")
-        n = len(self.timesteps) - 1 - self._step_index
-        schedule = self.schedule
-        combined_noise = self.combined_noise(model_output.to(sample.dtype), sample, n)
-        x = (schedule.c1[n].item() * sample + schedule.c2[n].item() * condition
-             - schedule.c3[n].item() * combined_noise)
-        if n > 0:
-            z = randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
-            x = x + schedule.delta_bar[n].sqrt().item() * (prior_std * z)
-        elif self.mix_noisy:  # the released code's final blend with the noisy signal
-            x = (1 - self.mix_noisy) * x + self.mix_noisy * condition.to(x.dtype)
-        self._step_index += 1
-        return LearnedPriorSchedulerOutput(prev_sample=self._clamped(x))
-
-
+# ---------------------------------------------------------------------- restoration settings
 #: The released CDiffuSE inference's settings for :meth:`CDiffuSERestoreGrad.restore`: the chain starts
 #: from the noisy signal, every step is clipped to [-1, 1], and the last one blends in 0.2 of the noisy
 #: signal before its clip. With ``mode="ddpm"`` and these, ``restore`` is the released algorithm.
@@ -704,8 +461,9 @@ class CDiffuSERestoreGrad(RestoreGrad):
             given["inference_betas"] = list(inference_betas) if inference_betas is not None else "all"
         settings = check_restoration(self.restoration_settings(**given))
         inference_betas = None if settings["inference_betas"] == "all" else settings["inference_betas"]
-        scheduler = CDiffuSEScheduler(self.scheduler, initial=settings["initial"], clamp=settings["clamp"],
-                                      mix_noisy=settings["mix_noisy"])
+        scheduler = CDiffuSEScheduler.from_training_scheduler(self.scheduler, initial=settings["initial"],
+                                                              clamp=settings["clamp"],
+                                                              mix_noisy=settings["mix_noisy"])
         scale = self.input_scale(y)  # the level training used (input_peak), undone on the output
         y = y * scale
         length = y.shape[-1]
@@ -817,7 +575,8 @@ register_integration(Integration(
     wrap=wrap,
     wrapper_kwargs=lambda wrapper: {"peak_normalize": wrapper.peak_normalize},
     restoration_defaults=lambda wrapper: sampling.RestorationDefaults(
-        inference_betas=FAST_INFERENCE_BETAS_6, min_length=N_FFT // 2 + 1, make_scheduler=CDiffuSEScheduler),
+        inference_betas=FAST_INFERENCE_BETAS_6, min_length=N_FFT // 2 + 1,
+        make_scheduler=CDiffuSEScheduler.from_training_scheduler),
     adapter_class=lambda: CDiffuSERestoreGrad,
     check_model=_check_model,
 ))
