@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         betas = kwargs.pop("inference_betas", FAST_INFERENCE_BETAS_6)
         for clean, noisy in data:
             y = torch.from_numpy(noisy)[None, None]
-            restored.append(adapter.restore(y, betas, generator=torch.Generator().manual_seed(0), **kwargs)[0, 0].numpy())
+            restored.append(adapter.restore(y, inference_betas=betas, generator=torch.Generator().manual_seed(0), **kwargs)[0, 0].numpy())
         table[name] = {**mean_scores(zip(restored, (clean for clean, _ in data))), "seconds": time.time() - start}
         print(f"{name:>18}: " + ", ".join(f"{k} {v:.3f}" for k, v in table[name].items()), flush=True)
     if args.output:

@@ -332,8 +332,8 @@ class ImageTask(_Task):
         self.held_out = [(image_to_tensor(x0)[None], image_to_tensor(y)[None]) for x0, y in held_out]
 
     def _build(self, prior, encoder: str):
-        from restoregrad_adapter import LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
-        from restoregrad_adapter.encoders import downsample_of
+        from restoregrad_adapter import EncoderConfig, LearnedPriorScheduler, RestoreGrad, RestoreGradConfig
+        from restoregrad_adapter.adapter import build_encoders
         from restoregrad_adapter.integrations.weatherdiff import wrap
         from restoregrad_adapter.contrib.reference_nets import WeatherUNet
 
@@ -341,15 +341,16 @@ class ImageTask(_Task):
         recipe = RECIPES[c.recipe]["image"]
         unet = WeatherUNet(in_channels=6, out_channels=3, ch=c.unet_ch, ch_mult=tuple(c.unet_ch_mult),
                            num_res_blocks=c.unet_blocks, attn_resolutions=(), image_size=c.patch_size)
-        encoders = dict(dims=2, in_channels=3, size=c.encoder_size, sigma_min=c.sigma_min,
-                        downsample=downsample_of(encoder, dims=2))
-        prior_net, posterior_net = PriorNet(**encoders), PosteriorNet(**encoders)
+        config = RestoreGradConfig(
+            encoder=EncoderConfig(dims=2, in_channels=3, size=c.encoder_size, sigma_min=c.sigma_min,
+                                  architecture=encoder),
+            prediction_type=recipe["prediction_type"], residual=recipe["residual"], latent_weight=c.latent_weight,
+            prior_matching_weight=c.prior_matching_weight, weighting=recipe["loss_weighting"])
+        prior_net, posterior_net = build_encoders(config.encoder)  # after the UNet, as always here
         scheduler = LearnedPriorScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
                                           prediction_type=recipe["prediction_type"])
-        loss = RestoreGradLoss(latent_weight=c.latent_weight, prior_matching_weight=c.prior_matching_weight,
-                               weighting=recipe["loss_weighting"])
-        return RestoreGrad(wrap(unet, patch_size=c.patch_size), prior_net, posterior_net, scheduler=scheduler,
-                           loss=loss, handcrafted_prior=prior, residual=recipe["residual"])
+        return RestoreGrad(wrap(unet, patch_size=c.patch_size), config, prior_net=prior_net,
+                           posterior_net=posterior_net, scheduler=scheduler, handcrafted_prior=prior)
 
     def batch(self, generator: torch.Generator):
         """(clean, degraded) aligned random patches of random training images, all drawn from ``generator``."""

@@ -18,7 +18,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from tqdm.auto import tqdm
 
-from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss
+from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad
 from restoregrad_adapter.contrib.data import random_batch, random_crop
 from restoregrad_adapter.contrib.data.readers import image_to_tensor, tensor_to_image
 from restoregrad_adapter.contrib.data.weather import builtin_weather_pairs
@@ -54,7 +54,7 @@ def main(argv=None):
                        down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
     adapter = RestoreGrad.with_encoders(wrap(unet), dims=2, in_channels=3, size="tiny",
                                         scheduler=LearnedPriorScheduler(num_train_timesteps=1000),
-                                        loss=RestoreGradLoss(latent_weight=0.01, prior_matching_weight=1.0))
+                                        latent_weight=0.01, prior_matching_weight=1.0)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=args.lr)
     generator = torch.Generator().manual_seed(args.seed)
 

@@ -12,10 +12,10 @@ Data (one of):
   --dataset_name NAME         a `datasets` dataset whose --clean_column / --noisy_column hold audio
                               (read undecoded: paths or bytes, decoded with soundfile);
   none of them                built-in: speech-like signals generated in code with additive noise at
-                              0-15 dB SNR (restoregrad_adapter.data.speech).
+                              0-15 dB SNR (restoregrad_adapter.contrib.data.speech).
 Audio is mixed down to mono and resampled to 16 kHz (`restoregrad restore` resamples a file at
 another rate the same way, and its result back). The denoiser is the reference DiffWave-style
-network with CDiffuSE's call signature (restoregrad_adapter.reference_nets.DiffWaveDenoiser); train
+network with CDiffuSE's call signature (restoregrad_adapter.contrib.reference_nets.DiffWaveDenoiser); train
 your own CDiffuSE model by replacing `build_adapter`'s model. Validation enhances held-out utterances
 with the fast 6-step sampler and reports SI-SNR beside the noisy input's, plus PESQ (wideband) and
 STOI when `pesq` / `pystoi` are installed.

@@ -25,7 +25,7 @@ Data (one of):
   neither                    built-in: photos bundled with scikit-image, degraded in code by the
                              --degradation; held-out photos for validation.
 
-The denoiser is the reference WeatherDiff-style UNet (restoregrad_adapter.reference_nets.WeatherUNet,
+The denoiser is the reference WeatherDiff-style UNet (restoregrad_adapter.contrib.reference_nets.WeatherUNet,
 called as model(cat([y, x_t]), t) like the original); train your own WeatherDiff model by replacing
 `build_adapter`'s UNet. Validation restores whole held-out images with overlapping patches
 (restore_image) and reports PSNR and SSIM on the Y channel, beside the degraded input's. Validation
@@ -53,9 +53,10 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from restoregrad_adapter import MODES, LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
+from restoregrad_adapter import MODES, EncoderConfig, LearnedPriorScheduler, RestoreGrad, RestoreGradConfig
+from restoregrad_adapter.adapter import build_encoders
 from restoregrad_adapter.consistency import low_resolution_from_condition
-from restoregrad_adapter.encoders import ENCODERS, downsample_of
+from restoregrad_adapter.encoders import ENCODERS
 from restoregrad_adapter.loss import WEIGHTINGS
 from restoregrad_adapter.contrib.data import AUGMENTATIONS, LazyPairs
 from restoregrad_adapter.contrib.data.blur_sr import KINDS as BLUR_SR_KINDS, SR_SCALES
@@ -109,7 +110,7 @@ RECIPES = {
 
 
 #: The tasks of --degradation: the weather of the built-in data (``mixed`` draws rain, snow and raindrops),
-#: blurs and bicubic down-sampling (restoregrad_adapter.data.blur_sr).
+#: blurs and bicubic down-sampling (restoregrad_adapter.contrib.data.blur_sr).
 WEATHER_DEGRADATIONS = ("mixed", "rain", "snow", "raindrop")
 DEGRADATIONS = WEATHER_DEGRADATIONS + BLUR_SR_KINDS
 
@@ -400,18 +401,19 @@ def load_div2k(args):
 def build_adapter(args):
     scheduler = LearnedPriorScheduler(num_train_timesteps=args.num_train_timesteps, beta_start=1e-4, beta_end=0.02,
                                       prediction_type=args.prediction_type)
-    encoder = dict(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min,
-                   downsample=downsample_of(args.encoder, dims=2))
-    prior, posterior = PriorNet(**encoder), PosteriorNet(**encoder)
+    config = RestoreGradConfig(
+        encoder=EncoderConfig(dims=2, in_channels=3, size=args.encoder_size, sigma_min=args.sigma_min,
+                              architecture=args.encoder),
+        mode=args.mode, prediction_type=args.prediction_type, residual=args.residual,
+        latent_weight=args.latent_weight, prior_matching_weight=args.prior_matching_weight,
+        weighting=args.loss_weighting, snr_gamma=args.snr_gamma)
+    prior, posterior = build_encoders(config.encoder)  # before the UNet: the order of their random initialisation
     ch, ch_mult, num_res_blocks, attn_resolutions = UNET_SIZES[args.model_size]
     # Fully convolutional: trained on --patch_size crops, it may restore with larger patches.
     unet = WeatherUNet(in_channels=6, out_channels=3, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
                        attn_resolutions=attn_resolutions, image_size=args.patch_size, fixed_size=False)
-    loss = RestoreGradLoss(latent_weight=args.latent_weight, prior_matching_weight=args.prior_matching_weight,
-                           weighting=args.loss_weighting, snr_gamma=args.snr_gamma)
-    return RestoreGrad(wrap(unet, patch_size=args.patch_size, fully_convolutional=True), prior, posterior,
-                       scheduler=scheduler, loss=loss,
-                       mode=args.mode, residual=args.residual)
+    return RestoreGrad(wrap(unet, patch_size=args.patch_size, fully_convolutional=True), config, prior_net=prior,
+                       posterior_net=posterior, scheduler=scheduler)
 
 
 # ---------------------------------------------------------------------- validation

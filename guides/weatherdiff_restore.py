@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad, RestoreGradLoss
+from restoregrad_adapter import LearnedPriorScheduler, RestoreGrad
 from restoregrad_adapter.contrib.data.readers import image_pair_files, image_to_tensor, read_image_pair, tensor_to_image
 from restoregrad_adapter.contrib.data.weather import builtin_weather_pairs
 from restoregrad_adapter.contrib.figures import plot_image_restorations
@@ -115,7 +115,7 @@ def main(argv=None):
                         attn_resolutions=(), image_size=p)
     adapter = RestoreGrad.with_encoders(wrap(model, patch_size=p), dims=2, in_channels=3, size="tiny",
                                         scheduler=LearnedPriorScheduler(num_train_timesteps=1000),
-                                        loss=RestoreGradLoss(latent_weight=0.01, prior_matching_weight=1.0))
+                                        latent_weight=0.01, prior_matching_weight=1.0)
     optimizer = torch.optim.Adam(adapter.parameters(), lr=args.lr)
     T = adapter.scheduler.config.num_train_timesteps
     generator = torch.Generator().manual_seed(args.seed)

@@ -25,7 +25,9 @@ _EXPORTS = {
     "RestoreGradLoss": "loss",
     "RestoreGradLossOutput": "loss",
     "RestoreGrad": "adapter",
-    "MODES": "adapter",
+    "RestoreGradConfig": "config",
+    "EncoderConfig": "config",
+    "MODES": "config",
     "energy_prior": "adapter",
     "RestoreGradPipeline": "pipeline",
 }

@@ -30,10 +30,11 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from .checks import check_finite_and_positive, check_image, check_signal
+from .config import MODES, EncoderConfig, RestoreGradConfig
 from .loss import RestoreGradLoss, RestoreGradLossOutput
-from .scheduler import LearnedPriorScheduler, _check_std_values, noise_from_prediction
-
-MODES = ("restoregrad", "restoregrad_no_posterior", "priorgrad", "ddpm")
+from .sampling import RestorationDefaults
+from .scheduler import LearnedPriorScheduler, noise_from_prediction
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,7 +47,7 @@ def energy_prior(y: torch.Tensor, frame_length: int | None = None, std_min: floa
     example so the loudest frame has std 1, clipped at ``std_min`` and held constant over each
     frame. ``y``: ``(B, C, L)`` or ``(B, C, H, W)`` -> a std map of the same shape.
     """
-    _check_signal("y", y)
+    check_signal("y", y, finite=False)  # a NaN gives a NaN std, which training and restoring refuse, naming y
     dims = y.ndim - 2
     if dims not in (1, 2):
         raise ValueError(f"`y` must have shape (B, C, L) or (B, C, H, W), got {tuple(y.shape)}.")
@@ -63,174 +64,244 @@ def energy_prior(y: torch.Tensor, frame_length: int | None = None, std_min: floa
     return std
 
 
-def _check_signal(name: str, tensor: torch.Tensor, finite: bool = True) -> None:
-    """A floating ``(B, C, *spatial)`` tensor with no empty dimension (and, unless ``finite=False``, no
-    NaN or inf: one host synchronisation)."""
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}.")
-    if not tensor.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
-    if tensor.ndim < 3:
-        raise ValueError(f"`{name}` must have shape (B, C, *spatial), got {tuple(tensor.shape)}.")
-    if tensor.numel() == 0:
-        raise ValueError(f"`{name}` is empty (shape {tuple(tensor.shape)}); expected at least one example and sample.")
-    if finite and not torch.isfinite(tensor).all():
-        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+def build_encoders(spec: EncoderConfig) -> tuple[nn.Module, nn.Module]:
+    """The Prior and Posterior Nets ``spec`` describes (the Prior Net first: the order of their random
+    initialisation)."""
+    from .encoders import PosteriorNet, PriorNet, downsample_of
+
+    kwargs = dict(dims=spec.dims, in_channels=spec.in_channels, size=spec.size, sigma_min=spec.sigma_min,
+                  downsample=downsample_of(spec.architecture, spec.dims))
+    return PriorNet(**kwargs), PosteriorNet(**kwargs)
 
 
-def _check_inputs(finite: dict[str, torch.Tensor], positive: dict[str, torch.Tensor]) -> None:
-    """One host synchronisation for a training step's inputs: ``finite`` tensors hold no NaN or inf,
-    ``positive`` ones (standard deviations) are finite and > 0; the error names the first that fails."""
-    flags = [torch.isfinite(t.detach()).all() for t in finite.values()]
-    flags += [(torch.isfinite(std.detach()) & (std.detach() > 0)).all() for std in positive.values()]
-    if bool(torch.stack(flags).all()):
-        return
-    for name, tensor in finite.items():
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
-    for name, std in positive.items():
-        _check_std_values(std, name)
+def _wrap_for_integration(denoiser, config: RestoreGradConfig):
+    """``(denoiser, config)`` with the denoiser wrapped for ``config.integration`` when it is the user's bare
+    model, and the config naming the integration whose wrapper the denoiser is."""
+    from .integrations import find_integration, get_integration
+
+    found = find_integration(denoiser)
+    if found is not None:
+        kwargs = dict(found.wrapper_kwargs(denoiser))
+        if config.integration not in (None, found.name):
+            raise ValueError(f"`config.integration` is {config.integration!r}, but `denoiser` is wrapped for the "
+                             f"{found.name!r} integration.")
+        if config.integration_kwargs and config.integration_kwargs != kwargs:
+            raise ValueError(f"`config.integration_kwargs` {config.integration_kwargs} differ from those of the "
+                             f"wrapped `denoiser` {kwargs}.")
+        return denoiser, config.replace(integration=found.name, integration_kwargs=kwargs)
+    if config.integration is None:
+        return denoiser, config
+    integration = get_integration(config.integration)
+    if integration.check_model is not None:
+        integration.check_model(config, denoiser)
+    try:
+        return integration.wrap(denoiser, **config.integration_kwargs), config
+    except TypeError as error:  # a keyword the integration's wrapper does not take
+        raise ValueError(f"`config.integration_kwargs` {config.integration_kwargs!r} do not fit the "
+                         f"{integration.name!r} integration's wrapper ({error}).") from None
 
 
 class RestoreGrad(nn.Module):
     """Wrap a conditional denoiser with RestoreGrad's learned prior.
 
     Args:
-        denoiser: any callable ``(x_t, y, t) -> eps_hat`` with ``x_t, y, eps_hat`` of shape
+        denoiser: any callable ``(x_t, y, t) -> model output`` with ``x_t, y`` and the output of shape
             ``(B, C, *spatial)`` and ``t`` of shape ``(B,)`` (integer training steps, or fractional
-            ones in fast sampling). An ``nn.Module`` is registered so its parameters train jointly.
-        prior_net: the Prior Net ``psi`` (:class:`~restoregrad_adapter.PriorNet`); needed by the
-            RestoreGrad modes.
-        posterior_net: the Posterior Net ``phi``; needed by mode ``"restoregrad"``.
-        scheduler: a :class:`LearnedPriorScheduler` (default: 1000 linear steps, DDPM's defaults).
-        loss: a :class:`RestoreGradLoss` (default ``latent_weight=0.1, prior_matching_weight=0.5``: the
-            paper's speech values of eta and lambda).
-        mode: one of ``"restoregrad"``, ``"restoregrad_no_posterior"``, ``"priorgrad"``, ``"ddpm"``;
-            may be changed later (``adapter.mode = "ddpm"``).
-        handcrafted_prior: the PriorGrad prior ``y -> std map`` (default :func:`energy_prior`).
-        residual: diffuse the residual ``r0 = x0 - y`` instead of ``x0`` and restore ``y + r0_hat``
-            (docs/design.md, "Parameterizations and targets"); everything else applies to ``r0``.
-        input_peak: the level normalisation training used: each degraded example was scaled so its
-            peak is ``input_peak`` (speech). ``restore`` does the same to its input and undoes it on the
-            output, so a signal restores alike at any level. None: inputs are used as they are.
+            ones in fast sampling); or the user's bare model when ``config.integration`` names the
+            integration that wraps it. An ``nn.Module`` is registered so its parameters train jointly.
+        config: what the adapter is (:class:`~restoregrad_adapter.RestoreGradConfig`: mode,
+            prediction type, residual, input level, loss weights, encoders, integration); default
+            ``RestoreGradConfig()``.
+        prior_net, posterior_net: the encoders as objects (for example loaded ones), instead of building
+            them from ``config.encoder``.
+        scheduler: a :class:`LearnedPriorScheduler` (default: 1000 linear steps, DDPM's defaults, with
+            ``config.prediction_type``); its ``prediction_type`` must be the config's.
+        handcrafted_prior: mode ``"priorgrad"``'s prior ``y -> std map`` (default :func:`energy_prior`).
+        config_overrides: fields of ``config`` to change, as ``RestoreGradConfig.replace`` takes them
+            (``RestoreGrad(denoiser, mode="ddpm")``).
 
-    What the denoiser predicts is the scheduler's ``prediction_type``: the noise (``"epsilon"``, the
-    paper's), the clean target (``"sample"``) or ``v`` (``"v_prediction"``); the loss compares the
-    noise estimate each implies, so eq. 10 holds unchanged.
+    What the denoiser predicts is ``config.prediction_type``: the noise (``"epsilon"``, the paper's),
+    the clean target (``"sample"``) or ``v`` (``"v_prediction"``); the loss compares the noise estimate
+    each implies, so eq. 10 holds unchanged.
     """
 
     def __init__(
         self,
         denoiser: Denoiser,
+        config: RestoreGradConfig | None = None,
+        *,
         prior_net: nn.Module | None = None,
         posterior_net: nn.Module | None = None,
         scheduler: LearnedPriorScheduler | None = None,
-        loss: RestoreGradLoss | None = None,
-        mode: str = "restoregrad",
         handcrafted_prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        residual: bool = False,
-        input_peak: float | None = None,
+        **config_overrides,
     ):
         super().__init__()
+        config = RestoreGradConfig() if config is None else config
+        if not isinstance(config, RestoreGradConfig):
+            raise ValueError(f"`config` must be a RestoreGradConfig, got {type(config).__name__} (encoders are passed "
+                             "as `prior_net=` and `posterior_net=`).")
+        config = config.replace(**config_overrides) if config_overrides else config
+        denoiser, config = _wrap_for_integration(denoiser, config)
         if not callable(denoiser):
             raise ValueError(f"`denoiser` must be callable as denoiser(x_t, y, t), got {type(denoiser).__name__}.")
+        if prior_net is None and config.encoder is not None:
+            prior_net, built_posterior = build_encoders(config.encoder)
+            posterior_net = built_posterior if posterior_net is None else posterior_net
+        elif prior_net is not None:
+            described = EncoderConfig.of(prior_net)
+            if config.encoder is None:
+                config = config.replace(encoder=described)
+            elif described is not None and described != config.encoder:
+                raise ValueError(f"`prior_net` is {described}, but `config.encoder` says {config.encoder}.")
+        if scheduler is None:
+            scheduler = LearnedPriorScheduler(prediction_type=config.prediction_type)
+        if not isinstance(scheduler, LearnedPriorScheduler):
+            raise ValueError("`scheduler` must be a LearnedPriorScheduler (other diffusers schedulers can be passed "
+                             f"to `restore(scheduler=...)`), got {type(scheduler).__name__}.")
+        if scheduler.config.prediction_type != config.prediction_type:
+            raise ValueError(f"`scheduler` has prediction_type={scheduler.config.prediction_type!r}, but "
+                             f"`config.prediction_type` is {config.prediction_type!r}.")
+        self._config = config
         self.denoiser = denoiser
         self.prior_net = prior_net
         self.posterior_net = posterior_net
-        self.scheduler = scheduler if scheduler is not None else LearnedPriorScheduler()
-        if not isinstance(self.scheduler, LearnedPriorScheduler):
-            raise ValueError("`scheduler` must be a LearnedPriorScheduler (other diffusers schedulers can be passed "
-                             f"to `restore(scheduler=...)`), got {type(self.scheduler).__name__}.")
-        if not isinstance(residual, bool):
-            raise ValueError(f"`residual` must be a bool, got {residual!r}.")
-        self.residual = residual
-        if input_peak is not None and (isinstance(input_peak, bool) or not isinstance(input_peak, (int, float))
-                                       or not 0 < input_peak < float("inf")):
-            raise ValueError(f"`input_peak` must be a positive number or None, got {input_peak!r}.")
-        self.input_peak = None if input_peak is None else float(input_peak)
-        self.loss_fn = loss if loss is not None else RestoreGradLoss()
+        self.scheduler = scheduler
+        self.loss_fn = RestoreGradLoss(latent_weight=config.latent_weight,
+                                       prior_matching_weight=config.prior_matching_weight,
+                                       weighting=config.weighting, snr_gamma=config.snr_gamma)
         self.handcrafted_prior = handcrafted_prior if handcrafted_prior is not None else energy_prior
-        self.mode = mode
+        self.metadata: dict = {}  # base_model, training_data, metrics ...: filled by from_pretrained
+        self.mode = config.mode  # checked against the encoders
+        self._config = self._config.replace(restoration=self.check_restoration_settings(config.restoration))
 
     @classmethod
-    def with_encoders(
-        cls,
-        denoiser: Denoiser,
-        dims: int,
-        in_channels: int,
-        size: str = "base",
-        sigma_min: float = 0.1,
-        encoder: str = "reduced",
-        **kwargs,
-    ) -> "RestoreGrad":
+    def with_encoders(cls, denoiser: Denoiser, dims: int, in_channels: int, size: str = "base",
+                      sigma_min: float = 0.1, encoder: str = "reduced", scheduler: LearnedPriorScheduler | None = None,
+                      handcrafted_prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      **config_fields) -> "RestoreGrad":
         """Build the Prior and Posterior Nets for signals of ``dims`` (1 or 2) and ``in_channels``.
 
         ``encoder`` is ``"reduced"`` (default: the body at 1/4 of an image's side, 1/16 of a
         waveform's rate, sigma interpolated back) or ``"paper"`` (the paper's full-resolution ResNet-20);
         see :mod:`restoregrad_adapter.encoders`. ``size``: ``"tiny"``, ``"base"`` or ``"large"`` widths.
+        ``config_fields``: the other :class:`RestoreGradConfig` fields; ``prediction_type`` defaults to
+        the ``scheduler``'s.
         """
-        from .encoders import PosteriorNet, PriorNet, downsample_of
+        if scheduler is not None and "prediction_type" not in config_fields:
+            config_fields["prediction_type"] = scheduler.config.prediction_type
+        spec = EncoderConfig(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min, architecture=encoder)
+        return cls(denoiser, RestoreGradConfig(encoder=spec, **config_fields), scheduler=scheduler,
+                   handcrafted_prior=handcrafted_prior)
 
-        downsample = downsample_of(encoder, dims)
-        prior = PriorNet(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min, downsample=downsample)
-        posterior = PosteriorNet(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min,
-                                 downsample=downsample)
-        return cls(denoiser, prior, posterior, **kwargs)
+    @classmethod
+    def from_unet(cls, unet: nn.Module, size: str = "base", sigma_min: float = 0.1, encoder: str = "reduced",
+                  scheduler: LearnedPriorScheduler | None = None, **config_fields) -> "RestoreGrad":
+        """An adapter around a diffusers UNet (``UNet2DModel`` for images, ``UNet1DModel`` for waveforms)
+        that takes ``cat([x_t, y], 1)``: ``in_channels = 2 C``, ``out_channels = C``. The signal's channels
+        and dimensions are read from ``unet.config``; see :meth:`with_encoders` for the other arguments."""
+        unet_config = getattr(unet, "config", None)
+        channels = getattr(unet_config, "out_channels", None)
+        if not isinstance(channels, int):
+            raise ValueError(f"`unet` must be a diffusers model with `config.out_channels`, got {type(unet).__name__}.")
+        dims = 1 if "1D" in type(unet).__name__ else 2
+        config_fields.setdefault("integration", "diffusers")
+        return cls.with_encoders(unet, dims=dims, in_channels=channels, size=size, sigma_min=sigma_min,
+                                 encoder=encoder, scheduler=scheduler, **config_fields)
 
-    # ------------------------------------------------------------------ mode
+    # ------------------------------------------------------------------ configuration
+    @property
+    def config(self) -> RestoreGradConfig:
+        """What the adapter is (saved with it); ``adapter.mode = ...`` updates its ``mode``."""
+        return self._config
+
     @property
     def mode(self) -> str:
-        return self._mode
+        return self._config.mode
 
     @mode.setter
     def mode(self, value: str) -> None:
         if value not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {value!r}.")
         if value in ("restoregrad", "restoregrad_no_posterior") and self.prior_net is None:
-            raise ValueError(f"mode {value!r} needs a `prior_net`; pass one or use mode 'priorgrad' or 'ddpm'.")
-        self._mode = value
+            raise ValueError(f"mode {value!r} needs a `prior_net` (or `config.encoder` to build one); pass one or "
+                             "use mode 'priorgrad' or 'ddpm'.")
+        self._config = self._config.replace(mode=value)
+
+    @property
+    def residual(self) -> bool:
+        """The chain diffuses the residual ``x0 - y`` (``config.residual``)."""
+        return self._config.residual
+
+    @property
+    def input_peak(self) -> float | None:
+        """The inputs' level normalisation (``config.input_peak``)."""
+        return self._config.input_peak
+
+    @input_peak.setter
+    def input_peak(self, value: float | None) -> None:
+        self._config = self._config.replace(input_peak=value)
 
     @property
     def learned_prior(self) -> bool:
         """True in the RestoreGrad modes, where the prior's covariance is learned."""
-        return self._mode in ("restoregrad", "restoregrad_no_posterior")
-
-    def _check_pair(self, x0: torch.Tensor, y: torch.Tensor) -> None:
-        _check_signal("x0", x0, finite=False)
-        _check_signal("y", y, finite=False)
-        if x0.shape != y.shape:
-            raise ValueError(f"`x0` and `y` must have the same shape, got {tuple(x0.shape)} and {tuple(y.shape)}.")
-        expected = self._parameter_dtype()
-        if expected is not None and not torch.is_autocast_enabled(x0.device.type):
-            for name, tensor in (("x0", x0), ("y", y)):
-                if tensor.dtype != expected:
-                    raise ValueError(f"`{name}` is {tensor.dtype} but the adapter's weights are {expected}; convert "
-                                     f"the batch (e.g. `.to({expected})`) or train under autocast (mixed precision).")
-
-    def _parameter_dtype(self) -> torch.dtype | None:
-        parameter = next(iter(self.parameters()), None)
-        return parameter.dtype if parameter is not None else None
+        return self.mode in ("restoregrad", "restoregrad_no_posterior")
 
     def _check_condition(self, y: torch.Tensor, finite: bool = True) -> None:
-        _check_signal("y", y, finite=finite)
-        nets = [n for n in (self.prior_net, self.posterior_net) if n is not None]
-        for net in nets:
-            expected = getattr(getattr(net, "config", None), "in_channels", None)
-            if expected is not None and y.shape[1] != expected:
-                raise ValueError(f"`y` has {y.shape[1]} channels (shape {tuple(y.shape)}), but the encoders were "
-                                 f"built for in_channels={expected}.")
+        check_signal("y", y, finite=finite)
+        encoder = self._config.encoder
+        if encoder is not None and y.ndim != encoder.dims + 2:
+            layout = "(B, C, L)" if encoder.dims == 1 else "(B, C, H, W)"
+            raise ValueError(f"`y` must have shape {layout} for this {self._config.signal_kind} adapter, got "
+                             f"{tuple(y.shape)}.")
+        expected = self._config.channels
+        if expected is not None and y.shape[1] != expected:
+            raise ValueError(f"`y` has {y.shape[1]} channels (shape {tuple(y.shape)}), but the encoders were "
+                             f"built for in_channels={expected}.")
 
     # ------------------------------------------------------------------ priors
     def prior_std(self, y: torch.Tensor) -> torch.Tensor:
         """The sampling prior's standard-deviation map for ``y`` in the current mode (``y``'s shape)."""
         self._check_condition(y)
-        if self._mode == "ddpm":
+        return self._prior_std(y)
+
+    def _prior_std(self, y: torch.Tensor) -> torch.Tensor:
+        if self.mode == "ddpm":
             return torch.ones_like(y, dtype=torch.float32)
-        if self._mode == "priorgrad":
+        if self.mode == "priorgrad":
             return self.handcrafted_prior(y).float()
         return self.prior_net(y)
 
     # ------------------------------------------------------------------ training
+    def _check_training_inputs(self, x0, y, noise, timesteps) -> None:
+        """Shapes and types of a training step's inputs (no host synchronisation: values are checked
+        later, with the encoders' outputs, in one)."""
+        check_signal("x0", x0, finite=False)
+        self._check_condition(y, finite=False)
+        if x0.shape != y.shape:
+            raise ValueError(f"`x0` and `y` must have the same shape, got {tuple(x0.shape)} and {tuple(y.shape)}.")
+        parameter = next(iter(self.parameters()), None)
+        if parameter is not None and not torch.is_autocast_enabled(x0.device.type):
+            for name, tensor in (("x0", x0), ("y", y)):
+                if tensor.dtype != parameter.dtype:
+                    raise ValueError(f"`{name}` is {tensor.dtype} but the adapter's weights are {parameter.dtype}; "
+                                     f"convert the batch (e.g. `.to({parameter.dtype})`) or train under autocast "
+                                     "(mixed precision).")
+        if noise is not None and (not isinstance(noise, torch.Tensor) or noise.shape != x0.shape
+                                  or not noise.is_floating_point()):
+            got = f"{noise.dtype} of shape {tuple(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
+            raise ValueError(f"`noise` must be a floating tensor of the shape of `x0` {tuple(x0.shape)}, got {got}.")
+        if timesteps is not None and (not isinstance(timesteps, torch.Tensor) or timesteps.shape != (x0.shape[0],)
+                                      or timesteps.is_floating_point()):
+            T = self.scheduler.config.num_train_timesteps
+            got = (f"{timesteps.dtype} of shape {tuple(timesteps.shape)}" if isinstance(timesteps, torch.Tensor)
+                   else type(timesteps).__name__)
+            raise ValueError(f"`timesteps` must be an integer tensor of shape ({x0.shape[0]},) with values in "
+                             f"[0, {T}), got {got}.")
+        if self.mode == "restoregrad" and self.posterior_net is None:
+            raise ValueError("training in mode 'restoregrad' needs a `posterior_net` (an adapter loaded for restoration "
+                             "only has none); pass one, or train in mode 'restoregrad_no_posterior'.")
+
     def training_loss(
         self,
         x0: torch.Tensor,
@@ -241,6 +312,10 @@ class RestoreGrad(nn.Module):
     ) -> RestoreGradLossOutput:
         """One Monte-Carlo estimate of the training loss (paper Algorithm 1).
 
+        The step's inputs are checked here, once, with one host synchronisation for every value check
+        (NaN or inf in ``x0``, ``y``, ``noise``; given timesteps in range; the encoders' sigma maps finite
+        and positive).
+
         Args:
             x0: clean signals ``(B, C, *spatial)``.
             y: degraded signals, same shape.
@@ -248,41 +323,39 @@ class RestoreGrad(nn.Module):
             noise: standard-normal ``z`` of ``x0``'s shape; the added noise is ``sigma * z``.
             timesteps: ``(B,)`` integer training steps in ``[0, T)``.
         """
-        self._check_pair(x0, y)
-        self._check_condition(y, finite=False)
-        if self._mode == "restoregrad" and self.posterior_net is None:
-            raise ValueError("training in mode 'restoregrad' needs a `posterior_net` (an adapter loaded for restoration "
-                             "only has none); pass one, or train in mode 'restoregrad_no_posterior'.")
-        batch = x0.shape[0]
+        self._check_training_inputs(x0, y, noise, timesteps)
         T = self.scheduler.config.num_train_timesteps
+        conditions = {}
         if noise is None:
             noise = randn_tensor(x0.shape, generator=generator, device=x0.device, dtype=torch.float32)
-        elif not isinstance(noise, torch.Tensor) or noise.shape != x0.shape or not noise.is_floating_point():
-            got = f"{noise.dtype} of shape {tuple(noise.shape)}" if isinstance(noise, torch.Tensor) else type(noise).__name__
-            raise ValueError(f"`noise` must be a floating tensor of the shape of `x0` {tuple(x0.shape)}, got {got}.")
-
         if timesteps is None:
             gen_device = generator.device if generator is not None else x0.device
-            timesteps = torch.randint(0, T, (batch,), generator=generator, device=gen_device).to(x0.device)
-        elif timesteps.shape != (batch,) or timesteps.is_floating_point() or not (
-            (timesteps >= 0) & (timesteps < T)).all():
-            raise ValueError(f"`timesteps` must be an integer tensor of shape ({batch},) with values in [0, {T}), "
-                             f"got {timesteps.dtype} of shape {tuple(timesteps.shape)}.")
+            timesteps = torch.randint(0, T, (x0.shape[0],), generator=generator, device=gen_device).to(x0.device)
+        else:
+            conditions["timesteps"] = (((timesteps >= 0) & (timesteps < T)).all(),
+                                       f"`timesteps` must be an integer tensor of shape ({x0.shape[0]},) with values "
+                                       f"in [0, {T}), got values outside it.")
 
         # The diffused variable: x0, or the residual r0 = x0 - y; eq. 10 applies to it unchanged.
         target_signal = (x0 - y if self.residual else x0).float()
-        prior_std = self.prior_std(y)
-        posterior_std = self.posterior_net(target_signal, y) if self._mode == "restoregrad" else None
+        prior_std = self._prior_std(y)
+        posterior_std = self.posterior_net(target_signal, y) if self.mode == "restoregrad" else None
         stds = {"prior_std": prior_std} if posterior_std is None else {"prior_std": prior_std, "posterior_std": posterior_std}
-        _check_inputs({"x0": x0, "y": y, "noise": noise}, stds)  # the step's one host synchronisation for its inputs
+        # The step's one host synchronisation: every value check at once.
+        check_finite_and_positive(finite={"x0": x0, "y": y, "noise": noise}, positive=stds, conditions=conditions)
         noise_std = posterior_std if posterior_std is not None else prior_std
         eps = noise_std * noise  # reparameterised: gradients reach the encoder through eps
         x_t = self.add_noise(target_signal, y, eps, timesteps)
         target = self.noise_target(target_signal, y, eps, timesteps)
-        eps_hat = self.noise_estimate(self.denoiser(x_t, y, timesteps), x_t, timesteps)
+        prediction = self.denoiser(x_t, y, timesteps)
+        if not isinstance(prediction, torch.Tensor) or prediction.shape != x_t.shape:
+            got = tuple(prediction.shape) if isinstance(prediction, torch.Tensor) else type(prediction).__name__
+            raise ValueError(f"the denoiser returned {got}; expected the shape of `x_t` {tuple(x_t.shape)}.")
+        eps_hat = self.noise_estimate(prediction, x_t, timesteps)
         abar = self.scheduler.alphas_cumprod.to(x_t.device)[timesteps].float()
-        return self.loss_fn(eps_hat, target, target_signal, prior_std, posterior_std, self.scheduler.alpha_bar_T,
-                            learned_prior=self.learned_prior, snr=abar / (1 - abar), check_stds=False)
+        return self.loss_fn.compute(eps_hat, target, target_signal, prior_std, posterior_std,
+                                    self.scheduler.alpha_bar_T, learned_prior=self.learned_prior,
+                                    snr=abar / (1 - abar))
 
     def noise_estimate(self, prediction: torch.Tensor, x_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The noise estimate ``eps_hat`` implied by the denoiser's output in the scheduler's ``prediction_type``.
@@ -319,7 +392,8 @@ class RestoreGrad(nn.Module):
     def save_pretrained(self, save_directory, include_posterior: bool = True, **metadata):
         """Save to a folder: config, Prior Net, Posterior Net (optional), scheduler, denoiser, model card.
 
-        ``metadata``: ``base_model``, ``base_model_revision``, ``training_data``, ``metrics``.
+        ``metadata``: ``base_model``, ``base_model_revision``, ``training_data``, ``metrics``; the
+        adapter's own :attr:`metadata` (from loading) is kept unless given again.
         See :mod:`restoregrad_adapter.hub` for the layout.
         """
         from .hub import save_pretrained
@@ -345,56 +419,144 @@ class RestoreGrad(nn.Module):
         return push_to_hub(self, repo_id, **kwargs)
 
     # ------------------------------------------------------------------ sampling
+    #: Keys of ``config.restoration`` this adapter class takes (its ``restore`` keyword defaults).
+    RESTORATION_KEYS: tuple[str, ...] = ()
+
+    def check_restoration_settings(self, settings: dict) -> dict:
+        """``settings`` (saved ``restore`` defaults) checked for this adapter class; returned as they are."""
+        unknown = sorted(set(settings) - set(self.RESTORATION_KEYS))
+        if unknown:
+            raise ValueError(f"`config.restoration` has settings {unknown} that {type(self).__name__}.restore does "
+                             f"not take (it takes {list(self.RESTORATION_KEYS) or 'none'}).")
+        return settings
+
+    def restoration_defaults(self) -> RestorationDefaults:
+        """How the denoiser restores by default: its wrapper's ``restoration_defaults()`` (an integration's
+        sampler, steps, patch size), else the plain defaults (every training step, whole signals)."""
+        defaults = getattr(self.denoiser, "restoration_defaults", None)
+        return defaults() if callable(defaults) else RestorationDefaults()
+
     @torch.no_grad()
     def restore(
         self,
         y: torch.Tensor,
         num_inference_steps: int | None = None,
         generator: torch.Generator | None = None,
-        inference_betas: Sequence[float] | None = None,
+        *,
         scheduler=None,
-        progress: bool = False,
+        inference_betas: Sequence[float] | None = None,
+        timestep_spacing: str | None = None,
         eta: float = 0.0,
         patch_size: int | None = None,
         stride: int | None = None,
         patch_batch_size: int | None = None,
+        self_ensemble: bool = False,
+        low_resolution: torch.Tensor | None = None,
+        progress: bool = False,
         callback: Callable[[int, torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
         """Restore ``y`` by reverse diffusion from the prior (paper Algorithm 2).
 
-        The library's one restoration loop, :func:`restoregrad_adapter.sampling.restore`; settings
-        left at None take the denoiser's integration defaults (listed there).
+        Every way of restoring (this method, ``weatherdiff.restore_image``, ``RestoreGradPipeline``, the
+        ``restoregrad restore`` command) runs it, through the library's one loop,
+        :func:`restoregrad_adapter.sampling.restore`. Settings left at None take the denoiser's
+        :meth:`restoration_defaults` (WeatherDiff: its DDIM sampler, 10 steps, its patch; diffusers
+        UNets: 10 steps, patches of ``sample_size``; a denoiser of your own: every training step).
 
         Args:
             y: degraded signals ``(B, C, *spatial)``.
-            num_inference_steps: number of reverse steps (default: the integration's, else every
-                training step).
+            num_inference_steps: number of reverse steps.
             generator: source of ``x_T`` and of every step's fresh noise.
-            inference_betas: fast-sampling schedule (e.g. ``FAST_INFERENCE_BETAS_6``), instead of
-                ``num_inference_steps``; only with a learned-prior scheduler.
             scheduler: any diffusers scheduler to sample with instead (DDIM, DPM-Solver++, ...),
                 through whitening; same training schedule and prediction type as the adapter's,
                 ``clip_sample``/``thresholding`` off.
-            progress: show a progress bar.
+            inference_betas: fast-sampling schedule (e.g. ``FAST_INFERENCE_BETAS_6``), instead of
+                ``num_inference_steps``; only with a learned-prior scheduler.
+            timestep_spacing: the default sampler with another spacing of its steps (``"leading"``,
+                ``"trailing"``, ``"linspace"``); not with ``scheduler``.
             eta: DDIM's eta, for schedulers whose ``step`` takes one.
             patch_size, stride, patch_batch_size: restore images larger than ``patch_size`` from
                 overlapping patches (docs/design.md, "WeatherDiff's patch restoration").
+            self_ensemble: restore the image's eight rotations and mirrors and average the eight
+                results turned back (eight times the work).
+            low_resolution: for super-resolution, the low-resolution images ``(B, C, H / s, W / s)``
+                that ``y`` enlarges; the result is projected onto the images whose bicubic
+                down-sampling is exactly ``low_resolution`` (:mod:`restoregrad_adapter.consistency`).
+            progress: show a progress bar.
             callback: ``callback(k, x)`` with the reverse steps ``k`` still to run, from ``x_T``
                 (``k = S``) to the result (``k = 0``).
 
         Returns:
             The restored signal, ``y``'s shape, in ``y``'s precision (at least float32).
         """
-        from .sampling import restore
+        self._check_condition(y, finite=False)
+        defaults = self.restoration_defaults()
+        conditions = {}
+        if defaults.value_range is not None:
+            low, high = defaults.value_range
+            conditions["y"] = (((y >= low - 1e-3) & (y <= high + 1e-3)).all(), lambda: (
+                f"`y` must hold images in [{low:g}, {high:g}] (the range the denoiser was trained on), got values "
+                f"from {float(y.min()):.4g} to {float(y.max()):.4g}; map [0, 1] images with `2 * y - 1`."))
+        check_finite_and_positive(finite={"y": y}, conditions=conditions)  # y's values: one host synchronisation
+        if not isinstance(self_ensemble, bool):
+            raise ValueError(f"`self_ensemble` must be True or False, got {self_ensemble!r}.")
+        if self_ensemble or low_resolution is not None:
+            check_image("y", y, finite=False)
+        if low_resolution is not None:
+            from .consistency import check_low_resolution
 
-        self._check_condition(y)
-        scale = self.input_scale(y)
-        restored = restore(self.denoiser, y * scale, self.prior_std, self.scheduler, scheduler=scheduler,
-                           num_inference_steps=num_inference_steps, inference_betas=inference_betas, eta=eta,
-                           generator=generator, patch_size=patch_size, stride=stride,
-                           patch_batch_size=patch_batch_size, progress=progress, callback=callback,
-                           residual=self.residual)
-        return restored / scale
+            check_low_resolution(low_resolution, y.shape, "low_resolution")
+        scheduler = self._sampling_scheduler(defaults, scheduler, timestep_spacing)
+        if num_inference_steps is None and inference_betas is None:
+            num_inference_steps, inference_betas = defaults.num_inference_steps, defaults.inference_betas
+        if patch_size is None:
+            patch_size = defaults.patch_size
+        takes_patch_size = getattr(self.denoiser, "takes_patch_size", None)
+        if takes_patch_size is not None and patch_size is not None and not takes_patch_size(patch_size):
+            raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = "
+                             f"{self.denoiser.patch_size} (only a denoiser wrapped with fully_convolutional=True "
+                             "takes other patch sizes).")
+
+        def run(images: torch.Tensor) -> torch.Tensor:
+            from .sampling import restore
+
+            scale = self.input_scale(images)
+            restored = restore(self.denoiser, images * scale, self._prior_std, self.scheduler, scheduler=scheduler,
+                               num_inference_steps=num_inference_steps, inference_betas=inference_betas, eta=eta,
+                               generator=generator, patch_size=patch_size, stride=stride,
+                               patch_batch_size=patch_batch_size if patch_batch_size is not None
+                               else defaults.patch_batch_size, pad_to_patch=defaults.pad_to_patch,
+                               progress=progress, callback=callback, residual=self.residual)
+            return restored / scale
+
+        if self_ensemble:
+            from .ensemble import dihedral_ensemble
+
+            restored = dihedral_ensemble(run, y)
+        else:
+            restored = run(y)
+        if low_resolution is not None:
+            from .consistency import project_to_low_resolution
+
+            restored = project_to_low_resolution(restored, low_resolution)
+        return restored
+
+    def _sampling_scheduler(self, defaults: RestorationDefaults, scheduler, timestep_spacing: str | None):
+        """The sampler: ``scheduler`` if given, else the integration's (or the training scheduler), with
+        ``timestep_spacing`` if given."""
+        if scheduler is not None and timestep_spacing is not None:
+            raise ValueError("give `scheduler` or `timestep_spacing`, not both: set the spacing in your scheduler's "
+                             "config (e.g. `DDIMScheduler.from_config(config, timestep_spacing='trailing')`).")
+        if scheduler is not None:
+            return scheduler
+        sampler = self.scheduler if defaults.make_scheduler is None else defaults.make_scheduler(self.scheduler)
+        if timestep_spacing is None:
+            return None if defaults.make_scheduler is None else sampler
+        from .sampling import TIMESTEP_SPACINGS
+
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"`timestep_spacing` must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}.")
+        return type(sampler).from_config(sampler.config, timestep_spacing=timestep_spacing)
 
     def input_scale(self, y: torch.Tensor) -> torch.Tensor:
         """Per-example factors that bring ``y`` to the level training used (``input_peak``; 1 without one).
@@ -408,4 +570,4 @@ class RestoreGrad(nn.Module):
         return torch.where(peak > 0, self.input_peak / peak.clamp_min(torch.finfo(y.dtype).tiny), ones)
 
 
-__all__ = ["RestoreGrad", "MODES", "energy_prior"]
+__all__ = ["RestoreGrad", "RestoreGradConfig", "EncoderConfig", "MODES", "energy_prior", "build_encoders"]

@@ -65,17 +65,24 @@ def check_std(name: str, std: torch.Tensor) -> None:
 
 
 def check_finite_and_positive(finite: Mapping[str, torch.Tensor] | None = None,
-                              positive: Mapping[str, torch.Tensor] | None = None) -> None:
+                              positive: Mapping[str, torch.Tensor] | None = None,
+                              conditions: Mapping[str, tuple[torch.Tensor, str]] | None = None) -> None:
     """One host synchronisation for many tensors: those in ``finite`` hold no NaN or inf, those in ``positive``
-    (standard deviations) are finite and > 0. The error names the first that fails."""
-    finite, positive = dict(finite or {}), dict(positive or {})
+    (standard deviations) are finite and > 0, and each of ``conditions`` (``name -> (boolean tensor,
+    message)``, the message a string or a function making it, called only on failure) holds. The error
+    names the first that fails."""
+    finite, positive, conditions = dict(finite or {}), dict(positive or {}), dict(conditions or {})
     flags = [torch.isfinite(t.detach()).all() for t in finite.values()]
     flags += [(torch.isfinite(s.detach()) & (s.detach() > 0)).all() for s in positive.values()]
+    flags += [flag for flag, _ in conditions.values()]
     if not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
         return
     for name, tensor in finite.items():
         if not torch.isfinite(tensor).all():
             raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
+    for flag, message in conditions.values():
+        if not bool(flag):
+            raise ValueError(message() if callable(message) else message)
     for name, std in positive.items():
         std = std.detach()
         if not torch.isfinite(std).all():
@@ -114,7 +121,7 @@ def check_positive_int(name: str, value, allow_none: bool = False):
 def check_bool(name: str, value) -> bool:
     """``value`` when it is True or False."""
     if not isinstance(value, bool):
-        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+        raise ValueError(f"`{name}` must be a bool (True or False), got {value!r}.")
     return value
 
 

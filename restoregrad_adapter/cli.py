@@ -81,7 +81,7 @@ def load_adapter(spec: str, model_factory: str | None, device: str):
 
 def _check_kind(adapter, path: Path) -> str:
     kind = _kind(path)
-    expected = adapter.hub_config.get("signal_kind")
+    expected = adapter.config.signal_kind
     if kind != expected:
         raise CommandError(f"{path}: the adapter restores {expected}s, not {kind}s.")
     return kind
@@ -100,42 +100,21 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
             if args.sr_consistency:
                 low = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
             image = bicubic_resize(image, (image.shape[0] * args.upscale, image.shape[1] * args.upscale))
-        channels = adapter.hub_config.get("channels", 3)
+        channels = adapter.config.channels
         if channels != 3:
             raise CommandError(f"{path}: the adapter is for {channels}-channel images; RGB files give 3 channels.")
         y = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
-        # The integration's defaults (sampler, patch size, stride) unless given on the command line.
-        scheduler = None
-        if args.timestep_spacing is not None:  # the integration's sampler with another spacing of its steps
-            from .sampling import restoration_defaults
-
-            make_scheduler = restoration_defaults(adapter.denoiser).make_scheduler
-            sampler = make_scheduler(adapter.scheduler) if make_scheduler is not None else adapter.scheduler
-            scheduler = type(sampler).from_config(sampler.config, timestep_spacing=args.timestep_spacing)
-
-        def restore(images):
-            return adapter.restore(images, num_inference_steps=args.steps, stride=args.stride, eta=args.eta,
-                                   generator=generator, patch_batch_size=args.patch_batch_size,
-                                   progress=not args.quiet, scheduler=scheduler, patch_size=args.patch_size)
-
-        if args.self_ensemble:
-            from .ensemble import dihedral_ensemble
-
-            restored = dihedral_ensemble(restore, y)
-        else:
-            restored = restore(y)
-        if low is not None:
-            from .consistency import project_to_low_resolution
-
-            restored = project_to_low_resolution(restored, low)
+        # The adapter's own restoration, with the options given on the command line (None: its defaults).
+        restored = adapter.restore(y, num_inference_steps=args.steps, generator=generator, stride=args.stride,
+                                   eta=args.eta, patch_size=args.patch_size, patch_batch_size=args.patch_batch_size,
+                                   timestep_spacing=args.timestep_spacing, self_ensemble=args.self_ensemble,
+                                   low_resolution=low, progress=not args.quiet)
         return ((restored[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy(), None
 
     audio, rate = read_audio(path)
     file_length = len(audio)
     audio, model_rate = _at_adapter_rate(adapter, path, audio, rate)
-    from .sampling import restoration_defaults
-
-    defaults = restoration_defaults(adapter.denoiser)  # e.g. CDiffuSE's 513 samples for its STFT
+    defaults = adapter.restoration_defaults()  # e.g. CDiffuSE's 513 samples for its STFT
     length = len(audio)
     padded_length = max(length, defaults.min_length)
     padded_length += (-padded_length) % defaults.length_multiple
@@ -151,8 +130,8 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
 
 def _at_adapter_rate(adapter, path: Path, audio: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
     """``audio`` resampled to the rate the adapter was trained at, as training resampled its data
-    (polyphase, :func:`restoregrad_adapter.data.speech.resample`), saying so; and that rate."""
-    model_rate = adapter.hub_config.get("sample_rate") or 16000
+    (polyphase, :func:`restoregrad_adapter.contrib.data.speech.resample`), saying so; and that rate."""
+    model_rate = adapter.config.sample_rate or 16000
     if rate == model_rate:
         return audio, rate
     from .contrib.data.speech import resample
@@ -435,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ref", required=True)
     evaluate.add_argument("--lpips-network", default=None,
                           help="package.module:function returning (feature_network, linear_weights) for LPIPS "
-                               "(restoregrad_adapter.metrics.lpips); images only")
+                               "(restoregrad_adapter.contrib.metrics.lpips); images only")
     evaluate.add_argument("--degraded", default=None,
                           help="a folder with the degraded inputs under the same names: their scores against the "
                                "references are shown beside the restored files' (columns '..._input')")

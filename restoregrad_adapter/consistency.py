@@ -33,7 +33,7 @@ from typing import Tuple
 import numpy as np
 import torch
 
-from restoregrad_adapter.patches import _check_image, _check_positive_int
+from restoregrad_adapter.checks import check_image, check_positive_int
 
 __all__ = ["bicubic_matrix", "bicubic_downsample_tensor", "bicubic_upsample_tensor",
            "low_resolution_from_condition", "check_low_resolution", "project_to_low_resolution"]
@@ -57,7 +57,7 @@ def bicubic_matrix(length_in: int, length_out: int) -> np.ndarray:
     is ``bicubic_matrix(H, h) @ image @ bicubic_matrix(W, w).T`` on each channel, up to float32 rounding
     and before the result is clipped to [0, 1]. Each row sums to 1 (a flat image stays flat).
     """
-    length_in, length_out = _check_positive_int("length_in", length_in), _check_positive_int("length_out", length_out)
+    length_in, length_out = check_positive_int("length_in", length_in), check_positive_int("length_out", length_out)
     return _bicubic_matrix(length_in, length_out).copy()
 
 
@@ -71,7 +71,7 @@ def _apply(images: torch.Tensor, rows: np.ndarray, columns: np.ndarray) -> torch
 def check_low_resolution(low: torch.Tensor, shape: Tuple[int, ...], name: str = "low") -> int:
     """The super-resolution scale between images of ``shape`` ``(B, C, H, W)`` and their low-resolution
     images ``low`` ``(B, C, H / s, W / s)``; a ValueError naming ``name`` where they do not match."""
-    _check_image(name, low)
+    check_image(name, low)
     if tuple(low.shape[:2]) != tuple(shape[:2]):
         raise ValueError(f"`{name}` {tuple(low.shape)} must share the batch and channel sizes of the images "
                          f"{tuple(shape)}.")
@@ -87,8 +87,8 @@ def check_low_resolution(low: torch.Tensor, shape: Tuple[int, ...], name: str = 
 def bicubic_downsample_tensor(images: torch.Tensor, scale: int) -> torch.Tensor:
     """``D(images)``: ``(B, C, H, W)`` shrunk by ``scale`` with :func:`bicubic_matrix` (not clipped;
     ``images``' dtype). Both ``H`` and ``W`` must be multiples of ``scale``."""
-    _check_image("images", images)
-    scale = _check_positive_int("scale", scale)
+    check_image("images", images)
+    scale = check_positive_int("scale", scale)
     height, width = images.shape[-2:]
     if height % scale or width % scale:
         raise ValueError(f"`images` of {height} x {width} pixels: both sides must be multiples of scale {scale}.")
@@ -98,8 +98,8 @@ def bicubic_downsample_tensor(images: torch.Tensor, scale: int) -> torch.Tensor:
 
 def bicubic_upsample_tensor(low: torch.Tensor, scale: int) -> torch.Tensor:
     """``U(low)``: ``(B, C, h, w)`` enlarged by ``scale`` with :func:`bicubic_matrix` (not clipped)."""
-    _check_image("low", low)
-    scale = _check_positive_int("scale", scale)
+    check_image("low", low)
+    scale = check_positive_int("scale", scale)
     height, width = low.shape[-2:]
     out = _apply(low, bicubic_matrix(height, height * scale), bicubic_matrix(width, width * scale))
     return out.to(low.dtype)
@@ -111,8 +111,8 @@ def low_resolution_from_condition(y: torch.Tensor, scale: int) -> torch.Tensor:
     ``y``: ``(B, C, H, W)`` with ``H`` and ``W`` multiples of ``scale``. Exact (to float rounding) when
     ``y`` is ``U(l)`` unclipped and uncropped; otherwise the ``l`` whose enlargement is nearest ``y``.
     """
-    _check_image("y", y)
-    scale = _check_positive_int("scale", scale)
+    check_image("y", y)
+    scale = check_positive_int("scale", scale)
     height, width = y.shape[-2:]
     if height % scale or width % scale:
         raise ValueError(f"`y` of {height} x {width} pixels: both sides must be multiples of scale {scale}.")
@@ -136,7 +136,7 @@ def project_to_low_resolution(images: torch.Tensor, low: torch.Tensor) -> torch.
     Returns:
         ``images``' shape and dtype; not clipped.
     """
-    _check_image("images", images)
+    check_image("images", images)
     scale = check_low_resolution(low, images.shape)
     height, width = images.shape[-2:]
     down_rows, down_columns = bicubic_matrix(height, height // scale), bicubic_matrix(width, width // scale)

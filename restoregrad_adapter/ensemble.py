@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from restoregrad_adapter.patches import _check_image
+from restoregrad_adapter.checks import check_image
 
 __all__ = ["DIHEDRAL", "dihedral", "undo_dihedral", "dihedral_ensemble"]
 
@@ -57,7 +57,7 @@ def dihedral_ensemble(restore: Callable[[torch.Tensor], torch.Tensor], y: torch.
     Returns:
         The averaged restoration, ``y``'s shape, float32.
     """
-    _check_image("y", y)
+    check_image("y", y, finite=False)  # values are the restoration's business
     total = torch.zeros(y.shape, dtype=torch.float64, device=y.device)
     for turns, mirror in DIHEDRAL:
         turned = dihedral(y, turns, mirror)

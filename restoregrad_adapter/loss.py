@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .scheduler import _check_std_values
+from .checks import check_finite_and_positive
 
 #: The denoising term's weightings: the paper's ELBO and two named deviations from it.
 WEIGHTINGS = ("elbo", "min_snr", "x0")
@@ -116,7 +116,6 @@ class RestoreGradLoss:
         *,
         learned_prior: bool = True,
         snr: torch.Tensor | None = None,
-        check_stds: bool = True,
     ) -> RestoreGradLossOutput:
         """Compute the loss.
 
@@ -130,8 +129,10 @@ class RestoreGradLoss:
             learned_prior: False for PriorGrad / standard DDPM, whose sigma is fixed: the loss is then
                 the sigma-weighted denoising term alone.
             snr: ``(B,)`` signal-to-noise ratios of the examples' steps; needed unless ``weighting="elbo"``.
-            check_stds: refuse standard deviations that are not finite and > 0 (one host
-                synchronisation); ``RestoreGrad.training_loss`` has checked them already.
+
+        The inputs are checked here (standard deviations finite and > 0: one host synchronisation);
+        :meth:`compute` is the same loss of inputs already checked (``RestoreGrad.training_loss``
+        checks a step's inputs once, together).
         """
         _check_float("eps_pred", eps_pred)
         _check_float("eps", eps)
@@ -152,16 +153,29 @@ class RestoreGradLoss:
             except RuntimeError:
                 raise ValueError(f"`{name}` of shape {tuple(std.shape)} does not broadcast to the signal's shape "
                                  f"{tuple(x0.shape)}.") from None
-        if check_stds:  # they divide the denoising and prior-matching terms
-            for name, std in (("prior_std", prior_std), ("posterior_std", posterior_std)):
-                if std is not None:
-                    _check_std_values(std, name)
         if self.weighting != "elbo" and (not isinstance(snr, torch.Tensor) or snr.shape != x0.shape[:1]):
             raise ValueError(f"weighting {self.weighting!r} needs `snr`, a tensor of shape ({x0.shape[0]},); got "
                              f"{tuple(snr.shape) if isinstance(snr, torch.Tensor) else snr!r}.")
         if learned_prior and alpha_bar_T is None:
             raise ValueError("`alpha_bar_T` is required when `learned_prior=True` (it weights the latent regulariser).")
+        # They divide the denoising and prior-matching terms.
+        check_finite_and_positive(positive={name: std for name, std in (("prior_std", prior_std),
+                                                                         ("posterior_std", posterior_std))
+                                            if std is not None})
+        return self.compute(eps_pred, eps, x0, prior_std, posterior_std, alpha_bar_T, learned_prior, snr)
 
+    def compute(
+        self,
+        eps_pred: torch.Tensor,
+        eps: torch.Tensor,
+        x0: torch.Tensor,
+        prior_std: torch.Tensor,
+        posterior_std: torch.Tensor | None = None,
+        alpha_bar_T: torch.Tensor | float | None = None,
+        learned_prior: bool = True,
+        snr: torch.Tensor | None = None,
+    ) -> RestoreGradLossOutput:
+        """The loss of inputs already checked (the arguments of ``__call__``; ``prior_std`` a tensor)."""
         device_type = x0.device.type
         with torch.autocast(device_type=device_type, enabled=False):
             eps_pred, eps, x0 = eps_pred.float(), eps.float(), x0.float()

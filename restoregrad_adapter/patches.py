@@ -13,22 +13,14 @@ mean for a given ``x_t``.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from restoregrad_adapter.checks import check_image, check_positive_int
+
 __all__ = ["PatchGrid", "averaged_patch_eps", "grid_positions", "overlap_counts", "reflect_pad_to"]
-
-
-def _check_positive_int(name: str, value, allow_none: bool = False):
-    """``value`` when it is a positive integer (or None, if allowed); else a ValueError naming ``name``."""
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer{' or None' if allow_none else ''}, got {value!r}.")
-    return int(value)  # np.int64 and the like, as diffusers accepts them
 
 
 def grid_positions(size: int, patch_size: int, stride: int) -> list[int]:
@@ -37,9 +29,9 @@ def grid_positions(size: int, patch_size: int, stride: int) -> list[int]:
     The grid ``0, r, 2r, ... <= size - p``, plus a last patch flush with the border, ``size - p``,
     whenever the grid stops short of it, so every pixel is covered.
     """
-    size = _check_positive_int("size", size)
-    p = _check_positive_int("patch_size", patch_size)
-    r = _check_positive_int("stride", stride)
+    size = check_positive_int("size", size)
+    p = check_positive_int("patch_size", patch_size)
+    r = check_positive_int("stride", stride)
     if size < p:
         raise ValueError(f"`size` = {size} is smaller than `patch_size` = {p}; pad the image first.")
     positions = list(range(0, size - p + 1, r))
@@ -98,7 +90,7 @@ class PatchGrid:
 
     def __post_init__(self):
         for name in ("patch_size", "stride", "patch_batch_size"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.stride > self.patch_size:
             raise ValueError(f"`stride` = {self.stride} exceeds `patch_size` = {self.patch_size}; the patches "
                              "would leave gaps.")
@@ -143,18 +135,6 @@ class PatchGrid:
         return (total / counts.to(total.dtype)).to(x_t.dtype)
 
 
-def _check_image(name: str, tensor) -> None:
-    """A ValueError naming ``name`` unless ``tensor`` is a finite floating ``(B, C, H, W)`` tensor."""
-    if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}.")
-    if tensor.ndim != 4:
-        raise ValueError(f"`{name}` must have shape (B, C, H, W), got {tuple(tensor.shape)}.")
-    if not tensor.is_floating_point():
-        raise ValueError(f"`{name}` must be a floating-point tensor, got {tensor.dtype}.")
-    if not torch.isfinite(tensor).all():
-        raise ValueError(f"`{name}` contains non-finite values (NaN or inf).")
-
-
 def averaged_patch_eps(
     denoiser,
     x_t: torch.Tensor,
@@ -177,8 +157,8 @@ def averaged_patch_eps(
     Returns:
         The averaged estimate, ``x_t``'s shape and dtype.
     """
-    _check_image("x_t", x_t)
-    _check_image("y", y)
+    check_image("x_t", x_t)
+    check_image("y", y)
     if x_t.shape[0] != y.shape[0] or x_t.shape[2:] != y.shape[2:]:
         raise ValueError(f"`x_t` {tuple(x_t.shape)} and `y` {tuple(y.shape)} must share batch and spatial sizes.")
     grid = PatchGrid(x_t.shape[-2], x_t.shape[-1], patch_size, stride, patch_batch_size)

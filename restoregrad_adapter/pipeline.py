@@ -38,9 +38,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from restoregrad_adapter.encoders import PriorNet
 from restoregrad_adapter.hub import CONFIG_NAME, PIPELINE_INDEX_NAME, integration_of, read_config
 from restoregrad_adapter.integrations import find_integration, registered_integrations
-from restoregrad_adapter.patches import _check_positive_int
+from restoregrad_adapter.checks import check_no_clipping, check_positive_int
 from restoregrad_adapter.sampling import restore
-from restoregrad_adapter.scheduler import LearnedPriorScheduler, _check_no_clipping
+from restoregrad_adapter.scheduler import LearnedPriorScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 _PIL_MODES = {1: "L", 3: "RGB"}
@@ -206,7 +206,7 @@ class RestoreGradPipeline(DiffusionPipeline):
             integration = integration_of(config)
             if integration is None or not integration.pipeline_compatible or config.get("denoiser_format") != "diffusers":
                 raise ValueError(
-                    f"{folder} holds a RestoreGrad adapter of the {config.get('integration')!r} integration whose "
+                    f"{folder} holds a RestoreGrad adapter of the {config['config'].get('integration') or 'custom'!r} integration whose "
                     f"denoiser ({config.get('denoiser_class')}, saved as {config.get('denoiser_format')}) is not a "
                     "diffusers model conditioned by channel concatenation; only those load as a RestoreGradPipeline. "
                     "Load it with RestoreGrad.from_pretrained and restore with adapter.restore or its integration's "
@@ -241,7 +241,7 @@ class RestoreGradPipeline(DiffusionPipeline):
             raise ValueError(f"`denoiser` gives {out_channels} output channels; the noise of {channels}-channel images "
                              f"has {channels}.")
         if not isinstance(self.scheduler, LearnedPriorScheduler):
-            _check_no_clipping(self.scheduler)  # clipping would act in whitened units
+            check_no_clipping(self.scheduler)  # clipping would act in whitened units
         return channels
 
     # ------------------------------------------------------------------ sampling
@@ -282,22 +282,30 @@ class RestoreGradPipeline(DiffusionPipeline):
             images equal ``RestoreGrad.restore(y, num_inference_steps, generator, scheduler=...)``
             clamped to [-1, 1], bit for bit.
         """
+        # 1. Check the inputs (once: the loop below trusts them).
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}.")
-        _check_positive_int("num_inference_steps", num_inference_steps)
+        check_positive_int("num_inference_steps", num_inference_steps)
         channels = self._check_components()
-        scheduler = self.scheduler
-        device = self._execution_device
-        y = preprocess(degraded, channels).to(device)
+
+        # 2. Preprocess: images as a (B, C, H, W) tensor in [-1, 1].
+        y = preprocess(degraded, channels).to(self._execution_device)
+
+        # 3. The denoiser eps(x_t, y, t) and its restoration defaults (patches of the UNet's sample_size).
+        denoiser = _pipeline_integration().wrap(self.denoiser)
+        defaults = denoiser.restoration_defaults()
 
         def prior(image: torch.Tensor) -> torch.Tensor:  # one sigma map for the whole (padded) image
             return self.prior_net(image.to(self.prior_net.dtype)).float()
 
+        # 4. Reverse diffusion from the learned prior: x_T = sigma * z, then the scheduler's steps.
         show_progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
-        x = restore(_pipeline_integration().wrap(self.denoiser), y, prior, scheduler,
-                    num_inference_steps=num_inference_steps, eta=eta, generator=generator, patch_size=patch_size,
+        x = restore(denoiser, y, prior, self.scheduler, num_inference_steps=num_inference_steps, eta=eta,
+                    generator=generator, patch_size=patch_size if patch_size is not None else defaults.patch_size,
                     stride=stride, patch_batch_size=patch_batch_size, progress=show_progress,
                     residual=self.config.residual)
+
+        # 5. Postprocess.
         images = postprocess(x, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

@@ -12,43 +12,38 @@ runs :func:`restore`, which runs :func:`sample`. Only two things vary:
   overlapping patches (:mod:`restoregrad_adapter.patches`) for images larger than the
   denoiser's patch.
 
-Defaults come from the denoiser's integration (:func:`restoration_defaults`), so every entry
-point restores the same adapter the same way:
+Its settings are explicit: the adapter resolves its defaults first
+(:meth:`RestoreGrad.restoration_defaults`, from the denoiser's wrapper, a :class:`RestorationDefaults`)
+and passes them in. Nothing here looks an integration up.
 
-==========================  ==========================================================================
-setting                     default
-==========================  ==========================================================================
-scheduler                   the integration's sampler (e.g. WeatherDiff's DDIM), else the adapter's own
-num_inference_steps         the integration's (diffusers, WeatherDiff: 10), else every training step
-inference_betas             the integration's (CDiffuSE: the 6-step fast schedule), else none
-patch_size                  the integration's (WeatherDiff: its patch; diffusers: ``sample_size``), else none
-stride                      ``patch_size // 4`` (WeatherDiff's 16 for 64-pixel patches)
-patch_batch_size            64 patches per denoiser call
-eta                         0 (DDIM-type schedulers only)
-==========================  ==========================================================================
+It checks only what it alone consumes (the step settings, the sampler, the prior's values once per
+restoration); the signal itself was checked by the entry point that called it.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
 
-from restoregrad_adapter.patches import PatchGrid, _check_positive_int, reflect_pad_to
-from restoregrad_adapter.scheduler import (_check_no_clipping, check_prior_std, scale_model_input_whitened,
-                                           whitened_initial_sample, whitened_step)
+from restoregrad_adapter.checks import (check_no_clipping, check_number, check_positive_int, check_std,
+                                        check_std_shape)
+from restoregrad_adapter.patches import PatchGrid, reflect_pad_to
+from restoregrad_adapter.scheduler import scale_model_input_whitened, whitened_initial_sample, whitened_step
 
-__all__ = ["RestorationDefaults", "restoration_defaults", "restore", "sample", "check_sampling_scheduler"]
+__all__ = ["RestorationDefaults", "TIMESTEP_SPACINGS", "restore", "sample", "check_sampling_scheduler"]
+
+#: diffusers' spacings of inference timesteps.
+TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 
 NoiseEstimate = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class RestorationDefaults:
-    """How an integration's denoiser restores by default (see the module docstring).
+    """How a denoiser restores by default: what its wrapper's ``restoration_defaults()`` returns.
 
     Args:
         num_inference_steps: reverse steps; None runs every training step.
@@ -63,6 +58,8 @@ class RestorationDefaults:
             STFT); the command line zero-pads shorter ones and crops the result.
         make_scheduler: ``training_scheduler -> scheduler``: the integration's own sampler (its
             timesteps are set by the loop); None samples with the training scheduler.
+        value_range: the range of signal values the denoiser was trained on (WeatherDiff: [-1, 1]);
+            ``restore`` refuses inputs outside it.
     """
 
     num_inference_steps: int | None = None
@@ -73,14 +70,13 @@ class RestorationDefaults:
     length_multiple: int = 1
     min_length: int = 1
     make_scheduler: Callable | None = None
+    value_range: tuple[float, float] | None = None
 
-
-def restoration_defaults(denoiser) -> RestorationDefaults:
-    """The defaults of the integration ``denoiser`` belongs to (plain defaults for a denoiser of your own)."""
-    from restoregrad_adapter.integrations import find_integration
-
-    integration = find_integration(denoiser)
-    return integration.restoration_defaults(denoiser) if integration is not None else RestorationDefaults()
+    def sampling_kwargs(self, training_scheduler) -> dict:
+        """These defaults as the keyword arguments of :func:`restore`."""
+        return dict(scheduler=None if self.make_scheduler is None else self.make_scheduler(training_scheduler),
+                    num_inference_steps=self.num_inference_steps, inference_betas=self.inference_betas,
+                    patch_size=self.patch_size, patch_batch_size=self.patch_batch_size, pad_to_patch=self.pad_to_patch)
 
 
 def _takes_prior(scheduler) -> bool:
@@ -100,7 +96,7 @@ def check_sampling_scheduler(scheduler, training_scheduler) -> None:
     if scheduler is training_scheduler:
         return
     if not _takes_prior(scheduler):
-        _check_no_clipping(scheduler)
+        check_no_clipping(scheduler)
     theirs = getattr(scheduler, "alphas_cumprod", None)
     ours = training_scheduler.alphas_cumprod
     if theirs is None or theirs.shape != ours.shape or not torch.allclose(theirs.double().cpu(), ours.double().cpu(),
@@ -115,14 +111,13 @@ def check_sampling_scheduler(scheduler, training_scheduler) -> None:
 
 
 def _step_kwargs(scheduler, eta: float, generator) -> dict:
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not 0 <= eta < math.inf:
-        raise ValueError(f"`eta` must be a finite number >= 0, got {eta!r}.")
+    eta = check_number("eta", eta, minimum=0)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"`generator` must be a torch.Generator or None, got {type(generator).__name__}.")
     parameters = inspect.signature(scheduler.step).parameters
     kwargs = {}
     if "eta" in parameters:
-        kwargs["eta"] = float(eta)
+        kwargs["eta"] = eta
     elif eta != 0:
         raise ValueError(f"`eta` = {eta} applies to DDIM-type schedulers; {type(scheduler).__name__}.step takes none.")
     if "generator" in parameters:
@@ -157,19 +152,21 @@ def sample(
     Returns:
         The sample after the last step (``prior_std``'s shape and dtype).
     """
-    check_prior_std(prior_std, prior_std)
+    check_std_shape("prior_std", prior_std, prior_std)
+    check_std("prior_std", prior_std)
     return _run_chain(noise_estimate, prior_std, scheduler, generator, eta, condition, progress, callback)
 
 
 def _run_chain(noise_estimate, prior_std, scheduler, generator, eta, condition, progress, callback) -> torch.Tensor:
-    """:func:`sample` for a ``prior_std`` already checked (once per restoration, not per step)."""
+    """:func:`sample` for a ``prior_std`` already checked: once per restoration, so that no step makes a
+    host synchronisation for it (``validate_args=False``)."""
     own = _takes_prior(scheduler)
     conditional = {"condition": condition} if own and getattr(scheduler, "needs_condition", False) else {}
     step_kwargs = _step_kwargs(scheduler, eta, generator)
     if own:
-        x = scheduler.sample_prior(prior_std, generator=generator, **conditional)
+        x = scheduler.sample_prior(prior_std, generator=generator, validate_args=False, **conditional)
     else:
-        x = whitened_initial_sample(scheduler, prior_std, generator=generator)
+        x = whitened_initial_sample(scheduler, prior_std, generator=generator, validate_args=False)
     timesteps = scheduler.timesteps
     remaining = len(timesteps)
     if callback is not None:
@@ -181,10 +178,12 @@ def _run_chain(noise_estimate, prior_std, scheduler, generator, eta, condition, 
     for t in timesteps:
         if own:
             output = noise_estimate(x, t)
-            x = scheduler.step(output, t, x, prior_std=prior_std, **conditional, **step_kwargs).prev_sample
+            x = scheduler.step(output, t, x, prior_std=prior_std, validate_args=False, **conditional,
+                               **step_kwargs).prev_sample
         else:
-            output = noise_estimate(scale_model_input_whitened(scheduler, x, t, prior_std), t)
-            x = whitened_step(scheduler, output.float(), t, x, prior_std, **step_kwargs).prev_sample
+            output = noise_estimate(scale_model_input_whitened(scheduler, x, t, prior_std, validate_args=False), t)
+            x = whitened_step(scheduler, output.float(), t, x, prior_std, validate_args=False,
+                              **step_kwargs).prev_sample
         remaining -= 1
         if callback is not None:
             callback(remaining, x)
@@ -244,14 +243,16 @@ def restore(
     generator: torch.Generator | None = None,
     patch_size: int | None = None,
     stride: int | None = None,
-    patch_batch_size: int | None = None,
+    patch_batch_size: int = 64,
+    pad_to_patch: bool = False,
     progress: bool = False,
     callback: Callable[[int, torch.Tensor], None] | None = None,
     residual: bool = False,
 ) -> torch.Tensor:
     """Restore ``y`` with ``denoiser`` from the learned prior ``prior(y)`` (paper Algorithm 2).
 
-    Settings left at None take the denoiser's integration defaults (module docstring).
+    Every setting is explicit (an adapter passes its :class:`RestorationDefaults`); ``y`` is trusted to
+    be a finite floating ``(B, C, *spatial)`` tensor (the caller's entry point checked it).
 
     Args:
         denoiser: ``eps(x_t, y, t)`` (a wrapper from :mod:`restoregrad_adapter.integrations`, or your own).
@@ -259,15 +260,18 @@ def restore(
         prior: ``y -> sigma_prior`` of ``y``'s shape (e.g. ``adapter.prior_std``).
         training_scheduler: the scheduler the denoiser was trained with (a ``LearnedPriorScheduler``).
         scheduler: the sampler: a learned-prior scheduler, or any diffusers scheduler with the same
-            training schedule and prediction type (whitened; clipping and thresholding off).
-        num_inference_steps: reverse steps S (spaced by the scheduler's ``timestep_spacing``).
+            training schedule and prediction type (whitened; clipping and thresholding off); None
+            samples with ``training_scheduler``.
+        num_inference_steps: reverse steps S (spaced by the scheduler's ``timestep_spacing``); with
+            neither this nor ``inference_betas``, every training step.
         inference_betas: a fast-sampling schedule (e.g. ``FAST_INFERENCE_BETAS_6``), instead of S;
             only with a learned-prior scheduler that supports it.
         eta: DDIM's eta (0: deterministic steps); other schedulers take none.
         generator: source of ``x_T`` and of every step's fresh noise.
         patch_size, stride, patch_batch_size: restore images larger than ``patch_size`` from
-            overlapping patches (:mod:`restoregrad_adapter.patches`); the prior is one sigma map for
-            the whole (padded) image.
+            overlapping patches (:mod:`restoregrad_adapter.patches`; stride default ``patch_size // 4``);
+            the prior is one sigma map for the whole (padded) image.
+        pad_to_patch: the denoiser takes exactly ``patch_size`` patches: smaller images are padded.
         progress: show a progress bar.
         callback: see :func:`sample`.
         residual: the denoiser was trained on the residual ``r0 = x0 - y``: the chain samples
@@ -276,19 +280,12 @@ def restore(
     Returns:
         The restored signal, ``y``'s shape, in ``y``'s precision (at least float32).
     """
-    defaults = restoration_defaults(denoiser)
     for name, value in (("num_inference_steps", num_inference_steps), ("patch_size", patch_size),
-                        ("stride", stride), ("patch_batch_size", patch_batch_size)):
-        _check_positive_int(name, value, allow_none=True)
-    if not isinstance(y, torch.Tensor) or not y.is_floating_point() or y.ndim < 3:
-        got = f"{y.dtype} of shape {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ValueError(f"`y` must be a floating-point tensor of shape (B, C, *spatial), got {got}.")
+                        ("stride", stride)):
+        check_positive_int(name, value, allow_none=True)
+    check_positive_int("patch_batch_size", patch_batch_size)
     if num_inference_steps is not None and inference_betas is not None:
         raise ValueError("Pass only one of `num_inference_steps` or `inference_betas`.")
-    if num_inference_steps is None and inference_betas is None:
-        num_inference_steps, inference_betas = defaults.num_inference_steps, defaults.inference_betas
-    patch_size = patch_size if patch_size is not None else defaults.patch_size
-    patch_batch_size = patch_batch_size if patch_batch_size is not None else defaults.patch_batch_size
     if stride is not None and patch_size is not None and stride > patch_size:
         raise ValueError(f"`stride` = {stride} exceeds `patch_size` = {patch_size}; the patches would leave gaps.")
 
@@ -299,7 +296,7 @@ def restore(
     if inference_betas is None and num_inference_steps is None:
         num_inference_steps = T
     if scheduler is None:
-        scheduler = training_scheduler if defaults.make_scheduler is None else defaults.make_scheduler(training_scheduler)
+        scheduler = training_scheduler
     check_sampling_scheduler(scheduler, training_scheduler)
     if inference_betas is not None:
         if "inference_betas" not in inspect.signature(scheduler.set_timesteps).parameters:
@@ -315,7 +312,7 @@ def restore(
     y = y.to(dtype)
     spatial = tuple(y.shape[2:])
     patched = y.ndim == 4 and patch_size is not None and (
-        defaults.pad_to_patch or spatial[0] > patch_size or spatial[1] > patch_size)
+        pad_to_patch or spatial[0] > patch_size or spatial[1] > patch_size)
     if patched:
         y = reflect_pad_to(y, patch_size)
         grid = PatchGrid(y.shape[-2], y.shape[-1], patch_size, stride if stride is not None else max(1, patch_size // 4),
@@ -325,7 +322,8 @@ def restore(
         noise_estimate = _whole_signal_estimate(model, y)
 
     sigma = prior(y.float())  # one prior for the whole (padded) signal; the encoders run in float32
-    check_prior_std(sigma, y, name="the prior std")
+    check_std_shape("the prior std", sigma, y)
+    check_std("the prior std", sigma)  # once per restoration: the steps then make no host synchronisation for it
     sigma = sigma.expand(y.shape).to(dtype)  # still valid: a cast to at least float32 keeps finite positive values
     x = _run_chain(noise_estimate, sigma, scheduler, generator, eta, y, progress, callback)
     if residual:

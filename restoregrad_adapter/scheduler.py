@@ -798,18 +798,3 @@ __all__ = [
     "scale_model_input_whitened",
 ]
 
-
-# Temporary names, removed once every caller uses restoregrad_adapter.checks
-def check_prior_std(prior_std: torch.Tensor, sample: torch.Tensor, name: str = "prior_std") -> None:
-    """``check_std_shape(name, prior_std, sample)`` and ``check_std(name, prior_std)``."""
-    check_std_shape(name, prior_std, sample)
-    check_std(name, prior_std)
-
-
-def _check_std_values(std: torch.Tensor, name: str) -> bool:
-    """``check_std(name, std)``; True."""
-    check_std(name, std)
-    return True
-
-
-_check_no_clipping = check_no_clipping

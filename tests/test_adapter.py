@@ -267,13 +267,14 @@ def test_bad_inputs_raise_value_errors_naming_the_argument():
     with pytest.raises(ValueError, match="noise"):
         adapter.training_loss(x0, y, noise=torch.randn(2, 1, 10))
     with pytest.raises(ValueError, match="posterior_net"):
-        RestoreGrad(TinyConvDenoiser(), PriorNet(dims=1, in_channels=1), None, mode="restoregrad").training_loss(x0, y)
+        RestoreGrad(TinyConvDenoiser(), prior_net=PriorNet(dims=1, in_channels=1), mode="restoregrad").training_loss(x0, y)
     with pytest.raises(ValueError, match="prior_net"):
-        RestoreGrad(TinyConvDenoiser(), None, None, mode="restoregrad_no_posterior")
+        RestoreGrad(TinyConvDenoiser(), mode="restoregrad_no_posterior")
     with pytest.raises(ValueError, match="denoiser"):
         RestoreGrad("not a model", mode="ddpm")
     with pytest.raises(ValueError, match="residual"):
         RestoreGrad(TinyConvDenoiser(), mode="ddpm", residual="yes")
     with pytest.raises(ValueError, match="prior_std"):
         LearnedPriorScheduler().step(x0, 3, x0, prior_std=-torch.ones_like(x0))
-    assert RestoreGrad(TinyConvDenoiser(), PriorNet(dims=1, in_channels=1), PosteriorNet(dims=1, in_channels=1))
+    assert RestoreGrad(TinyConvDenoiser(), prior_net=PriorNet(dims=1, in_channels=1),
+                       posterior_net=PosteriorNet(dims=1, in_channels=1))

@@ -89,7 +89,10 @@ ADAPTER_CASES = [
     ("negative eta", lambda a: a.restore(Y, num_inference_steps=2, eta=-1.0), "`eta` must be a finite number"),
     ("eta for DDPM", lambda a: a.restore(Y, num_inference_steps=2, eta=0.5), "DDIM-type schedulers"),
     ("generator of another kind", lambda a: a.restore(Y, num_inference_steps=2, generator=3), "torch.Generator"),
-    ("stride above patch", lambda a: a.restore(torch.zeros(1, 1, 8, 8), patch_size=4, stride=5), "exceeds"),
+    ("stride above patch", lambda a: RestoreGrad.with_encoders(
+        lambda x_t, y, t: 0 * x_t, dims=2, in_channels=1, size="tiny", scheduler=LearnedPriorScheduler(
+            num_train_timesteps=T)).restore(torch.zeros(1, 1, 8, 8), patch_size=4, stride=5), "exceeds"),
+    ("an image for a waveform adapter", lambda a: a.restore(torch.zeros(1, 1, 8, 8)), r"shape \(B, C, L\)"),
     ("stride 0", lambda a: a.restore(Y, num_inference_steps=2, stride=0), "`stride` must be a positive integer"),
     ("scheduler of another schedule", lambda a: a.restore(Y, num_inference_steps=2, scheduler=DDIMScheduler(
         num_train_timesteps=T, beta_end=0.03, clip_sample=False)), "training schedule"),
@@ -235,6 +238,11 @@ def snapshot(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def with_config(**changes):
+    """A ``restoregrad_config.json`` edit that changes fields of its ``"config"``."""
+    return lambda c: {**c, "config": {**c["config"], **changes}}
+
+
 def break_config(edit):
     def apply(folder):
         config = json.loads((folder / "restoregrad_config.json").read_text())
@@ -251,12 +259,14 @@ FOLDER_CASES = [
     ("config from a newer format", break_config(lambda c: {**c, "format_version": 99}), "Upgrade"),
     ("config without denoiser_format", break_config(lambda c: {k: v for k, v in c.items() if k != "denoiser_format"}),
      "`denoiser_format`"),
-    ("config with an unknown integration", break_config(lambda c: {**c, "integration": "nowhere"}), "nowhere"),
-    ("integration_kwargs a list", break_config(lambda c: {**c, "integration": "weatherdiff",
-                                                          "integration_kwargs": [64]}), "integration_kwargs"),
-    ("integration_kwargs the wrapper does not take", break_config(lambda c: {
-        **c, "integration": "cdiffuse", "integration_kwargs": {"hop": 128}, "signal_kind": "waveform"}),
+    ("config with an unknown integration", break_config(with_config(integration="nowhere")), "nowhere"),
+    ("integration_kwargs a list", break_config(with_config(integration="weatherdiff", integration_kwargs=[64])),
+     "integration_kwargs"),
+    ("integration_kwargs the wrapper does not take", break_config(with_config(
+        integration="cdiffuse", integration_kwargs={"hop": 128})),
      "do not fit the 'cdiffuse' integration's wrapper"),
+    ("config with an unknown field", break_config(with_config(noise_level=3)), "unknown RestoreGradConfig fields"),
+    ("config with a bad mode", break_config(with_config(mode="gan")), "`mode` must be one of"),
     ("prior weights missing", lambda f: (f / "prior_net" / "diffusion_pytorch_model.safetensors").unlink(),
      "missing, truncated or corrupted"),
     ("prior weights truncated", lambda f: (f / "prior_net" / "diffusion_pytorch_model.safetensors").write_bytes(

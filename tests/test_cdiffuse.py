@@ -39,6 +39,11 @@ def one_thread():
 SCHEDULES = {"full": None, "fast6": FAST_INFERENCE_BETAS_6, "fast3": FAST_INFERENCE_BETAS_3}
 
 
+def schedule_option(name):
+    """``restore``'s ``inference_betas`` for a schedule of :data:`SCHEDULES` ("all": every training step)."""
+    return "all" if SCHEDULES[name] is None else SCHEDULES[name]
+
+
 def tiny_diffwave(seed=0):
     torch.manual_seed(seed)
     return DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32)
@@ -357,7 +362,7 @@ def test_oracle_chain_walks_the_forward_marginals_and_ends_at_x0(name):
         assert ((x[:, 0].mean(0) - mean).abs() / (variance / n).sqrt()).max() < 5, t
         assert ((x[:, 0].var(0) / variance - 1).abs() / math.sqrt(2 / (n - 1))).max() < 5, t
 
-    out = adapter.restore(y.expand(n, 1, L), inference_betas=SCHEDULES[name],
+    out = adapter.restore(y.expand(n, 1, L), inference_betas=schedule_option(name),
                           generator=torch.Generator().manual_seed(6), callback=check)
     N = len(schedule)
     assert seen == list(range(N, -1, -1))
@@ -376,7 +381,7 @@ def test_restore_options_initial_mix_and_clamp():
     torch.testing.assert_close(mixed, 0.8 * plain + 0.2 * y)
     torch.testing.assert_close(adapter.restore(y, generator=torch.Generator().manual_seed(0), mix_noisy=0.5),
                                0.5 * plain + 0.5 * y)
-    adapter.restore(y, FAST_INFERENCE_BETAS_3, initial="noisy", callback=lambda t, x: starts.append((t, x.clone())))
+    adapter.restore(y, inference_betas=FAST_INFERENCE_BETAS_3, initial="noisy", callback=lambda t, x: starts.append((t, x.clone())))
     # the chain runs on the whole utterance's frames: y zero-padded to 256 (1 + L // 256) samples
     assert starts[0][0] == 3 and torch.equal(starts[0][1], torch.nn.functional.pad(y, (0, 256)))
     loud = adapter.restore(4 * y, generator=torch.Generator().manual_seed(0), clamp=True)
@@ -670,7 +675,7 @@ def test_restore_reproduces_the_released_inference_on_whole_utterances_and_batch
     adapter = CDiffuSERestoreGrad.from_model(model, size="tiny", mode="ddpm")
     y = loud_utterances(3, length, seed=2)
     padded_length = cdiffuse.utterance_length(length)
-    restored = adapter.restore(y, SCHEDULES[name], generator=torch.Generator().manual_seed(3),
+    restored = adapter.restore(y, inference_betas=schedule_option(name), generator=torch.Generator().manual_seed(3),
                                **cdiffuse.RELEASED_INFERENCE)
     g = torch.Generator().manual_seed(3)  # the adapter's draws: one (B, 1, L_pad) noise per noisy step
     noises = [torch.randn(3, 1, padded_length, generator=g) for _ in range(len(betas) - 1)]
@@ -681,7 +686,7 @@ def test_restore_reproduces_the_released_inference_on_whole_utterances_and_batch
         torch.testing.assert_close(restored[i, 0], expected, rtol=1e-5, atol=1e-5)
         assert x0_peak > 1.0  # the final clip acts after the blend, not on x0
     assert (restored.abs() == 1.0).any()  # the clips are exercised
-    one = adapter.restore(y[1:2], SCHEDULES[name], generator=torch.Generator().manual_seed(3),
+    one = adapter.restore(y[1:2], inference_betas=schedule_option(name), generator=torch.Generator().manual_seed(3),
                           **cdiffuse.RELEASED_INFERENCE)
     assert one.shape == (1, 1, length)
 
@@ -718,7 +723,7 @@ def test_an_adapters_restoration_settings_are_its_defaults_and_are_saved(tmp_pat
     assert adapter.restoration["mix_noisy"] == 0.2
     y = loud_utterances(1, 2000, seed=6)
     own = adapter.restore(y, generator=torch.Generator().manual_seed(0))
-    explicit = adapter.restore(y, FAST_INFERENCE_BETAS_3, generator=torch.Generator().manual_seed(0),
+    explicit = adapter.restore(y, inference_betas=FAST_INFERENCE_BETAS_3, generator=torch.Generator().manual_seed(0),
                                **cdiffuse.RELEASED_INFERENCE)
     assert torch.equal(own, explicit)
     plain = CDiffuSERestoreGrad.from_model(adapter.denoiser, size="tiny", mode="ddpm")
@@ -727,7 +732,7 @@ def test_an_adapters_restoration_settings_are_its_defaults_and_are_saved(tmp_pat
     # an argument given wins over the adapter's setting
     assert torch.equal(adapter.restore(y, generator=torch.Generator().manual_seed(0), mix_noisy=False, clamp=False,
                                        initial="prior"),
-                       plain.restore(y, FAST_INFERENCE_BETAS_3, generator=torch.Generator().manual_seed(0)))
+                       plain.restore(y, inference_betas=FAST_INFERENCE_BETAS_3, generator=torch.Generator().manual_seed(0)))
     folder = adapter.save_pretrained(tmp_path / "speech")
     loaded = CDiffuSERestoreGrad.from_pretrained(folder, denoiser=ReleasedSignatureNet(seed=1))
     assert loaded.restoration == adapter.restoration

@@ -48,8 +48,11 @@ def test_diffusers_adapter_round_trip_is_bit_identical(tmp_path):
     assert (folder / "scheduler" / "scheduler_config.json").is_file()
     assert (folder / "denoiser" / "diffusion_pytorch_model.safetensors").is_file()
     config = json.loads((folder / CONFIG_NAME).read_text())
-    assert config["integration"] == "diffusers" and config["signal_kind"] == "image" and config["channels"] == 3
-    assert config["base_model"] == "org/unconditional" and config["base_model_revision"] == "abc123"
+    assert config["format_version"] == 2 and config["config"] == adapter.config.to_dict()
+    assert config["config"]["integration"] == "diffusers" and config["config"]["encoder"]["dims"] == 2
+    assert config["config"]["encoder"]["in_channels"] == 3
+    assert config["metadata"]["base_model"] == "org/unconditional"
+    assert config["metadata"]["base_model_revision"] == "abc123"
     card = (folder / "README.md").read_text()
     assert "library_name: restoregrad_adapter" in card and "base_model: org/unconditional" in card
     assert "psnr_y" in card and "from_pretrained" in card
@@ -120,7 +123,7 @@ def test_weatherdiff_and_cdiffuse_adapters_round_trip(tmp_path):
     speech = randomise(cdiffuse.CDiffuSERestoreGrad.from_model(model, size="tiny"))
     folder = speech.save_pretrained(tmp_path / "s", sample_rate=16000)
     loaded = RestoreGrad.from_pretrained(folder)
-    assert type(loaded) is cdiffuse.CDiffuSERestoreGrad and loaded.hub_config["sample_rate"] == 16000
+    assert type(loaded) is cdiffuse.CDiffuSERestoreGrad and loaded.config.sample_rate == 16000
     noisy = torch.randn(1, 1, 1024) * 0.1
     a = speech.restore(noisy, generator=torch.Generator().manual_seed(0))
     b = loaded.restore(noisy, generator=torch.Generator().manual_seed(0))

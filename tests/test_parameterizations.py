@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from restoregrad_adapter import MODES, LearnedPriorScheduler, PosteriorNet, PriorNet, RestoreGrad, RestoreGradLoss
-from restoregrad_adapter import RestoreGradPipeline, sampling
+from restoregrad_adapter import RestoreGradConfig, RestoreGradPipeline, sampling
 from restoregrad_adapter.integrations.diffusers import wrap as wrap_diffusers
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -60,8 +60,10 @@ def adapter_for(kind, mode, residual=False, weighting="elbo"):
     prior, posterior = PriorNet(dims=1, in_channels=1, size="tiny"), PosteriorNet(dims=1, in_channels=1, size="tiny")
     for net in (prior, posterior):
         torch.nn.init.normal_(net.encoder.head.weight, std=0.05)
-    return RestoreGrad(NoiseFunction(scheduler, kind), prior, posterior, scheduler=scheduler, mode=mode,
-                       residual=residual, loss=RestoreGradLoss(0.1, 0.5, weighting=weighting))
+    config = RestoreGradConfig(mode=mode, prediction_type=kind, residual=residual, latent_weight=0.1,
+                               prior_matching_weight=0.5, weighting=weighting)
+    return RestoreGrad(NoiseFunction(scheduler, kind), config, prior_net=prior, posterior_net=posterior,
+                       scheduler=scheduler)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -135,8 +137,8 @@ def test_every_sampler_honours_the_prediction_type_and_the_residual(kind, residu
     target = x0 - y if residual else x0
     prior = PriorNet(dims=1, in_channels=1, size="tiny")
     torch.nn.init.normal_(prior.encoder.head.weight, std=0.05)
-    adapter = RestoreGrad(Oracle(scheduler, kind, target, y), prior, scheduler=scheduler,
-                          mode="restoregrad_no_posterior", residual=residual).eval()
+    adapter = RestoreGrad(Oracle(scheduler, kind, target, y), prior_net=prior, scheduler=scheduler,
+                          mode="restoregrad_no_posterior", prediction_type=kind, residual=residual).eval()
     samplers = {
         "own": None,
         "ddim": DDIMScheduler.from_config(scheduler.config, clip_sample=False),
@@ -192,8 +194,9 @@ def test_cdiffuse_trains_and_samples_every_prediction_type_through_its_combined_
         prior, posterior = PriorNet(dims=1, in_channels=1, size="tiny"), PosteriorNet(dims=1, in_channels=1, size="tiny")
         for net in (prior, posterior):
             torch.nn.init.normal_(net.encoder.head.weight, std=0.05)
-        return CDiffuSERestoreGrad(NoiseFunction(schedule, prediction_type), prior, posterior, scheduler=schedule,
-                                   loss=RestoreGradLoss(0.1, 0.5)).eval()
+        config = RestoreGradConfig(prediction_type=prediction_type, latent_weight=0.1, prior_matching_weight=0.5)
+        return CDiffuSERestoreGrad(NoiseFunction(schedule, prediction_type), config, prior_net=prior,
+                                   posterior_net=posterior, scheduler=schedule).eval()
 
     x0, y = pairs()
     t = torch.tensor([0, 21, 49])
@@ -205,8 +208,8 @@ def test_cdiffuse_trains_and_samples_every_prediction_type_through_its_combined_
         torch.testing.assert_close(getattr(out, term), getattr(expected, term), rtol=1e-5, atol=1e-6)
     # Full sampling evaluates the model at the integer training steps, where NoiseFunction's
     # conversion and the reverse step's use the same abar: the chains agree step by step.
-    torch.testing.assert_close(converted.restore(y, inference_betas=None, generator=seeded()),
-                               reference.restore(y, inference_betas=None, generator=seeded()), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(converted.restore(y, inference_betas="all", generator=seeded()),
+                               reference.restore(y, inference_betas="all", generator=seeded()), rtol=1e-4, atol=1e-5)
 
 
 def test_cdiffuse_refuses_residual_diffusion():

@@ -258,7 +258,7 @@ def test_a_pipeline_built_from_components_restores_grayscale_images():
     scheduler = LearnedPriorScheduler(num_train_timesteps=50)
     pipe = RestoreGradPipeline(denoiser=unet, prior_net=prior, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
-    adapter = RestoreGrad(wrap_diffusers(unet), prior, scheduler=scheduler, mode="restoregrad_no_posterior")
+    adapter = RestoreGrad(wrap_diffusers(unet), prior_net=prior, scheduler=scheduler, mode="restoregrad_no_posterior")
     pixels = images(1)[..., :1]
     y = as_tensor(pixels)
     expected = adapter.restore(y, num_inference_steps=5, generator=seeded()).clamp(-1, 1)
@@ -279,6 +279,7 @@ def test_a_pipeline_built_from_components_restores_grayscale_images():
     v = LearnedPriorScheduler(num_train_timesteps=50, prediction_type="v_prediction")
     v_pipe = RestoreGradPipeline(denoiser=unet, prior_net=prior, scheduler=v)
     v_pipe.set_progress_bar_config(disable=True)
-    v_adapter = RestoreGrad(wrap_diffusers(unet), prior, scheduler=v, mode="restoregrad_no_posterior")
+    v_adapter = RestoreGrad(wrap_diffusers(unet), prior_net=prior, scheduler=v, mode="restoregrad_no_posterior",
+                            prediction_type="v_prediction")
     assert torch.equal(v_pipe(y, num_inference_steps=5, generator=seeded(), output_type="pt").images,
                        v_adapter.restore(y, num_inference_steps=5, generator=seeded()).clamp(-1, 1))

@@ -68,7 +68,9 @@ def test_weatherdiff_adapter_restores_identically_through_every_entry_point(tmp_
     pixels = write_png(tmp_path / "rain.png", 23, 37)
     y = as_tensor(pixels)
 
-    through_loop = sampling.restore(adapter.denoiser, y, adapter.prior_std, adapter.scheduler, generator=seeded())
+    defaults = adapter.restoration_defaults().sampling_kwargs(adapter.scheduler)  # the wrapper's, passed explicitly
+    through_loop = sampling.restore(adapter.denoiser, y, adapter.prior_std, adapter.scheduler, generator=seeded(),
+                                    **defaults)
     through_adapter = adapter.restore(y, generator=seeded())
     through_restore_image = weatherdiff.restore_image(adapter, y, patch_size=16, stride=4, generator=seeded(),
                                                       progress=False)
@@ -99,7 +101,9 @@ def test_diffusers_adapter_restores_identically_through_every_entry_point(tmp_pa
     pixels = write_png(tmp_path / "snow.png", 20, 28, seed=3)  # larger than the UNet's 16: overlapping patches
     y = as_tensor(pixels)
 
-    through_loop = sampling.restore(adapter.denoiser, y, adapter.prior_std, adapter.scheduler, generator=seeded())
+    defaults = adapter.restoration_defaults().sampling_kwargs(adapter.scheduler)  # the wrapper's, passed explicitly
+    through_loop = sampling.restore(adapter.denoiser, y, adapter.prior_std, adapter.scheduler, generator=seeded(),
+                                    **defaults)
     assert torch.equal(adapter.restore(y, generator=seeded()), through_loop)
     folder = adapter.save_pretrained(tmp_path / "adapter")
     pipe = RestoreGradPipeline.from_pretrained(folder)
@@ -123,10 +127,12 @@ def test_cdiffuse_adapter_restores_identically_through_every_entry_point(tmp_pat
     soundfile.write(tmp_path / "noisy.wav", audio, 16000, subtype="FLOAT")
     crop = torch.from_numpy(np.pad(audio, (0, (-700) % cdiffuse.HOP_LENGTH)))[None, None]  # whole frames
     scheduler = cdiffuse.CDiffuSEScheduler.from_training_scheduler(adapter.scheduler)
-    assert torch.equal(sampling.restore(adapter.denoiser, crop, adapter.prior_std, adapter.scheduler, generator=seeded()),
+    defaults = adapter.restoration_defaults().sampling_kwargs(adapter.scheduler)  # the wrapper's, passed explicitly
+    assert torch.equal(sampling.restore(adapter.denoiser, crop, adapter.prior_std, adapter.scheduler, generator=seeded(),
+                                        **defaults),
                        sampling.restore(adapter.denoiser, crop, adapter.prior_std, adapter.scheduler,
                                         scheduler=cdiffuse.CDiffuSEScheduler.from_training_scheduler(adapter.scheduler),
-                                        generator=seeded())
+                                        inference_betas=cdiffuse.FAST_INFERENCE_BETAS_6, generator=seeded())
                        )  # the integration's default sampler
 
     # A whole utterance (the adapter's framing): the loop on y zero-padded to 256 (1 + 700 // 256) samples,
@@ -200,6 +206,9 @@ PLUGIN = textwrap.dedent('''
         def forward(self, x_t, y, t):
             return self.scale * self.model(torch.cat([x_t, y], 1), t)
 
+        def restoration_defaults(self):
+            return RestorationDefaults(num_inference_steps=3, patch_size=8)
+
 
     def build():
         return TinyNet()
@@ -210,7 +219,6 @@ PLUGIN = textwrap.dedent('''
         wrapper_class=ScaledDenoiser,
         wrap=ScaledDenoiser,
         wrapper_kwargs=lambda wrapper: {"scale": wrapper.scale},
-        restoration_defaults=lambda wrapper: RestorationDefaults(num_inference_steps=3, patch_size=8),
     ))
 ''')
 
@@ -245,7 +253,7 @@ def test_a_user_integration_saves_loads_and_restores_through_from_pretrained_and
 
     folder = adapter.save_pretrained(tmp_path / "adapter")
     config = json.loads((folder / "restoregrad_config.json").read_text())
-    assert config["integration"] == "scaled_concat" and config["integration_kwargs"] == {"scale": 0.5}
+    assert config["config"]["integration"] == "scaled_concat" and config["config"]["integration_kwargs"] == {"scale": 0.5}
     assert config["integration_module"] == "my_plugin"
     loaded = RestoreGrad.from_pretrained(folder, denoiser=plugin.build())
     assert isinstance(loaded.denoiser, plugin.ScaledDenoiser) and loaded.denoiser.scale == 0.5

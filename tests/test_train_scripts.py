@@ -46,7 +46,7 @@ def test_train_weather_writes_checkpoints_pictures_and_adapter(tmp_path):
     from restoregrad_adapter import RestoreGrad
 
     adapter = RestoreGrad.from_pretrained(out / "adapter")
-    assert adapter.hub_config["integration"] == "weatherdiff" and adapter.hub_config["metrics"]["psnr_y"] > 0
+    assert adapter.config.integration == "weatherdiff" and adapter.metadata["metrics"]["psnr_y"] > 0
 
 
 def test_resuming_continues_with_the_same_losses(tmp_path):
@@ -111,7 +111,7 @@ def test_train_speech_writes_checkpoints_pictures_wavs_and_adapter(tmp_path):
     from restoregrad_adapter import RestoreGrad
 
     adapter = RestoreGrad.from_pretrained(out / "adapter")
-    assert type(adapter).__name__ == "CDiffuSERestoreGrad" and adapter.hub_config["sample_rate"] == 16000
+    assert type(adapter).__name__ == "CDiffuSERestoreGrad" and adapter.config.sample_rate == 16000
 
 
 def test_train_speech_reads_paired_folders_and_resamples(tmp_path):
@@ -152,7 +152,8 @@ def test_restoregrad_restore_gives_a_held_out_file_exactly_what_validation_got(t
          str(noisy_dir), "--max_train_steps", "1", "--validation_steps", "1", "--checkpointing_steps", "1",
          "--final_blend", "0.2", "--clamp", "--sampling_start", "noisy", "--output_dir", str(out)])
     config = json.loads((out / "adapter" / "restoregrad_config.json").read_text())
-    assert config["restoration"]["mix_noisy"] == 0.2 and config["restoration"]["initial"] == "noisy"
+    restoration = config["config"]["restoration"]
+    assert restoration["mix_noisy"] == 0.2 and restoration["initial"] == "noisy"
     assert cli(["restore", "--adapter", str(out / "adapter"), str(noisy_dir / "u2.wav"), "-o", str(tmp_path / "cli"),
                 "--quiet"]) == 0
     by_validation, _ = soundfile.read(out / "validation" / "step-000001-0-restored.wav", dtype="int16")

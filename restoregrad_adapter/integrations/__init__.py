@@ -1,11 +1,12 @@
 """Integrations with existing diffusion codebases: one module each, each describing itself once.
 
 An integration wraps the user's own model object as a RestoreGrad denoiser ``eps(x_t, y, t)`` and
-tells the rest of the library, through one :class:`Integration` record, everything that depends
-on it: its name (saved in the adapter's config), the wrapper's arguments to save, how to rewrap a
-reloaded model, which adapter class trains it, and how it restores by default (patch size,
-sampler, number of steps, ...). Saving, loading, the pipeline and the command line look
-integrations up here and never name one.
+tells the rest of the library, through one :class:`Integration` record, what saving and loading
+need: its name (saved in the adapter's config), the wrapper's arguments to save, how to rewrap a
+reloaded model, and which adapter class trains it. How it restores by default (patch size, sampler,
+number of steps, ...) is the wrapper's own ``restoration_defaults()`` method, which the adapter
+reads and passes to the restoration loop explicitly. Saving, loading, the pipeline and the command
+line look integrations up here and never name one.
 
 Built in (imported on first use):
 
@@ -15,8 +16,9 @@ Built in (imported on first use):
 - ``restoregrad_adapter.integrations.weatherdiff``: WeatherDiff patch models and whole-image
   restoration from overlapping patches (original checkpoints).
 
-Your own integration: define a wrapper module ``eps(x_t, y, t)`` around your model and register it
-once, at import time of your module::
+Your own integration: define a wrapper module ``eps(x_t, y, t)`` around your model (optionally with
+a ``restoration_defaults()`` method returning a :class:`~restoregrad_adapter.sampling.RestorationDefaults`)
+and register it once, at import time of your module::
 
     from restoregrad_adapter.integrations import Integration, register_integration
 
@@ -52,12 +54,6 @@ def _no_kwargs(wrapper) -> dict:
     return {}
 
 
-def _plain_defaults(wrapper):
-    from restoregrad_adapter.sampling import RestorationDefaults
-
-    return RestorationDefaults()
-
-
 @dataclass(frozen=True)
 class Integration:
     """Everything the library needs to know about one external codebase.
@@ -69,12 +65,12 @@ class Integration:
         wrap: ``(model, **wrapper_kwargs) -> wrapper``: wraps the user's model object.
         wrapper_kwargs: ``wrapper -> dict`` of JSON values saved in the config and passed back to
             ``wrap`` on loading.
-        restoration_defaults: ``wrapper -> RestorationDefaults`` (see :mod:`restoregrad_adapter.sampling`).
         adapter_class: ``() -> type``: an adapter class of the integration's own (a subclass of
             :class:`~restoregrad_adapter.RestoreGrad`, e.g. for another forward process); a callable
             so it is imported lazily. None: the plain ``RestoreGrad``.
-        check_model: ``(config, model) -> None``: raise a ValueError when a model given or rebuilt
-            on loading cannot take the adapter's signal.
+        check_model: ``(config, model) -> None`` with the adapter's
+            :class:`~restoregrad_adapter.RestoreGradConfig`: raise a ValueError when a model given or
+            rebuilt on loading cannot take the adapter's signal.
         pipeline_compatible: the adapter folder is also a ``RestoreGradPipeline`` (diffusers models).
         module: the module that registered the integration (saved in the config, for error messages).
     """
@@ -83,7 +79,6 @@ class Integration:
     wrapper_class: type
     wrap: Callable[..., Any]
     wrapper_kwargs: Callable[[Any], dict] = _no_kwargs
-    restoration_defaults: Callable[[Any], Any] = _plain_defaults
     adapter_class: Callable[[], type] | None = None
     check_model: Callable[[dict, Any], None] | None = None
     pipeline_compatible: bool = False
@@ -124,15 +119,15 @@ def register_integration(integration: Integration, replace: bool = False) -> Int
     return integration
 
 
-def check_concatenated_channels(config: dict, model) -> None:
+def check_concatenated_channels(config, model) -> None:
     """``Integration.check_model`` for models that take ``x_t`` and ``y`` concatenated on channels.
 
     The model's ``config.in_channels`` (when it has one) must be twice the adapter's signal channels.
     """
-    channels = config.get("channels")
+    channels = config.channels
     in_channels = getattr(getattr(model, "config", None), "in_channels", None)
     if in_channels is not None and channels is not None and in_channels != 2 * channels:
-        raise ValueError(f"the adapter is for {channels}-channel {config.get('signal_kind')}s (the denoiser must take "
+        raise ValueError(f"the adapter is for {channels}-channel {config.signal_kind}s (the denoiser must take "
                          f"{2 * channels} input channels: x_t and y), but `denoiser` takes {in_channels}.")
 
 

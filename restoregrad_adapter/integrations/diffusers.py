@@ -30,6 +30,12 @@ class ConcatConditionedDenoiser(nn.Module):
         super().__init__()
         self.model = model
 
+    def restoration_defaults(self) -> RestorationDefaults:
+        """10 steps; images larger than the UNet's ``sample_size`` restored from overlapping patches of that size."""
+        sample_size = getattr(getattr(self.model, "config", None), "sample_size", None)
+        patch_size = min(sample_size) if isinstance(sample_size, (list, tuple)) else sample_size
+        return RestorationDefaults(num_inference_steps=10, patch_size=int(patch_size) if patch_size else None)
+
     def forward(self, x_t: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         if x_t.shape[0] != y.shape[0] or x_t.shape[2:] != y.shape[2:]:
             raise ValueError(f"`x_t` {tuple(x_t.shape)} and `y` {tuple(y.shape)} must share batch and spatial sizes.")
@@ -85,18 +91,10 @@ __all__ = ["ConcatConditionedDenoiser", "wrap", "widen_conv_in"]
 
 
 # ---------------------------------------------------------------------- registration
-def _restoration_defaults(wrapper: ConcatConditionedDenoiser) -> RestorationDefaults:
-    # Images larger than the UNet's sample_size are restored from overlapping patches of that size.
-    sample_size = getattr(getattr(wrapper.model, "config", None), "sample_size", None)
-    patch_size = min(sample_size) if isinstance(sample_size, (list, tuple)) else sample_size
-    return RestorationDefaults(num_inference_steps=10, patch_size=int(patch_size) if patch_size else None)
-
-
 register_integration(Integration(
     name="diffusers",
     wrapper_class=ConcatConditionedDenoiser,
     wrap=wrap,
-    restoration_defaults=_restoration_defaults,
     check_model=check_concatenated_channels,
     pipeline_compatible=True,
 ))

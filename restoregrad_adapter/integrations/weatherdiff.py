@@ -27,10 +27,8 @@ import os
 import pickle
 from typing import Iterable
 
-from restoregrad_adapter.consistency import check_low_resolution, project_to_low_resolution
-from restoregrad_adapter.ensemble import dihedral_ensemble
 from restoregrad_adapter.integrations import Integration, check_concatenated_channels, register_integration
-from restoregrad_adapter.patches import _check_image, _check_positive_int
+from restoregrad_adapter.checks import check_image, check_positive_int
 from restoregrad_adapter.patches import averaged_patch_eps, grid_positions, overlap_counts  # noqa: F401 (re-exported)
 from restoregrad_adapter.sampling import RestorationDefaults
 
@@ -80,12 +78,19 @@ class WeatherDiffDenoiser(nn.Module):
         if not isinstance(fully_convolutional, bool):
             raise ValueError(f"`fully_convolutional` must be True or False, got {fully_convolutional!r}.")
         self.model = model
-        self.patch_size = _check_positive_int("patch_size", patch_size)
+        self.patch_size = check_positive_int("patch_size", patch_size)
         self.fully_convolutional = fully_convolutional
 
     def takes_patch_size(self, size: int) -> bool:
         """Whether the model restores ``size x size`` patches: its own, or any for a fully convolutional one."""
         return self.fully_convolutional or size == self.patch_size
+
+    def restoration_defaults(self) -> RestorationDefaults:
+        """WeatherDiff's restoration: its DDIM sampler (:func:`ddim_scheduler`), 10 steps (the RestoreGrad
+        paper's), whole images from overlapping patches of the model's size (smaller images padded), inputs
+        in [-1, 1]."""
+        return RestorationDefaults(num_inference_steps=10, patch_size=self.patch_size, pad_to_patch=True,
+                                   make_scheduler=ddim_scheduler, value_range=(-1.0, 1.0))
 
     def _model_dtype(self) -> torch.dtype | None:
         parameters = getattr(self.model, "parameters", None)
@@ -154,12 +159,12 @@ def random_patch_pairs(
         ``(x0_patches, y_patches)``, each ``(B * n, C, p, p)``; the n crops of image b are rows
         ``b * n .. b * n + n - 1``.
     """
-    _check_image("x0", x0)
-    _check_image("y", y)
+    check_image("x0", x0)
+    check_image("y", y)
     if x0.shape != y.shape:
         raise ValueError(f"`x0` and `y` must have the same shape, got {tuple(x0.shape)} and {tuple(y.shape)}.")
-    p = _check_positive_int("patch_size", patch_size)
-    n = _check_positive_int("patches_per_image", patches_per_image)
+    p = check_positive_int("patch_size", patch_size)
+    n = check_positive_int("patches_per_image", patches_per_image)
     batch, _, height, width = x0.shape
     if height < p or width < p:
         raise ValueError(f"the images ({height} x {width}) are smaller than `patch_size` = {p}; training crops "
@@ -188,8 +193,8 @@ def antithetic_timesteps(
     Returns:
         An int64 tensor ``(batch_size,)`` with values in ``[0, T)``.
     """
-    _check_positive_int("batch_size", batch_size)
-    T = _check_positive_int("num_train_timesteps", num_train_timesteps)
+    check_positive_int("batch_size", batch_size)
+    T = check_positive_int("num_train_timesteps", num_train_timesteps)
     gen_device = generator.device if generator is not None else torch.device("cpu")
     t = torch.randint(0, T, (batch_size // 2 + 1,), generator=generator, device=gen_device)
     t = torch.cat([t, T - 1 - t])[:batch_size]
@@ -203,8 +208,8 @@ def sampling_timesteps(num_train_timesteps: int, num_inference_steps: int) -> li
     When S divides T this is diffusers' "leading" spacing (S steps); otherwise, as in the original,
     the sequence has ``ceil(T / (T // S))`` steps, which may be more than S.
     """
-    T = _check_positive_int("num_train_timesteps", num_train_timesteps)
-    S = _check_positive_int("num_inference_steps", num_inference_steps)
+    T = check_positive_int("num_train_timesteps", num_train_timesteps)
+    S = check_positive_int("num_inference_steps", num_inference_steps)
     if S > T:
         raise ValueError(f"`num_inference_steps` = {S} exceeds the {T} training steps.")
     return list(reversed(range(0, T, T // S)))
@@ -276,22 +281,10 @@ def ddim_scheduler(scheduler, timestep_spacing: str = "leading") -> WeatherDiffD
 
 
 @torch.no_grad()
-def restore_image(
-    adapter,
-    y: torch.Tensor,
-    patch_size: int = 64,
-    stride: int = 16,
-    num_inference_steps: int = 10,
-    eta: float = 0.0,
-    generator: torch.Generator | None = None,
-    patch_batch_size: int = 64,
-    progress: bool = True,
-    scheduler=None,
-    self_ensemble: bool = False,
-    timestep_spacing: str | None = None,
-    low_resolution: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Restore whole images of any size with WeatherDiff's overlapping-patch DDIM sampler.
+def restore_image(adapter, y: torch.Tensor, *, scheduler=None, timestep_spacing: str | None = None,
+                  progress: bool = True, **kwargs) -> torch.Tensor:
+    """Restore whole images of any size with WeatherDiff's overlapping-patch DDIM sampler:
+    ``adapter.restore(y, scheduler=ddim_scheduler(adapter.scheduler, timestep_spacing), progress=True, ...)``.
 
     The learned prior is one standard-deviation map for the whole image, ``sigma =
     adapter.prior_std(y)`` (the Prior Net is fully convolutional). With ``u = x / sigma`` the
@@ -304,80 +297,33 @@ def restore_image(
         x_t'   = sqrt(abar_t') x0_hat + sqrt(1 - abar_t' - c1^2) eps + c1 * sigma * z
 
     with ``abar_t' = 1`` after the last step: the stock DDIM step of :func:`ddim_scheduler`, whitened.
-    This is ``adapter.restore(y, patch_size=..., scheduler=ddim_scheduler(adapter.scheduler), ...)``:
-    the library's one restoration loop (:func:`restoregrad_adapter.sampling.restore`) with the
-    overlapping-patch noise estimate of :mod:`restoregrad_adapter.patches`.
-
-    Images smaller than the patch are padded by reflection (bottom and right) and the padding is
-    cropped from the result; the Prior Net sees the padded image.
+    For an adapter of this integration it is what ``adapter.restore`` does by default; this function
+    also gives WeatherDiff's sampler to adapters of other denoisers.
 
     Args:
-        adapter: a :class:`~restoregrad_adapter.RestoreGrad` whose denoiser takes ``p x p`` patches
-            (e.g. ``wrap(model, patch_size)``); call ``adapter.eval()`` first.
+        adapter: a :class:`~restoregrad_adapter.RestoreGrad` (call ``adapter.eval()`` first).
         y: degraded images ``(B, C, H, W)`` in [-1, 1], any ``H, W``.
-        patch_size: p (WeatherDiff: 64): the denoiser's, or, for a ``fully_convolutional`` denoiser,
-            any size its model takes (e.g. larger than the training crops, for more context).
-        stride: grid stride r (WeatherDiff: 16; smaller is slower and slightly better).
-        num_inference_steps: S (WeatherDiff's evaluation: 25; the RestoreGrad paper: 10).
-        eta: DDIM's eta (WeatherDiff: 0, deterministic given ``generator``).
-        generator: source of ``x_T`` and, for ``eta > 0``, of every step's fresh noise.
-        patch_batch_size: patches per denoiser call (WeatherDiff: 64).
-        progress: show a progress bar over the steps.
-        scheduler: any other diffusers scheduler to sample with (DDPM, DPM-Solver++, UniPC, ...),
-            whitened the same way; it is configured with ``set_timesteps(num_inference_steps)``
-            (its own spacing), must use the adapter's training ``alphas_cumprod`` and have sample
-            clipping and thresholding off. ``eta`` is then only accepted when its ``step`` takes one.
-            Default: WeatherDiff's DDIM above.
+        scheduler: another diffusers scheduler to sample with (DDPM, DPM-Solver++, UniPC, ...),
+            whitened the same way; it must use the adapter's training ``alphas_cumprod`` and have sample
+            clipping and thresholding off.
         timestep_spacing: the DDIM's spacing, one of :data:`TIMESTEP_SPACINGS` (default "leading",
             WeatherDiff's); "trailing" starts from pure noise at ``t = T - 1`` (docs/deblur_sr.md).
             Only without ``scheduler``.
-        self_ensemble: restore the image's eight rotations and mirrors and average the eight results
-            turned back (:func:`restoregrad_adapter.ensemble.dihedral_ensemble`; eight times the work).
-        low_resolution: for super-resolution, the low-resolution images ``(B, C, H / s, W / s)`` in
-            [-1, 1] that ``y`` enlarges; the result is then projected onto the images whose bicubic
-            down-sampling is exactly ``low_resolution``
-            (:func:`restoregrad_adapter.consistency.project_to_low_resolution`), which never takes it
-            farther from a clean image consistent with them.
+        progress: show a progress bar over the steps.
+        kwargs: the other options of :meth:`RestoreGrad.restore`: ``patch_size`` (WeatherDiff: 64),
+            ``stride`` (16), ``num_inference_steps`` (WeatherDiff's evaluation: 25; the RestoreGrad
+            paper: 10), ``eta`` (0), ``generator``, ``patch_batch_size`` (64), ``self_ensemble``,
+            ``low_resolution``.
 
     Returns:
-        The restored images, ``y``'s shape, float32, in [-1, 1] up to the model's error (not
-        clamped: map to [0, 1] with ``((x + 1) / 2).clamp(0, 1)``).
+        The restored images, ``y``'s shape, in [-1, 1] up to the model's error (not clamped: map to
+        [0, 1] with ``((x + 1) / 2).clamp(0, 1)``).
     """
-    for attribute in ("denoiser", "prior_std", "scheduler", "restore"):
-        if not hasattr(adapter, attribute):
-            raise ValueError(f"`adapter` must be a RestoreGrad adapter (it has no `{attribute}`), got "
-                             f"{type(adapter).__name__}.")
-    _check_image("y", y)
-    low, high = float(y.min()), float(y.max())
-    if low < -1.0 - 1e-3 or high > 1.0 + 1e-3:
-        raise ValueError(f"`y` must hold images in [-1, 1] (WeatherDiff's range), got values from {low:.4g} to "
-                         f"{high:.4g}; map [0, 1] images with `2 * y - 1`.")
-    takes_patch_size = getattr(adapter.denoiser, "takes_patch_size", None)
-    if takes_patch_size is not None and not takes_patch_size(patch_size):
-        raise ValueError(f"`patch_size` = {patch_size} differs from the denoiser's patch_size = "
-                         f"{adapter.denoiser.patch_size} (only a denoiser wrapped with fully_convolutional=True "
-                         "takes other patch sizes).")
-    _check_positive_int("patch_size", patch_size)
-    if low_resolution is not None:  # checked before the sampling, not after it
-        check_low_resolution(low_resolution, y.shape, "low_resolution")
-    _check_positive_int("num_inference_steps", num_inference_steps)
-    if not isinstance(self_ensemble, bool):
-        raise ValueError(f"`self_ensemble` must be True or False, got {self_ensemble!r}.")
-    if scheduler is not None and timestep_spacing is not None:
-        raise ValueError("give `scheduler` or `timestep_spacing`, not both: set the spacing in your scheduler's "
-                         "config (e.g. `DDIMScheduler.from_config(config, timestep_spacing='trailing')`).")
+    if not callable(getattr(adapter, "restore", None)) or not hasattr(adapter, "scheduler"):
+        raise ValueError(f"`adapter` must be a RestoreGrad adapter, got {type(adapter).__name__}.")
     if scheduler is None:
-        scheduler = ddim_scheduler(adapter.scheduler, timestep_spacing or "leading")
-
-    def restore(images):
-        return adapter.restore(images.float(), num_inference_steps=num_inference_steps, scheduler=scheduler, eta=eta,
-                               generator=generator, patch_size=patch_size, stride=stride,
-                               patch_batch_size=patch_batch_size, progress=progress)
-
-    restored = dihedral_ensemble(restore, y) if self_ensemble else restore(y)
-    if low_resolution is not None:
-        restored = project_to_low_resolution(restored, low_resolution)
-    return restored
+        scheduler, timestep_spacing = ddim_scheduler(adapter.scheduler, timestep_spacing or "leading"), None
+    return adapter.restore(y, scheduler=scheduler, timestep_spacing=timestep_spacing, progress=progress, **kwargs)
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -485,18 +431,11 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, ema: bool = True)
 
 
 # ---------------------------------------------------------------------- registration
-def _restoration_defaults(wrapper: WeatherDiffDenoiser) -> RestorationDefaults:
-    # The model takes exactly p x p patches: whole images go through the patch grid, smaller ones padded.
-    return RestorationDefaults(num_inference_steps=10, patch_size=wrapper.patch_size, pad_to_patch=True,
-                               make_scheduler=ddim_scheduler)
-
-
 register_integration(Integration(
     name="weatherdiff",
     wrapper_class=WeatherDiffDenoiser,
     wrap=wrap,
     wrapper_kwargs=lambda wrapper: {"patch_size": wrapper.patch_size,
                                     **({"fully_convolutional": True} if wrapper.fully_convolutional else {})},
-    restoration_defaults=_restoration_defaults,
     check_model=check_concatenated_channels,
 ))

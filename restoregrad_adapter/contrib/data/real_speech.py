@@ -49,7 +49,6 @@ the default training runs stay offline.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
