@@ -38,7 +38,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from restoregrad_adapter import FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, MODES, LearnedPriorScheduler
+from restoregrad_adapter import (FAST_INFERENCE_BETAS_3, FAST_INFERENCE_BETAS_6, MODES, LearnedPriorScheduler,
+                                 data_prior_std)
 from restoregrad_adapter.contrib.data import LazyPairs
 from restoregrad_adapter.encoders import ENCODERS
 from restoregrad_adapter.contrib.data.readers import (
@@ -136,6 +137,23 @@ def describe_defaults(parser, layers):
         action.help = f"{action.help} ({said})" if action.help else said
 
 
+#: Training examples whose diffused signal sets ``--prior_std auto``.
+AUTO_PRIOR_EXAMPLES = 64
+
+
+def prior_std_value(text: str):
+    """``--prior_std``: a positive number or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
+    return value
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("data")
@@ -169,7 +187,11 @@ def parse_args(argv=None):
     g.add_argument("--snr_gamma", type=float, default=5.0, help="gamma of --loss_weighting min_snr")
     g = parser.add_argument_group("RestoreGrad")
     g.add_argument("--mode", choices=MODES, default="restoregrad",
-                   help="restoregrad (eq. 10), restoregrad_no_posterior (eq. 11), priorgrad, ddpm")
+                   help="restoregrad (eq. 10), restoregrad_no_posterior (eq. 11), priorgrad, constant_prior "
+                        "(one sigma everywhere, --prior_std), ddpm")
+    g.add_argument("--prior_std", type=prior_std_value, default=None,
+                   help="sigma of --mode constant_prior: a number, or auto: the root mean square of what is "
+                        f"diffused over the first {AUTO_PRIOR_EXAMPLES} training segments, at least --sigma_min")
     g.add_argument("--latent_weight", type=float, default=0.1,
                    help="weight of the latent regulariser (the paper's eta)")
     g.add_argument("--prior_matching_weight", type=float, default=0.5,
@@ -219,6 +241,8 @@ def parse_args(argv=None):
                  "validation_steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name} must be >= 1, got {getattr(args, name)}")
+    if (args.mode == "constant_prior") != (args.prior_std is not None):
+        raise SystemExit("error: --prior_std goes with --mode constant_prior, and only with it")
     if not 0 <= args.ema_decay < 1:
         raise SystemExit(f"error: --ema_decay must be in [0, 1), got {args.ema_decay}")
     if args.push_to_hub and not args.hub_model_id:
@@ -316,7 +340,8 @@ def build_adapter(args):
                                           latent_weight=args.latent_weight,
                                           prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min,
                                           scheduler=scheduler, weighting=args.loss_weighting,
-                                          snr_gamma=args.snr_gamma, input_peak=SPEECH_PEAK, restoration=restoration)
+                                          snr_gamma=args.snr_gamma, input_peak=SPEECH_PEAK, restoration=restoration,
+                                          prior_std=args.prior_std)
 
 
 # ---------------------------------------------------------------------- validation
@@ -413,6 +438,9 @@ def main(args):
     logger.info(f"data: {description}", main_process_only=True)
     noisy_scores = input_scores(validation) if accelerator.is_main_process else None
     dataset = RandomCropDataset(pairs, args.segment_length, args.seed, waveform_to_tensor, pad="zeros")
+    if args.prior_std == "auto":  # the scale of what is diffused (x0), from training segments
+        args.prior_std = data_prior_std((dataset[i] for i in range(AUTO_PRIOR_EXAMPLES)), minimum=args.sigma_min)
+        logger.info(f"--prior_std auto: sigma = {args.prior_std:.4f}", main_process_only=True)
 
     # Model, optimizer, EMA of the weights.
     adapter = build_adapter(args)

@@ -29,6 +29,7 @@ _EXPORTS = {
     "EncoderConfig": "config",
     "MODES": "config",
     "energy_prior": "adapter",
+    "data_prior_std": "adapter",
     "RestoreGradPipeline": "pipeline",
 }
 

@@ -9,7 +9,7 @@ Training (paper Algorithm 1, eq. 10)::
 Sampling (Algorithm 2): ``x_T = sigma_prior * z``, then the scheduler's reverse steps with fresh
 noise ``sigma_prior * z``. The Posterior Net is not used.
 
-One object runs four modes, so that a user compares them with one flag:
+One object runs five modes, so that a user compares them with one flag:
 
 =============================  =============================================  =================
 mode                           prior std                                      loss
@@ -17,13 +17,14 @@ mode                           prior std                                      lo
 ``"restoregrad"``              Prior Net (train: Posterior Net for the noise)  eq. 10
 ``"restoregrad_no_posterior"`` Prior Net                                       eq. 11
 ``"priorgrad"``                handcrafted from y (:func:`energy_prior`)       weighted MSE
+``"constant_prior"``           ``config.prior_std`` everywhere                  weighted MSE
 ``"ddpm"``                     1                                               MSE
 =============================  =============================================  =================
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,25 @@ def energy_prior(y: torch.Tensor, frame_length: int | None = None, std_min: floa
     for axis in range(2, y.ndim):
         std = std.repeat_interleave(frame, dim=axis).narrow(axis, 0, y.shape[axis])
     return std
+
+
+def data_prior_std(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], residual: bool = False,
+                   minimum: float = 0.1) -> float:
+    """A constant prior's sigma estimated from training pairs (mode ``"constant_prior"``, ``prior_std="auto"``
+    in the training scripts): the root mean square of the diffused signal, ``x0`` or the residual ``x0 - y``,
+    over all of ``pairs``, at least ``minimum`` (the learned encoders' floor, ``sigma_min``).
+
+    The prior of eq. 10 is the distribution ``x_T`` is drawn from; a constant that matches the scale of
+    what is diffused is the simplest prior of the right size (PriorGrad's reasoning with one number).
+    """
+    total, count = 0.0, 0
+    for x0, y in pairs:
+        target = (x0 - y) if residual else x0
+        total += float(target.double().pow(2).sum())
+        count += target.numel()
+    if count == 0:
+        raise ValueError("`pairs` is empty; the constant prior's sigma is estimated from at least one pair.")
+    return max(minimum, (total / count) ** 0.5)
 
 
 def build_encoders(spec: EncoderConfig) -> tuple[nn.Module, nn.Module]:
@@ -221,12 +241,22 @@ class RestoreGrad(nn.Module):
 
     @mode.setter
     def mode(self, value: str) -> None:
+        """The mode to train and restore in; ``"constant_prior"`` needs ``config.prior_std`` (use
+        :meth:`set_constant_prior`), and leaving it drops the constant."""
         if value not in MODES:
             raise ValueError(f"`mode` must be one of {MODES}, got {value!r}.")
+        if value == "constant_prior" and self._config.prior_std is None:
+            raise ValueError("mode 'constant_prior' needs its sigma: call `adapter.set_constant_prior(sigma)`.")
         if value in ("restoregrad", "restoregrad_no_posterior") and self.prior_net is None:
             raise ValueError(f"mode {value!r} needs a `prior_net` (or `config.encoder` to build one); pass one or "
                              "use mode 'priorgrad' or 'ddpm'.")
-        self._config = self._config.replace(mode=value)
+        self._config = self._config.replace(mode=value, prior_std=self._config.prior_std
+                                            if value == "constant_prior" else None)
+
+    def set_constant_prior(self, prior_std: float) -> None:
+        """Switch to mode ``"constant_prior"`` with sigma = ``prior_std`` everywhere (e.g. from
+        :func:`data_prior_std`)."""
+        self._config = self._config.replace(mode="constant_prior", prior_std=prior_std)
 
     @property
     def residual(self) -> bool:
@@ -270,6 +300,8 @@ class RestoreGrad(nn.Module):
             return torch.ones_like(y, dtype=torch.float32)
         if self.mode == "priorgrad":
             return self.handcrafted_prior(y).float()
+        if self.mode == "constant_prior":
+            return torch.full_like(y, self._config.prior_std, dtype=torch.float32)
         return self.prior_net(y)
 
     # ------------------------------------------------------------------ training
@@ -570,4 +602,5 @@ class RestoreGrad(nn.Module):
         return torch.where(peak > 0, self.input_peak / peak.clamp_min(torch.finfo(y.dtype).tiny), ones)
 
 
-__all__ = ["RestoreGrad", "RestoreGradConfig", "EncoderConfig", "MODES", "energy_prior", "build_encoders"]
+__all__ = ["RestoreGrad", "RestoreGradConfig", "EncoderConfig", "MODES", "energy_prior", "data_prior_std",
+           "build_encoders"]

@@ -20,9 +20,10 @@ from .checks import check_bool, check_choice, check_number, check_positive_int
 
 __all__ = ["EncoderConfig", "RestoreGradConfig", "migrate_config", "MODES", "PREDICTION_TYPES", "FORMAT_VERSION"]
 
-#: The four modes one adapter runs (docs/design.md, "Modes"): RestoreGrad with and without the
-#: Posterior Net, PriorGrad's handcrafted prior, and a standard DDPM (sigma = 1).
-MODES = ("restoregrad", "restoregrad_no_posterior", "priorgrad", "ddpm")
+#: The modes one adapter runs (docs/design.md, "Baselines as modes"): RestoreGrad with and without the
+#: Posterior Net, PriorGrad's handcrafted prior, a constant prior (one sigma everywhere,
+#: ``prior_std``) and a standard DDPM (sigma = 1).
+MODES = ("restoregrad", "restoregrad_no_posterior", "priorgrad", "constant_prior", "ddpm")
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 ENCODER_SIZES = ("tiny", "base", "large")
 ENCODER_ARCHITECTURES = ("reduced", "paper")
@@ -95,6 +96,8 @@ class RestoreGradConfig:
             ``inference_betas``, ``mix_noisy``), those its training recipe validated with; only the
             keys its adapter class takes (``RestoreGrad.RESTORATION_KEYS``).
         sample_rate: waveforms' sample rate in Hz (the command line resamples other files to it).
+        prior_std: mode ``"constant_prior"``'s sigma, the same everywhere (a positive number); only
+            with that mode.
     """
 
     encoder: EncoderConfig | None = None
@@ -110,6 +113,7 @@ class RestoreGradConfig:
     integration_kwargs: dict = field(default_factory=dict)
     restoration: dict = field(default_factory=dict)
     sample_rate: int | None = None
+    prior_std: float | None = None
 
     def __post_init__(self):
         if isinstance(self.encoder, dict):
@@ -133,6 +137,10 @@ class RestoreGradConfig:
             if not isinstance(getattr(self, name), dict):
                 raise ValueError(f"`{name}` must be a dict, got {type(getattr(self, name)).__name__}.")
         check_positive_int("sample_rate", self.sample_rate, allow_none=True)
+        check_number("prior_std", self.prior_std, minimum=0, open_minimum=True, allow_none=True)
+        if (self.mode == "constant_prior") != (self.prior_std is not None):
+            raise ValueError("`prior_std` (the constant sigma) goes with mode 'constant_prior' and only with it; got "
+                             f"mode={self.mode!r}, prior_std={self.prior_std!r}.")
 
     @property
     def signal_kind(self) -> str | None:
