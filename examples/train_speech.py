@@ -197,6 +197,9 @@ def parse_args(argv=None):
     g.add_argument("--prior_matching_weight", type=float, default=0.5,
                    help="weight of the prior-matching term (the paper's lambda)")
     g.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned standard deviation")
+    g.add_argument("--sigma_max", type=float, default=None,
+                   help="an upper bound (above 1) on the learned standard deviation, which is then squashed into "
+                        "(sigma_min, sigma_max); none when left out")
     g.add_argument("--encoder_size", choices=("tiny", "base", "large"), default="base")
     g.add_argument("--encoder", choices=tuple(ENCODERS), default="reduced",
                    help="reduced (default: the Prior/Posterior Nets' body below the signal's resolution, sigma interpolated back) or paper (the paper's full-resolution ResNet-20)")
@@ -341,7 +344,7 @@ def build_adapter(args):
                                           prior_matching_weight=args.prior_matching_weight, sigma_min=args.sigma_min,
                                           scheduler=scheduler, weighting=args.loss_weighting,
                                           snr_gamma=args.snr_gamma, input_peak=SPEECH_PEAK, restoration=restoration,
-                                          prior_std=args.prior_std)
+                                          prior_std=args.prior_std, sigma_max=args.sigma_max)
 
 
 # ---------------------------------------------------------------------- validation

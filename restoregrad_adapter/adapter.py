@@ -90,7 +90,8 @@ def build_encoders(spec: EncoderConfig) -> tuple[nn.Module, nn.Module]:
     from .encoders import PosteriorNet, PriorNet, downsample_of
 
     kwargs = dict(dims=spec.dims, in_channels=spec.in_channels, size=spec.size, sigma_min=spec.sigma_min,
-                  downsample=downsample_of(spec.architecture, spec.dims))
+                  downsample=downsample_of(spec.architecture, spec.dims),
+                  **({"sigma_max": spec.sigma_max} if spec.sigma_max is not None else {}))
     return PriorNet(**kwargs), PosteriorNet(**kwargs)
 
 
@@ -199,18 +200,19 @@ class RestoreGrad(nn.Module):
     def with_encoders(cls, denoiser: Denoiser, dims: int, in_channels: int, size: str = "base",
                       sigma_min: float = 0.1, encoder: str = "reduced", scheduler: LearnedPriorScheduler | None = None,
                       handcrafted_prior: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      **config_fields) -> "RestoreGrad":
+                      sigma_max: float | None = None, **config_fields) -> "RestoreGrad":
         """Build the Prior and Posterior Nets for signals of ``dims`` (1 or 2) and ``in_channels``.
 
         ``encoder`` is ``"reduced"`` (default: the body at 1/4 of an image's side, 1/16 of a
         waveform's rate, sigma interpolated back) or ``"paper"`` (the paper's full-resolution ResNet-20);
         see :mod:`restoregrad_adapter.encoders`. ``size``: ``"tiny"``, ``"base"`` or ``"large"`` widths.
-        ``config_fields``: the other :class:`RestoreGradConfig` fields; ``prediction_type`` defaults to
+        ``sigma_max``: an upper bound on sigma (:class:`EncoderConfig`). ``config_fields``: the other :class:`RestoreGradConfig` fields; ``prediction_type`` defaults to
         the ``scheduler``'s.
         """
         if scheduler is not None and "prediction_type" not in config_fields:
             config_fields["prediction_type"] = scheduler.config.prediction_type
-        spec = EncoderConfig(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min, architecture=encoder)
+        spec = EncoderConfig(dims=dims, in_channels=in_channels, size=size, sigma_min=sigma_min, architecture=encoder,
+                             sigma_max=sigma_max)
         return cls(denoiser, RestoreGradConfig(encoder=spec, **config_fields), scheduler=scheduler,
                    handcrafted_prior=handcrafted_prior)
 

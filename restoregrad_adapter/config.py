@@ -43,6 +43,8 @@ class EncoderConfig:
         sigma_min: the encoders' floor on sigma.
         architecture: ``"reduced"`` (the body at 1/4 of an image's side, 1/16 of a waveform's rate,
             sigma interpolated back) or ``"paper"`` (the paper's full-resolution ResNet-20).
+        sigma_max: an upper bound on sigma (above 1; the map is then squashed into
+            ``(sigma_min, sigma_max)``); None: none.
     """
 
     dims: int
@@ -50,6 +52,7 @@ class EncoderConfig:
     size: str = "base"
     sigma_min: float = 0.1
     architecture: str = "reduced"
+    sigma_max: float | None = None
 
     def __post_init__(self):
         check_choice("encoder.dims", self.dims, (1, 2))
@@ -57,6 +60,7 @@ class EncoderConfig:
         check_choice("encoder.size", self.size, ENCODER_SIZES)
         check_number("encoder.sigma_min", self.sigma_min, minimum=0, open_minimum=True)
         check_choice("encoder.architecture", self.architecture, ENCODER_ARCHITECTURES)
+        check_number("encoder.sigma_max", self.sigma_max, minimum=1, open_minimum=True, allow_none=True)
 
     @classmethod
     def of(cls, prior_net) -> "EncoderConfig | None":
@@ -68,8 +72,10 @@ class EncoderConfig:
             return None
         architecture = next((name for name in ENCODER_ARCHITECTURES
                              if downsample_of(name, config.dims) == getattr(config, "downsample", None)), "reduced")
+        sigma_max = getattr(config, "sigma_max", None)
         return cls(dims=config.dims, in_channels=config.in_channels, size=config.size,
-                   sigma_min=float(config.sigma_min), architecture=architecture)
+                   sigma_min=float(config.sigma_min), architecture=architecture,
+                   sigma_max=None if sigma_max is None else float(sigma_max))
 
 
 @dataclass(frozen=True)
@@ -213,6 +219,7 @@ def migrate_config(saved: dict) -> dict:
         "integration_kwargs": saved.get("integration_kwargs") or {},
         "restoration": saved.get("restoration") or {},
         "sample_rate": saved.get("sample_rate"),
+        "prior_std": None,  # format 1 had no constant-prior mode
     }
     migrated = {"format_version": FORMAT_VERSION, "config": config,
                 "metadata": {key: saved.get(key) for key in _METADATA}}

@@ -107,7 +107,7 @@ class _StdEncoder(nn.Module):
     """ResNet-20 body and standard-deviation head shared by the Prior and Posterior Nets."""
 
     def __init__(self, dims: int, in_channels: int, out_channels: int, size: str, sigma_min: float,
-                 blocks_per_stage: int, norm: str, downsample: int):
+                 blocks_per_stage: int, norm: str, downsample: int, sigma_max: float | None = None):
         super().__init__()
         if dims not in (1, 2):
             raise ValueError(f"`dims` must be 1 (waveforms) or 2 (images), got {dims!r}.")
@@ -120,6 +120,9 @@ class _StdEncoder(nn.Module):
         if isinstance(sigma_min, bool) or not isinstance(sigma_min, (int, float)) or not 0 <= sigma_min < 1:
             raise ValueError(f"`sigma_min` must be a number in [0, 1) (sigma starts at 1, the standard prior, "
                              f"and never goes below sigma_min), got {sigma_min!r}.")
+        if sigma_max is not None and (isinstance(sigma_max, bool) or not isinstance(sigma_max, (int, float))
+                                      or not 1 < sigma_max < math.inf):
+            raise ValueError(f"`sigma_max` must be a number above 1 (sigma starts at 1) or None, got {sigma_max!r}.")
         widths = SIZES[size]
         conv = _conv(dims)
         if downsample == 1:  # the paper's stem: a 3-wide convolution at full resolution
@@ -133,10 +136,16 @@ class _StdEncoder(nn.Module):
                 width = stage_width
         self.blocks = nn.Sequential(*blocks)
         self.head = conv(width, out_channels, 3, padding=1)
-        # Start at sigma = sigma_min + exp(h) = 1: the standard prior.
+        # Start at sigma = 1, the standard prior: sigma_min + exp(h) = 1, or with an upper bound
+        # sigma_min + (sigma_max - sigma_min) sigmoid(h) = 1.
         nn.init.zeros_(self.head.weight)
-        nn.init.constant_(self.head.bias, math.log(1.0 - sigma_min))
+        if sigma_max is None:
+            nn.init.constant_(self.head.bias, math.log(1.0 - sigma_min))
+        else:
+            share = (1.0 - sigma_min) / (sigma_max - sigma_min)
+            nn.init.constant_(self.head.bias, math.log(share / (1.0 - share)))
         self.sigma_min = sigma_min
+        self.sigma_max = sigma_max
         self.dims = dims
         self.downsample = downsample
 
@@ -156,7 +165,10 @@ class _StdEncoder(nn.Module):
             h = F.interpolate(h, scale_factor=factor, mode="linear" if self.dims == 1 else "bilinear",
                               align_corners=False)
             h = h[(...,) + tuple(slice(0, extent) for extent in size)]
-        # sigma = sigma_min + exp(h), in float32 so autocast cannot overflow it.
+        # sigma = sigma_min + exp(h), in float32 so autocast cannot overflow it; with an upper bound the
+        # squashed sigma_min + (sigma_max - sigma_min) sigmoid(h), which never leaves (sigma_min, sigma_max).
+        if self.sigma_max is not None:
+            return self.sigma_min + (self.sigma_max - self.sigma_min) * torch.sigmoid(h)
         return self.sigma_min + torch.exp(h.clamp(_MIN_LOG_STD, _MAX_LOG_STD))
 
     def check(self, name: str, tensor: torch.Tensor, channels: int) -> None:
@@ -196,16 +208,19 @@ class PriorNet(_EncoderConfig, ModelMixin, ConfigMixin):
         downsample: the factor by which the body works below the signal's resolution; 1 is the paper's
             full-resolution network; None (default) is :data:`DEFAULT_DOWNSAMPLE` (4 for images, 16 for
             waveforms) and is stored in the config as that number.
+        sigma_max: an upper bound (above 1): sigma is then squashed, ``sigma_min + (sigma_max -
+            sigma_min) sigmoid(h)``, instead of ``sigma_min + exp(h)``; None (default): no bound.
     """
 
     @register_to_config
     def __init__(self, dims: int = 2, in_channels: int = 3, size: str = "base", sigma_min: float = 0.1,
-                 blocks_per_stage: int = 3, norm: str = "none", downsample: int | None = None):
+                 blocks_per_stage: int = 3, norm: str = "none", downsample: int | None = None,
+                 sigma_max: float | None = None):
         super().__init__()
         downsample = resolve_downsample(downsample, dims)
         self.register_to_config(downsample=downsample)
         self.encoder = _StdEncoder(dims, in_channels, in_channels, size, sigma_min, blocks_per_stage, norm,
-                                   downsample)
+                                   downsample, sigma_max)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """``y``: ``(B, C, *spatial)`` -> ``sigma_prior`` of the same shape, float32, ``>= sigma_min``."""
@@ -222,12 +237,13 @@ class PosteriorNet(_EncoderConfig, ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, dims: int = 2, in_channels: int = 3, size: str = "base", sigma_min: float = 0.1,
-                 blocks_per_stage: int = 3, norm: str = "none", downsample: int | None = None):
+                 blocks_per_stage: int = 3, norm: str = "none", downsample: int | None = None,
+                 sigma_max: float | None = None):
         super().__init__()
         downsample = resolve_downsample(downsample, dims)
         self.register_to_config(downsample=downsample)
         self.encoder = _StdEncoder(dims, 2 * in_channels, in_channels, size, sigma_min, blocks_per_stage, norm,
-                                   downsample)
+                                   downsample, sigma_max)
 
     def forward(self, x0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``x0``, ``y``: ``(B, C, *spatial)`` -> ``sigma_post`` of the same shape, float32."""

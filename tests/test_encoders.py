@@ -217,3 +217,33 @@ def test_bad_arguments_raise_value_errors_naming_them():
     posterior = PosteriorNet(dims=1, in_channels=1, size="tiny")
     with pytest.raises(ValueError, match="same shape"):
         posterior(torch.randn(1, 1, 10), torch.randn(1, 1, 12))
+
+
+def test_an_upper_bound_squashes_sigma_and_still_starts_at_one(tmp_path):
+    """``sigma_max``: sigma = sigma_min + (sigma_max - sigma_min) sigmoid(h), 1 at initialisation, never above
+    the bound; without it the encoders are unchanged (exp(h))."""
+    from restoregrad_adapter import EncoderConfig, RestoreGrad, RestoreGradConfig
+
+    torch.manual_seed(0)
+    bounded = PriorNet(dims=2, in_channels=3, size="tiny", sigma_min=0.1, sigma_max=2.0)
+    y = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(bounded(y), torch.ones_like(y), rtol=0, atol=1e-6)
+    with torch.no_grad():
+        bounded.encoder.head.bias.fill_(50.0)  # far beyond what exp(h) would allow to stay small
+    sigma = bounded(y)
+    assert sigma.max() <= 2.0 and sigma.min() > 1.99
+    with torch.no_grad():
+        bounded.encoder.head.bias.fill_(-50.0)
+    assert bounded(y).min() >= 0.1
+    bounded.save_pretrained(tmp_path / "prior")
+    loaded = PriorNet.from_pretrained(tmp_path / "prior")
+    assert loaded.config.sigma_max == 2.0 and torch.equal(loaded(y), bounded(y))
+    for bad in (1.0, 0.5, float("inf")):
+        with pytest.raises(ValueError, match="`sigma_max`"):
+            PriorNet(dims=1, in_channels=1, sigma_max=bad)
+    spec = EncoderConfig(dims=2, in_channels=3, size="tiny", sigma_max=2.0)
+    adapter = RestoreGrad(lambda x_t, y, t: x_t, RestoreGradConfig(encoder=spec))
+    assert adapter.prior_net.config.sigma_max == adapter.posterior_net.config.sigma_max == 2.0
+    assert EncoderConfig.of(adapter.prior_net) == spec
+    unbounded = PriorNet(dims=2, in_channels=3, size="tiny")
+    assert unbounded.config.sigma_max is None and EncoderConfig.of(unbounded).sigma_max is None

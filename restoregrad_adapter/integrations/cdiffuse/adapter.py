@@ -84,6 +84,7 @@ class CDiffuSERestoreGrad(RestoreGrad):
         snr_gamma: float = 5.0,
         encoder: str = "reduced",
         handcrafted_prior: Callable | None = None,
+        sigma_max: float | None = None,
         **config_fields,
     ) -> "CDiffuSERestoreGrad":
         """Wrap a CDiffuSE model object and build 1-D Prior and Posterior Nets of ``size``.
@@ -103,13 +104,15 @@ class CDiffuSERestoreGrad(RestoreGrad):
             encoder: ``"reduced"`` (default: the encoders' body on 16-sample blocks) or ``"paper"`` (the
                 paper's ResNet-20 at every sample); see :mod:`restoregrad_adapter.encoders`.
             handcrafted_prior: mode ``"priorgrad"``'s prior (default: the energy prior).
+            sigma_max: an upper bound on the encoders' sigma (None: none).
             config_fields: other :class:`~restoregrad_adapter.RestoreGradConfig` fields (``input_peak``,
                 ``restoration``, ``sample_rate``, ...).
         """
         denoiser = model if isinstance(model, CDiffuSEDenoiser) else CDiffuSEDenoiser(model, peak_normalize)
         return cls.with_encoders(denoiser, dims=1, in_channels=1, size=size, sigma_min=sigma_min, encoder=encoder,
                                  scheduler=scheduler if scheduler is not None else cdiffuse_scheduler(),
-                                 handcrafted_prior=handcrafted_prior, mode=mode, latent_weight=latent_weight,
+                                 handcrafted_prior=handcrafted_prior, sigma_max=sigma_max, mode=mode,
+                                 latent_weight=latent_weight,
                                  prior_matching_weight=prior_matching_weight, weighting=weighting,
                                  snr_gamma=snr_gamma, **config_fields)
 
