@@ -20,7 +20,12 @@ i.e. how many times fewer steps the mode needs; "not reached" when it never does
     python benchmarks/convergence.py --task speech                   # about 8 min on a 2-core CPU
     python benchmarks/convergence.py --task image                    # about 13 min
     python benchmarks/convergence.py --task speech --preset smoke    # seconds (what CI runs)
+    python benchmarks/convergence.py --task speech --degradation nonstationary   # bursts, gaps, an SNR ramp
+    python benchmarks/convergence.py --task image --degradation partial          # weather over part of each image
     python benchmarks/convergence.py --task speech --data_dir VoiceBank-DEMAND/ --steps 20000 ...
+
+``--degradation`` picks the built-in data's degradation (tasks.py): speech ``stationary`` (default) or
+``nonstationary`` noise, images ``full`` (default) or ``partial`` coverage.
 
 ``--data_dir``: speech, VoiceBank+DEMAND (``clean_trainset_28spk_wav/``, ``noisy_trainset_28spk_wav/``,
 ``clean_testset_wav/``, ``noisy_testset_wav/``); images, RainDrop-style ``input/`` and ``gt/`` folders,

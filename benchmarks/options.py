@@ -14,7 +14,7 @@ import copy
 import math
 import os
 
-from tasks import DEFAULT_MODES, DEFAULT_RECIPE, IMAGE_STEPS, MODES, RECIPES, SPEECH_STEPS, TASKS
+from tasks import DEFAULT_MODES, DEFAULT_RECIPE, DEGRADATIONS, IMAGE_STEPS, MODES, RECIPES, SPEECH_STEPS, TASKS
 
 PRESET_NAMES = ("default", "smoke")
 LEARNING_RATE_GRID = [3e-4, 1e-3, 3e-3]
@@ -123,6 +123,14 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
                              "images 1.0)")
     parser.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned std (paper: 0.1)")
     parser.add_argument("--data_dir", default=None, help="VoiceBank+DEMAND (speech) or RainDrop-style (image) folder")
+    parser.add_argument("--degradation", choices=tuple(d for names in DEGRADATIONS.values() for d in names),
+                        default=None,
+                        help="the built-in data's degradation (not with --data_dir). speech: stationary (the "
+                             "default; one noise level per utterance, 0-15 dB SNR) or nonstationary (the level "
+                             "moves within the utterance: an SNR ramp from +20 dB to -5 dB, short bursts at -10 "
+                             "to -5 dB, gaps without noise); image: full (the default; weather all over the "
+                             "photo) or partial (weather over a soft-edged band, side or blob of 20-50%% of the "
+                             "image, the rest exactly clean)")
     parser.add_argument("--num_train", type=int, help="training utterances / images")
     parser.add_argument("--num_eval", type=int, help="held-out utterances / images")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in all (default: torch's)")
@@ -155,6 +163,14 @@ def resolve_run(parser: argparse.ArgumentParser, args, exclude=()):
     args.preset_record = apply_preset(args, run_presets(args.task), exclude)
     if args.recipe is None:
         args.recipe = DEFAULT_RECIPE[args.task]
+    choices = DEGRADATIONS[args.task]
+    if args.degradation is None:
+        args.degradation = choices[0]
+    elif args.degradation not in choices:
+        parser.error(f"--degradation: the {args.task} task takes {' or '.join(choices)}, got {args.degradation}")
+    if args.data_dir and args.degradation != choices[0]:
+        parser.error(f"--degradation {args.degradation} draws the built-in data; --data_dir's pairs bring their own "
+                     "degradation (leave one of the two out)")
     speech = args.task == "speech"
     if args.workers == "auto":
         args.workers = max(1, min(4, os.cpu_count() or 1))

@@ -23,6 +23,13 @@ Both tasks train with one of the training scripts' recipes (:data:`RECIPES`, ``-
 default the script's own: for images x0 prediction of the residual ``x0 - y`` with a plain x0 loss,
 for speech the paper's noise prediction with eq. 10.
 
+The built-in data comes in two degradations per task (:data:`DEGRADATIONS`, ``--degradation``), the
+first the default: speech noise at one level per utterance (``stationary``) or one whose level moves
+within it (``nonstationary``: bursts, silent gaps, an SNR ramp from +20 dB to -5 dB); images with the
+weather all over (``full``) or over a soft-edged band, side or blob of 20-50% of the image only
+(``partial``), the rest exactly clean. Where the degradation is strong in some places and absent in
+others, a prior map can do what a constant prior std cannot.
+
 A task is built from the run's settings (an ``argparse.Namespace``, see ``options.py``) and holds its
 training and held-out data as (clean, degraded) pairs, the library's ``(x0, y)``; ``input_quality``
 scores the degraded input with the restorations' metrics.
@@ -48,6 +55,9 @@ LIBRARY_MODE = {"constant_prior": "priorgrad", "restoregrad_paper_encoder": "res
 # the named encoders (restoregrad_adapter.encoders.ENCODERS) a benchmark mode builds (default: the library's)
 ENCODER_OF_MODE = {"restoregrad_paper_encoder": "paper"}
 TASKS = ("speech", "image")
+#: The built-in data's degradations per task (``--degradation``), the default first: the ``noise_profile``
+#: of ``builtin_speech_pairs`` and the ``coverage`` of ``builtin_weather_pairs``.
+DEGRADATIONS = {"speech": ("stationary", "nonstationary"), "image": ("full", "partial")}
 
 #: What the denoiser predicts, what is diffused and how the denoising term is weighted, per task: the
 #: training scripts' recipes (examples/train_weather.py, examples/train_speech.py). "paper" is the
@@ -189,9 +199,12 @@ def load_speech(config):
         held = load(voicebank_pair_files(config.data_dir, "test")[: config.num_eval])
         what = f"VoiceBank+DEMAND ({config.data_dir}): {len(train)} train, {len(held)} test utterances"
     else:
-        train = builtin_speech_pairs("train", config.num_train, config.seconds, seed=0)
-        held = builtin_speech_pairs("validation", config.num_eval, config.seconds, seed=0)
-        what = f"built-in synthetic speech: {len(train)} train, {len(held)} held-out utterances of {config.seconds} s"
+        profile = config.degradation
+        train = builtin_speech_pairs("train", config.num_train, config.seconds, seed=0, noise_profile=profile)
+        held = builtin_speech_pairs("validation", config.num_eval, config.seconds, seed=0, noise_profile=profile)
+        noise = "" if profile == DEGRADATIONS["speech"][0] else f" with {profile} noise"
+        what = (f"built-in synthetic speech{noise}: {len(train)} train, {len(held)} held-out utterances of "
+                f"{config.seconds} s")
     return [normalize_level(*pair) for pair in train], [normalize_level(*pair) for pair in held], what
 
 
@@ -304,12 +317,16 @@ def load_images(config):
                        for files in (train[: config.num_train], held))
         what = f"{config.data_dir}: {len(train)} train, {len(held)} test images"
     else:
-        train = [(x0, y) for x0, y, _, _ in builtin_weather_pairs("train", size=size, variants=config.variants)]
+        coverage = config.degradation
+        train = [(x0, y) for x0, y, _, _ in builtin_weather_pairs("train", size=size, variants=config.variants,
+                                                                  coverage=coverage)]
         train = train[: config.num_train]
         # two degraded versions of each of the 9 held-out photos and 3 kinds: 18 images by default
-        held = [(x0, y) for x0, y, _, _ in builtin_weather_pairs("validation", size=size, variants=2)]
+        held = [(x0, y) for x0, y, _, _ in builtin_weather_pairs("validation", size=size, variants=2,
+                                                                 coverage=coverage)]
         held = held[: config.num_eval]
-        what = (f"built-in weather photos (rain, snow, raindrop) at {size} px: {len(train)} train, "
+        where = "" if coverage == DEGRADATIONS["image"][0] else " over part of each image: partial coverage"
+        what = (f"built-in weather photos (rain, snow, raindrop{where}) at {size} px: {len(train)} train, "
                 f"{len(held)} held-out images")
     return train, held, what
 

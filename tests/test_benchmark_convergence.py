@@ -209,3 +209,43 @@ def test_modes_are_checked(monkeypatch, argv, error, capsys):
     with pytest.raises(SystemExit):
         convergence.parse_args(["--task", "speech", *argv])
     assert error in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task, default, other",
+                         [("speech", "stationary", "nonstationary"), ("image", "full", "partial")])
+def test_degradation_is_a_per_task_choice_of_the_builtin_data(monkeypatch, capsys, task, default, other):
+    """--degradation: the task's default when left out; the other task's names and --data_dir are refused; the
+    task builds its built-in data with it (the same clean held-out signals, another degraded input)."""
+    import torch
+
+    convergence = convergence_module(monkeypatch)
+    tasks = sys.modules["tasks"]
+    smoke = ["--task", task, "--preset", "smoke"]
+    assert convergence.parse_args(smoke).degradation == default
+    wrong = {"speech": "partial", "image": "nonstationary"}[task]
+    for argv, error in ((["--degradation", wrong], f"--degradation: the {task} task takes {default} or {other}"),
+                        (["--degradation", other, "--data_dir", "data"], "--data_dir's pairs bring their own")):
+        with pytest.raises(SystemExit):
+            convergence.parse_args([*smoke, *argv])
+        assert error in capsys.readouterr().err
+    built = {name: tasks.build_task(convergence.parse_args([*smoke, "--degradation", name]))
+             for name in (default, other)}
+    assert other in built[other].description and default not in built[default].description
+    quality = {name: t.input_quality()[tasks.HEADLINE_METRIC[task]] for name, t in built.items()}
+    assert all(math.isfinite(v) for v in quality.values()) and quality[default] != quality[other]
+    if task == "image":
+        base, varied = (built[name].held_out for name in (default, other))
+        assert all(torch.equal(x0, x0_other) for (x0, _), (x0_other, _) in zip(base, varied))
+        assert quality["partial"] > quality["full"]  # the same weather over part of each image only
+    else:
+        base, varied = built[default].eval_clean, built[other].eval_clean
+        assert abs(float((base * varied).sum() / (base.norm() * varied.norm())) - 1) < 1e-5  # up to the level
+
+
+def test_degradation_smoke_is_recorded(tmp_path):
+    out = run_convergence("--task", "image", "--preset", "smoke", "--modes", "ddpm", "--degradation", "partial",
+                          "--output_dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads((tmp_path / "convergence_image.json").read_text())
+    assert results["config"]["degradation"] == "partial" and "over part of each image" in results["data"]
+    assert all(math.isfinite(v) for v in results["curves"]["ddpm"]["0"]["metrics"]["psnr_y"])

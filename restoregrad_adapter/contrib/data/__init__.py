@@ -4,11 +4,13 @@ paired files in the supported layouts, and aligned random crops.
 Every pair is ``(x0, y)`` = (clean, degraded), the order of ``RestoreGrad.training_loss(x0, y)``.
 
 - :mod:`restoregrad_adapter.contrib.data.weather`: photos bundled with scikit-image degraded in code by rain
-  streaks, snow and raindrops (:func:`~restoregrad_adapter.contrib.data.weather.builtin_weather_pairs`).
+  streaks, snow and raindrops, all over or inside a region only
+  (:func:`~restoregrad_adapter.contrib.data.weather.builtin_weather_pairs`).
 - :mod:`restoregrad_adapter.contrib.data.blur_sr`: the same photos blurred (motion, defocus, Gaussian) or
   down-sampled bicubically by 2 or 4 and up-sampled back
   (:func:`~restoregrad_adapter.contrib.data.blur_sr.builtin_blur_sr_pairs`).
-- :mod:`restoregrad_adapter.contrib.data.speech`: synthetic speech mixed with synthetic noise
+- :mod:`restoregrad_adapter.contrib.data.speech`: synthetic speech mixed with synthetic noise, at a steady
+  level or one that moves within the utterance
   (:func:`~restoregrad_adapter.contrib.data.speech.builtin_speech_pairs`), and resampling.
 - :mod:`restoregrad_adapter.contrib.data.readers`: the file layouts of WeatherDiff/AllWeather, RainDrop,
   RealBlur, DIV2K, imagefolders with metadata and VoiceBank+DEMAND; conversions between arrays and

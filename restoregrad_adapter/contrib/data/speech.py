@@ -9,7 +9,11 @@ Everything here is generated in code, so the examples run offline:
 * :func:`noise` -- ``"white"``, ``"pink"``, ``"brown"``, ``"babble"``,
   ``"hum"`` and ``"traffic"`` noise.
 * :func:`mix_at_snr` -- adds noise to a clean signal at an exact SNR.
-* :func:`builtin_speech_pairs` -- deterministic ``(clean, noisy)`` pairs (the library's ``(x0, y)``).
+* :func:`noise_envelope` -- the level of a nonstationary noise along an utterance: an SNR ramp
+  (+20 dB to -5 dB), short loud bursts and silent gaps.
+* :func:`builtin_speech_pairs` -- deterministic ``(clean, noisy)`` pairs (the library's ``(x0, y)``),
+  with noise at a steady level (``noise_profile="stationary"``, the default) or following
+  :func:`noise_envelope` (``"nonstationary"``).
 * :func:`resample` -- polyphase resampling between integer sample rates.
 
 All waveforms are float32 numpy arrays; time is the last axis.
@@ -34,11 +38,21 @@ __all__ = [
     "synth_speech",
     "noise",
     "mix_at_snr",
+    "NOISE_PROFILES",
+    "noise_envelope",
     "builtin_speech_pairs",
     "resample",
 ]
 
 NOISE_KINDS: Tuple[str, ...] = ("white", "pink", "brown", "babble", "hum", "traffic")
+
+#: How the noise level of :func:`builtin_speech_pairs` moves within an utterance: ``"stationary"``, one
+#: level (an SNR drawn per utterance); ``"nonstationary"``, the level of :func:`noise_envelope`.
+NOISE_PROFILES: Tuple[str, ...] = ("stationary", "nonstationary")
+
+#: Local SNRs (dB) of :func:`noise_envelope`: the two ends of its ramp, and the range its bursts are drawn from.
+RAMP_SNR_DB: Tuple[float, float] = (20.0, -5.0)
+BURST_SNR_DB: Tuple[float, float] = (-10.0, -5.0)
 
 # Formant targets (F1..F4, Hz) of a few vowels for an adult male voice.
 _VOWELS = np.array(
@@ -456,6 +470,58 @@ def mix_at_snr(clean, noise, snr_db: float) -> np.ndarray:
     return (c + gain * nz).astype(np.float32)
 
 
+def _segment_window(n: int, start: int, stop: int, fade: int) -> np.ndarray:
+    """1 on ``[start, stop)``, falling to 0 over ``fade`` samples on each side (raised cosine), 0 elsewhere."""
+    t = np.arange(n)
+    outside = np.maximum(np.maximum(start - t, t - (stop - 1)), 0)
+    return 0.5 + 0.5 * np.cos(np.pi * np.minimum(outside / max(fade, 1), 1.0))
+
+
+def _segments(n: int, sample_rate: int, rng: np.random.Generator, per_second: float,
+              seconds: Tuple[float, float], max_share: float) -> List[Tuple[int, int]]:
+    """``1 + Poisson(per_second * duration)`` segments ``[start, stop)`` of ``U(seconds)`` seconds (at most
+    ``max_share`` of the signal), each at a uniformly drawn position."""
+    count = 1 + int(rng.poisson(per_second * n / sample_rate))
+    out = []
+    for _ in range(count):
+        length = int(round(min(rng.uniform(*seconds) * sample_rate, max_share * n)))
+        length = min(n, max(1, length))
+        start = int(rng.integers(0, n - length + 1))
+        out.append((start, start + length))
+    return out
+
+
+def noise_envelope(num_samples: int, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+    """The level of a nonstationary noise along an utterance, relative to the speech: ``(num_samples,)`` float64.
+
+    ``g[t]`` is the noise's RMS at sample ``t`` over the clean utterance's RMS (over the whole
+    utterance): the local SNR is ``-20 log10 g[t]`` dB, and ``g[t] == 0`` means no noise at all.
+    Drawn from ``rng``, in this order:
+
+    * a ramp: the local SNR goes linearly in dB from +20 dB to -5 dB across the utterance
+      (:data:`RAMP_SNR_DB`), or from -5 dB to +20 dB (the direction drawn with probability 1/2);
+    * bursts: ``1 + Poisson(1.5 per second)`` short loud segments of ``U(30, 150)`` ms (at most 15% of
+      the utterance each) at uniformly drawn positions, each at a local SNR drawn from ``U(-10, -5)`` dB
+      (:data:`BURST_SNR_DB`, as loud as the loudest end of the ramp or louder); the louder of burst and
+      ramp wins;
+    * gaps: ``1 + Poisson(0.5 per second)`` segments of ``U(100, 300)`` ms (at most 25% of the utterance
+      each) at uniformly drawn positions without any noise (``g == 0`` exactly), bursts included.
+
+    Bursts and gaps fade in and out over 5 ms (raised cosine) outside their segment.
+    """
+    n, sr, rng = _check_synthesis("noise_envelope", num_samples, sample_rate, rng)
+    fade = max(1, int(round(0.005 * sr)))
+    high, low = RAMP_SNR_DB
+    ramp_db = np.linspace(high, low, n) if rng.random() < 0.5 else np.linspace(low, high, n)
+    level = 10.0 ** (-ramp_db / 20.0)
+    for start, stop in _segments(n, sr, rng, 1.5, (0.03, 0.15), 0.15):
+        burst = 10.0 ** (-rng.uniform(*BURST_SNR_DB) / 20.0)
+        level = np.maximum(level, burst * _segment_window(n, start, stop, fade))
+    for start, stop in _segments(n, sr, rng, 0.5, (0.1, 0.3), 0.25):
+        level = level * (1.0 - _segment_window(n, start, stop, fade))
+    return level
+
+
 def builtin_speech_pairs(
     split: str = "train",
     num_utterances: int = 32,
@@ -464,14 +530,27 @@ def builtin_speech_pairs(
     snr_range: Tuple[float, float] = (0.0, 15.0),
     seed: int = 0,
     noise_kinds: Sequence[str] = NOISE_KINDS,
+    noise_profile: str = "stationary",
 ) -> List[Tuple[np.ndarray, np.ndarray]]:
     """Deterministic ``(clean, noisy)`` float32 pairs of synthetic speech (``(x0, y)``, each ``(L,)``).
 
     Each utterance is :func:`synth_speech` of ``seconds`` length mixed with a
-    noise kind drawn from ``noise_kinds`` at an SNR drawn uniformly from
-    ``snr_range`` (dB).  ``"train"`` and ``"validation"`` use independent
-    random streams derived from ``seed``.  If a mixture would exceed 0.99 in
-    magnitude, noisy and clean are scaled together (the SNR is unchanged).
+    noise kind drawn from ``noise_kinds``; ``noise_profile`` (one of
+    :data:`NOISE_PROFILES`) sets its level:
+
+    ``"stationary"`` (the default)
+        one level for the whole utterance, at an SNR drawn uniformly from
+        ``snr_range`` (dB);
+    ``"nonstationary"``
+        the level follows :func:`noise_envelope`, drawn after the noise: an SNR
+        ramp from +20 dB to -5 dB (or back), short bursts at -10 to -5 dB and
+        gaps without any noise.  ``snr_range`` does not apply (only its default
+        is accepted).  The clean utterances, noise kinds and noise waveforms
+        are those of ``"stationary"`` (the clean ones up to the scaling below).
+
+    ``"train"`` and ``"validation"`` use independent random streams derived
+    from ``seed``.  If a mixture would exceed 0.99 in magnitude, noisy and
+    clean are scaled together (the SNR is unchanged).
     """
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
@@ -499,6 +578,11 @@ def builtin_speech_pairs(
     if not noise_kinds or any(k not in NOISE_KINDS for k in noise_kinds):
         raise ValueError(f"noise_kinds must be a non-empty subset of {NOISE_KINDS}, "
                          f"got {noise_kinds!r}")
+    if not isinstance(noise_profile, str) or noise_profile not in NOISE_PROFILES:
+        raise ValueError(f"noise_profile must be one of {NOISE_PROFILES}, got {noise_profile!r}")
+    if noise_profile == "nonstationary" and (lo, hi) != (0.0, 15.0):
+        raise ValueError("snr_range applies to noise_profile='stationary' only; the nonstationary noise's "
+                         f"levels are those of noise_envelope (leave snr_range out), got {snr_range!r}")
     n = max(1, int(round(seconds_f * sample_rate)))
     split_id = 0 if split == "train" else 1
     pairs = []
@@ -510,7 +594,13 @@ def builtin_speech_pairs(
                      ).astype(np.float32)
         kind = noise_kinds[int(rng.integers(len(noise_kinds)))]
         nz = noise(kind, n, sample_rate, rng)
-        noisy = mix_at_snr(clean, nz, rng.uniform(lo, hi))
+        if noise_profile == "stationary":
+            noisy = mix_at_snr(clean, nz, rng.uniform(lo, hi))
+        else:
+            c = clean.astype(np.float64)
+            nz = nz.astype(np.float64)
+            gain = math.sqrt(np.mean(c * c) / np.mean(nz * nz))
+            noisy = (c + gain * noise_envelope(n, sample_rate, rng) * nz).astype(np.float32)
         peak = float(np.abs(noisy).max())
         if peak > 0.99:
             scale = np.float32(0.99 / peak)

@@ -16,10 +16,16 @@ image, the arguments and the generator state):
   with a dark edge on the lit side, a bright crescent opposite to it and a
   small specular highlight.
 
+Any of them can be confined to part of the image: :func:`region_mask` draws a
+soft-edged region (a band, a side or a blob covering 20-50% of the image) and
+:func:`degrade_region` degrades the image inside it only, leaving the rest
+exactly clean.
+
 :func:`builtin_photos` returns the photographs that ship inside scikit-image
 (read straight from its package folder, so nothing is ever downloaded) and
 :func:`builtin_weather_pairs` turns them into deterministic
-``(clean, degraded, kind, name)`` training / validation pairs (the library's ``(x0, y)`` order).
+``(clean, degraded, kind, name)`` training / validation pairs (the library's ``(x0, y)`` order),
+degraded all over (``coverage="full"``, the default) or inside a region (``"partial"``).
 """
 
 from __future__ import annotations
@@ -42,11 +48,20 @@ __all__ = [
     "add_snow",
     "add_raindrops",
     "degrade",
+    "COVERAGES",
+    "REGION_SHAPES",
+    "region_mask",
+    "degrade_region",
     "builtin_photos",
     "builtin_weather_pairs",
 ]
 
 KINDS: Tuple[str, ...] = ("rain", "snow", "raindrop")
+#: Where :func:`builtin_weather_pairs` draws the weather: ``"full"``, all over the photo; ``"partial"``,
+#: inside a region of :func:`region_mask` only (:func:`degrade_region`).
+COVERAGES: Tuple[str, ...] = ("full", "partial")
+#: The shapes of :func:`region_mask`.
+REGION_SHAPES: Tuple[str, ...] = ("band", "side", "blob")
 
 # Photographs bundled inside the scikit-image package folder (no download).
 # Maps the public name to the file name inside ``skimage/data``.
@@ -424,6 +439,91 @@ def degrade(image, kind: str, rng: np.random.Generator) -> np.ndarray:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
 
+# ---------------------------------------------------------------------------
+# degradations over part of the image
+# ---------------------------------------------------------------------------
+
+
+def _top_fraction(values: np.ndarray, fraction: float) -> np.ndarray:
+    """The ``fraction`` of the pixels with the largest ``values`` (ties all in or all out)."""
+    return values >= np.quantile(values, 1.0 - fraction)
+
+
+def region_mask(height: int, width: int, rng: np.random.Generator, *, shape: Optional[str] = None,
+                fraction: Optional[float] = None) -> np.ndarray:
+    """A soft-edged region covering part of an image: ``(height, width)`` float32 in ``[0, 1]``.
+
+    The region is the set of pixels where the mask is above 0; outside it the mask is exactly 0.
+    Inside, the mask rises from the region's edge to 1 over a feather of 6% of the shorter side (at
+    least 1.5 pixels): a smoothstep of the distance to the nearest pixel outside (the image's borders
+    are not edges).  Parameters (``None`` draws a random value from ``rng``):
+
+    shape:
+        One of :data:`REGION_SHAPES` (default: drawn uniformly):
+        ``"band"``, a straight strip across the image at an angle ``U(0, 180)`` degrees from the
+        horizontal, at a uniformly drawn offset; ``"side"``, the part of the image beyond a straight line
+        parallel to one of its edges (top, bottom, left or right, drawn uniformly; ``fraction`` 0.5 is
+        a half); ``"blob"``, a smooth random shape: the largest values of a random field low-passed at
+        15% of the shorter side plus a Gaussian bump (a quarter of the shorter side wide) at a uniformly
+        drawn centre.
+    fraction:
+        Share of the image's pixels in the region, in ``[0.05, 0.95]`` (default ``U(0.2, 0.5)``);
+        met up to ties (a side region takes whole rows or columns).
+    """
+    for value, name in ((height, "height"), (width, "width")):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {value!r}")
+    rng = check_rng(rng)
+    if shape is None:
+        shape = REGION_SHAPES[int(rng.integers(len(REGION_SHAPES)))]
+    elif shape not in REGION_SHAPES:
+        raise ValueError(f"shape must be one of {REGION_SHAPES}, got {shape!r}")
+    fraction = _pick(fraction, "fraction", rng, 0.2, 0.5, lo_ok=0.05, hi_ok=0.95)
+    h, w = int(height), int(width)
+    shorter = min(h, w)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    if shape == "band":
+        angle = rng.uniform(0.0, np.pi)
+        along = -xx * np.sin(angle) + yy * np.cos(angle)  # distance across the band's direction
+        start = rng.uniform(0.0, 1.0 - fraction)
+        low, high = np.quantile(along, [start, start + fraction])
+        region = (along >= low) & (along <= high)
+    elif shape == "side":
+        side = int(rng.integers(4))  # top, bottom, left, right
+        values = (-yy, yy, -xx, xx)[side]
+        region = _top_fraction(values, fraction)
+    else:
+        field = ndimage.gaussian_filter(rng.standard_normal((h, w)), 0.15 * shorter, mode="wrap")
+        field /= field.std() + 1e-12
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        width_px = 0.25 * shorter
+        field += 2.5 * np.exp(-0.5 * ((yy - cy) ** 2 + (xx - cx) ** 2) / width_px ** 2)
+        region = _top_fraction(field, fraction)
+    if region.all():
+        return np.ones((h, w), np.float32)
+    feather = max(1.5, 0.06 * shorter)
+    distance = ndimage.distance_transform_edt(region)  # 0 outside, >= 1 inside
+    return np.where(region, _smoothstep(distance / feather), 0.0).astype(np.float32)
+
+
+def degrade_region(image, kind: str, rng: np.random.Generator, *, shape: Optional[str] = None,
+                   fraction: Optional[float] = None, return_mask: bool = False):
+    """Apply the degradation ``kind`` inside a region of the image only; the rest stays exactly clean.
+
+    Draws, from ``rng`` and in this order, the degradation of the whole image (:func:`degrade`: what
+    it returns for the same generator state) and the region (:func:`region_mask` with ``shape`` and
+    ``fraction``), then blends: ``image * (1 - mask) + degraded * mask`` where ``mask > 0``, and
+    ``image`` itself (bit for bit) where ``mask == 0``.  Returns the ``HxWx3`` float32 result, or
+    ``(result, mask)`` with ``return_mask``.
+    """
+    img = _check_image(image)
+    full = degrade(img, kind, rng)
+    mask = region_mask(img.shape[0], img.shape[1], rng, shape=shape, fraction=fraction)
+    m = mask[..., None]
+    out = np.where(m > 0, img * (1.0 - m) + full * m, img).astype(np.float32)
+    return (out, mask) if return_mask else out
+
+
 def _skimage_data_dir() -> str:
     import skimage.data
 
@@ -484,6 +584,7 @@ def builtin_weather_pairs(
     seed: int = 0,
     size: Optional[int] = 128,
     variants: Optional[int] = None,
+    coverage: str = "full",
 ) -> List[Tuple[np.ndarray, np.ndarray, str, str]]:
     """Deterministic ``(clean, degraded, kind, name)`` pairs from bundled photos.
 
@@ -504,6 +605,12 @@ def builtin_weather_pairs(
     variants:
         Degraded versions per photo and kind (default 4 for training, 1 for
         validation).
+    coverage:
+        One of :data:`COVERAGES`: ``"full"`` (the default) draws the weather
+        all over the photo (:func:`degrade`); ``"partial"`` inside a region
+        covering 20-50% of it only, a band, a side or a blob with soft edges,
+        and leaves the rest exactly clean (:func:`degrade_region`: the same
+        weather as ``"full"`` for the same seed, then the region).
     """
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
@@ -521,6 +628,9 @@ def builtin_weather_pairs(
         variants = 4 if split == "train" else 1
     if isinstance(variants, bool) or not isinstance(variants, (int, np.integer)) or variants < 1:
         raise ValueError(f"variants must be a positive integer, got {variants!r}")
+    if not isinstance(coverage, str) or coverage not in COVERAGES:
+        raise ValueError(f"coverage must be one of {COVERAGES}, got {coverage!r}")
+    apply = degrade if coverage == "full" else degrade_region
 
     photos = builtin_photos()
     names = TRAIN_PHOTOS if split == "train" else VALIDATION_PHOTOS
@@ -534,5 +644,5 @@ def builtin_weather_pairs(
             kind_id = KINDS.index(kind)
             for v in range(int(variants)):
                 rng = np.random.default_rng([int(seed), split_id, name_id, kind_id, v])
-                pairs.append((clean, degrade(clean, kind, rng), kind, name))
+                pairs.append((clean, apply(clean, kind, rng), kind, name))
     return pairs
