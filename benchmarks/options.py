@@ -122,6 +122,13 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
                         help="the paper's lambda, weight of the prior-matching term (speech 0.5 as the paper; "
                              "images 1.0)")
     parser.add_argument("--sigma_min", type=float, default=0.1, help="floor of the learned std (paper: 0.1)")
+    parser.add_argument("--sigma_max", type=float, default=None,
+                        help="an upper bound (above 1) on the learned std, squashed into (sigma_min, sigma_max); "
+                             "none when left out")
+    parser.add_argument("--prediction_type", choices=("epsilon", "sample", "v_prediction"), default=None,
+                        help="what the denoiser predicts, instead of the recipe's (an ablation)")
+    parser.add_argument("--loss_weighting", choices=("elbo", "min_snr", "x0"), default=None,
+                        help="the denoising term's weighting, instead of the recipe's (an ablation)")
     parser.add_argument("--data_dir", default=None, help="VoiceBank+DEMAND (speech) or RainDrop-style (image) folder")
     parser.add_argument("--degradation", choices=tuple(d for names in DEGRADATIONS.values() for d in names),
                         default=None,
@@ -185,6 +192,8 @@ def resolve_run(parser: argparse.ArgumentParser, args, exclude=()):
             parser.error(f"--{name} must be a positive integer")
     if getattr(args, "early_evals", 0) < 0:
         parser.error("--early_evals must be >= 0")
+    if args.sigma_max is not None and not (1 < args.sigma_max < math.inf):
+        parser.error("--sigma_max must be a number above 1 (the learned std starts at 1)")
     for name in ("latent_weight", "prior_matching_weight", "sigma_min"):
         value = getattr(args, name)
         if not (value >= 0 and math.isfinite(value)):

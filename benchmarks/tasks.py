@@ -80,6 +80,16 @@ HOP = 256  # CDiffuSE's frame: waveform lengths are multiples of it
 SAMPLE_RATE = 16_000
 
 
+def recipe_of(config, task: str) -> dict:
+    """The run's recipe for ``task``: ``RECIPES[config.recipe]``, with ``--prediction_type`` and
+    ``--loss_weighting`` instead of the recipe's when given (ablations)."""
+    recipe = dict(RECIPES[config.recipe][task])
+    for name in ("prediction_type", "loss_weighting"):
+        if getattr(config, name, None) is not None:
+            recipe[name] = getattr(config, name)
+    return recipe
+
+
 def mode_label(mode: str, constant_prior_std: float | None = None) -> str:
     """The mode's name in tables and plots; the constant prior names its sigma."""
     if mode == "constant_prior":
@@ -239,7 +249,7 @@ class SpeechTask(_Task):
         from restoregrad_adapter.integrations.cdiffuse import cdiffuse_scheduler
 
         c = self.config
-        recipe = RECIPES[c.recipe]["speech"]
+        recipe = recipe_of(c, "speech")
         model = DiffWaveDenoiser(residual_channels=c.residual_channels, residual_layers=c.residual_layers,
                                  dilation_cycle_length=min(10, c.residual_layers), embedding_dim=c.embedding_dim,
                                  conditioner_channels=getattr(c, "conditioner_channels", 0) or None)
@@ -248,7 +258,8 @@ class SpeechTask(_Task):
         return CDiffuSERestoreGrad.from_model(model, size=c.encoder_size, encoder=encoder, latent_weight=c.latent_weight,
                                               prior_matching_weight=c.prior_matching_weight,
                                               sigma_min=c.sigma_min, handcrafted_prior=prior, scheduler=scheduler,
-                                              weighting=recipe["loss_weighting"])
+                                              weighting=recipe["loss_weighting"],
+                                              sigma_max=getattr(c, "sigma_max", None))
 
     def batch(self, generator: torch.Generator):
         """(clean, noisy) crops of random training utterances, all drawn from ``generator``."""
@@ -355,12 +366,12 @@ class ImageTask(_Task):
         from restoregrad_adapter.contrib.reference_nets import WeatherUNet
 
         c = self.config
-        recipe = RECIPES[c.recipe]["image"]
+        recipe = recipe_of(c, "image")
         unet = WeatherUNet(in_channels=6, out_channels=3, ch=c.unet_ch, ch_mult=tuple(c.unet_ch_mult),
                            num_res_blocks=c.unet_blocks, attn_resolutions=(), image_size=c.patch_size)
         config = RestoreGradConfig(
             encoder=EncoderConfig(dims=2, in_channels=3, size=c.encoder_size, sigma_min=c.sigma_min,
-                                  architecture=encoder),
+                                  architecture=encoder, sigma_max=getattr(c, "sigma_max", None)),
             prediction_type=recipe["prediction_type"], residual=recipe["residual"], latent_weight=c.latent_weight,
             prior_matching_weight=c.prior_matching_weight, weighting=recipe["loss_weighting"])
         prior_net, posterior_net = build_encoders(config.encoder)  # after the UNet, as always here

@@ -128,6 +128,25 @@ def test_default_preset_is_the_documented_setup(monkeypatch):
     assert convergence.parse_args(["--task", "image", "--recipe", "paper"]).recipe == "paper"
 
 
+def test_recipe_ablations_override_one_setting_and_build_what_they_name(monkeypatch):
+    """--prediction_type, --loss_weighting and --sigma_max change the recipe's setting and nothing else."""
+    convergence = convergence_module(monkeypatch)
+    import tasks
+
+    args = convergence.parse_args(["--task", "image", "--preset", "smoke", "--loss_weighting", "elbo",
+                                   "--sigma_max", "3"])
+    assert tasks.recipe_of(args, "image") == {**tasks.RECIPES["restoring"]["image"], "loss_weighting": "elbo"}
+    adapter = tasks.build_task(args).build(0, "restoregrad")
+    assert adapter.prior_net.config.sigma_max == 3 and adapter.posterior_net.config.sigma_max == 3
+    assert adapter.loss_fn.weighting == "elbo" and adapter.config.prediction_type == "sample"
+    plain = convergence.parse_args(["--task", "image", "--preset", "smoke"])
+    assert tasks.recipe_of(plain, "image") == tasks.RECIPES["restoring"]["image"] and plain.sigma_max is None
+    v = convergence.parse_args(["--task", "speech", "--preset", "smoke", "--prediction_type", "v_prediction"])
+    assert tasks.recipe_of(v, "speech")["prediction_type"] == "v_prediction"
+    with pytest.raises(SystemExit):
+        convergence.parse_args(["--task", "image", "--sigma_max", "0.5"])
+
+
 def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
     run = run_convergence("--task", "speech", "--preset", "smoke", "--seeds", "0", "1",
                           "--output_dir", str(tmp_path / "run"))
