@@ -72,10 +72,12 @@ def check_finite_and_positive(finite: Mapping[str, torch.Tensor] | None = None,
     message)``, the message a string or a function making it, called only on failure) holds. The error
     names the first that fails."""
     finite, positive, conditions = dict(finite or {}), dict(positive or {}), dict(conditions or {})
-    flags = [torch.isfinite(t.detach()).all() for t in finite.values()]
-    flags += [(torch.isfinite(s.detach()) & (s.detach() > 0)).all() for s in positive.values()]
+    flags = [_within(t, positive=False) for t in finite.values()]
+    flags += [_within(s, positive=True) for s in positive.values()]
     flags += [flag for flag, _ in conditions.values()]
-    if not flags or bool(torch.stack([f.to(flags[0].device) for f in flags]).all()):
+    if not flags:
+        return
+    if bool(flags[0] if len(flags) == 1 else torch.stack([f.to(flags[0].device) for f in flags]).all()):
         return
     for name, tensor in finite.items():
         if not torch.isfinite(tensor).all():
@@ -90,6 +92,17 @@ def check_finite_and_positive(finite: Mapping[str, torch.Tensor] | None = None,
         if not (std > 0).all():
             raise ValueError(f"`{name}` must be > 0 everywhere (a standard deviation), got a minimum of "
                              f"{std.min().item():.4g}.")
+
+
+def _within(tensor: torch.Tensor, positive: bool) -> torch.Tensor:
+    """A 0-d boolean tensor, not yet read: ``tensor`` holds no NaN or inf and, if ``positive``, is > 0
+    everywhere. A floating tensor is read once, by ``aminmax`` (which propagates NaN into both ends);
+    comparing all elements would take several passes and boolean temporaries of the tensor's size."""
+    tensor = tensor.detach()
+    if not tensor.is_floating_point() or tensor.numel() == 0:
+        return (torch.isfinite(tensor) & (tensor > 0)).all() if positive else torch.isfinite(tensor).all()
+    low, high = torch.aminmax(tensor)
+    return (low > 0 if positive else low > -math.inf) & (high < math.inf)
 
 
 def check_std_shape(name: str, std, sample: torch.Tensor) -> None:

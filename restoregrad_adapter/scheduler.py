@@ -768,6 +768,11 @@ def _whitened(scheduler, model_output: torch.Tensor, timestep, sample: torch.Ten
     if isinstance(scheduler, LearnedPriorScheduler):  # its own standard step, without building output objects
         prev_sample, pred_x0 = scheduler._standard_step(whitened_output, timestep, sample / prior_std,
                                                         step_kwargs.get("generator"))
+        if not (prev_sample.requires_grad or pred_x0.requires_grad):
+            # Both are new tensors of this step (from the whitened output, never the caller's): scaled back
+            # in place, the same numbers without two more allocations of the sample's size. Not when
+            # autograd records the step: it may need them as they were.
+            return prev_sample.mul_(prior_std), pred_x0.mul_(prior_std)
     else:  # any diffusers scheduler: its output object names what its fields are
         out = scheduler.step(whitened_output, timestep, sample / prior_std, return_dict=True, **step_kwargs)
         prev_sample, pred_x0 = out.prev_sample, getattr(out, "pred_original_sample", None)

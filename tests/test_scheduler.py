@@ -808,6 +808,39 @@ def test_whitened_stock_ddpm_equals_learned_prior_step(variance_type):
         whitened_step(DDIMScheduler(clip_sample=False), torch.zeros(2, 6, 8, 8), 10, x, sigma)
 
 
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+@pytest.mark.parametrize("t", [500, 0])
+def test_the_prior_step_leaves_its_inputs_alone_and_works_under_autograd(prediction_type, variance_type, t):
+    """The prior step scales its own results back in place: both outputs equal the whitened stock step's, bit
+    for bit, the caller's tensors are unchanged, and with autograd recording (where the results are left
+    as they are) the numbers are the same and the gradients reach the model output and the map."""
+    config = dict(prediction_type=prediction_type, variance_type=variance_type, clip_sample=False)
+    ours, stock = LearnedPriorScheduler(**config), DDPMScheduler(**config)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    sigma = torch.rand(2, 3, 8, 8, generator=g) + 0.1
+    out = torch.randn(2, 6 if variance_type == "learned_range" else 3, 8, 8, generator=g).clamp(-1, 1)
+    copies = [v.clone() for v in (out, x, sigma)]
+
+    def step(scheduler, out, sigma):
+        if scheduler is stock:
+            return whitened_step(stock, out, t, x, sigma, generator=torch.Generator().manual_seed(1))
+        return ours.step(out, t, x, prior_std=sigma, generator=torch.Generator().manual_seed(1))
+
+    a, b = step(ours, out, sigma), step(stock, out, sigma)
+    assert torch.equal(a.prev_sample, b.prev_sample)
+    assert torch.equal(a.pred_original_sample, b.pred_original_sample)
+    assert all(torch.equal(v, c) for v, c in zip((out, x, sigma), copies))
+
+    out_grad, sigma_grad = out.clone().requires_grad_(), sigma.clone().requires_grad_()
+    c = step(ours, out_grad, sigma_grad)
+    (c.prev_sample.sum() + c.pred_original_sample.sum()).backward()
+    assert torch.equal(c.prev_sample, a.prev_sample)
+    assert torch.equal(c.pred_original_sample, a.pred_original_sample)
+    assert out_grad.grad is not None and sigma_grad.grad is not None and torch.isfinite(out_grad.grad).all()
+
+
 def ddim_closed_form(eps_hat, x_t, abar_t, abar_prev, eta, sigma, z):
     """DDIM (Song et al. 2021, eq. 12) under the learned prior: its noise is sigma * z."""
     x0 = (x_t - (1 - abar_t).sqrt() * eps_hat) / abar_t.sqrt()
