@@ -11,7 +11,9 @@ they can double a wall time.
 - restoration: the same sampler with sigma = 1 (mode "ddpm") against the learned prior (Prior Net
   once, sigma-scaled noise every step), through ``integrations.weatherdiff.restore_image`` and
   ``CDiffuSERestoreGrad.restore``;
-- one scheduler step: LearnedPriorScheduler.step with a sigma map against DDPMScheduler.step;
+- one scheduler step: LearnedPriorScheduler.step with a sigma map against DDPMScheduler.step, on a small and a
+  large sample, with the map checked at every step (``validate_args=True``, the default) and not
+  (``validate_args=False``, the restoration loop's), and without a map;
 - peak tensor memory of a training step (parameters, gradients, optimizer state, activations): on CUDA
   the allocator's peak; on CPU the peak of the torch profiler's memory timeline over one step.
 
@@ -286,25 +288,69 @@ def bench_speech(settings, device) -> dict:
     return measure(adapter, steps, restore, settings, device)
 
 
+def page_faults(fn, calls: int) -> float | None:
+    """Minor page faults of the process per call, over one run of ``fn`` that makes ``calls`` calls (None where
+    the ``resource`` module is missing). On a CPU they tell whether freed memory went back to the system and
+    had to be mapped again: glibc gives the top of its heap back once more than its trim threshold (twice
+    the largest block it has freed) is free there, which two freed temporaries of a 1 x 3 x 256 x 256 sample
+    (768 KiB each) reach."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / calls
+
+
+#: The samples of the scheduler-step comparison: a small image's and a large one's.
+SCHEDULER_SHAPES = ((1, 3, 64, 64), (1, 3, 256, 256))
+#: How LearnedPriorScheduler.step is called in each case: "checked" is the default step (``validate_args=True``:
+#: it checks the map's values, one host synchronisation, as a user's own loop does), "unchecked" the
+#: library's restoration loop's (the map checked once per restoration, every step ``validate_args=False``),
+#: "no_prior" the step without a map (DDPM's own step).
+SCHEDULER_CASES = ("checked", "unchecked", "no_prior")
+
+
 def bench_scheduler(settings, device) -> dict:
-    """``settings.scheduler_steps`` scheduler steps on 1 x 3 x 64 x 64: DDPMScheduler against
-    LearnedPriorScheduler with a sigma map."""
+    """One reverse step at training step 500: ``DDPMScheduler.step`` against ``LearnedPriorScheduler.step``
+    with a sigma map, on each of ``SCHEDULER_SHAPES``, in each of ``SCHEDULER_CASES``.
+
+    Each comparison times ``settings.scheduler_steps`` steps of each scheduler, interleaved and repeated
+    ``settings.scheduler_repeats`` times; both loops draw their noise from a generator seeded alike.
+    ``cases`` holds every comparison, with the time of one step and the page faults of one more run of each
+    loop (:func:`page_faults`); the top-level ratio is the first case (the smaller sample, "checked"), the
+    one this benchmark reported before it measured the others."""
     from diffusers import DDPMScheduler
 
     from restoregrad_adapter import LearnedPriorScheduler
 
     ours, stock = LearnedPriorScheduler(), DDPMScheduler(clip_sample=False)
-    sample = torch.randn(1, 3, 64, 64, device=device)
-    output = torch.randn_like(sample)
-    sigma = torch.rand_like(sample) + 0.1
+    steps, repeats = settings.scheduler_steps, settings.scheduler_repeats
 
     def loop(step):
         def run():
             generator = torch.Generator(device=device).manual_seed(0)
-            for _ in range(settings.scheduler_steps):
+            for _ in range(steps):
                 step(generator)
         return run
 
-    return compare(loop(lambda g: stock.step(output, 500, sample, generator=g)),
-                   loop(lambda g: ours.step(output, 500, sample, generator=g, prior_std=sigma)), settings.repeats,
-                   device)
+    def compared(output, sample, kwargs):
+        baseline = loop(lambda g: stock.step(output, 500, sample, generator=g))
+        candidate = loop(lambda g: ours.step(output, 500, sample, generator=g, **kwargs))
+        r = compare(baseline, candidate, repeats, device)
+        for name, run in (("baseline", baseline), ("restoregrad", candidate)):
+            r[f"{name}_us_per_step"] = r[f"{name}_s"] / steps * 1e6
+            r[f"{name}_page_faults_per_step"] = page_faults(run, steps)
+        return r
+
+    cases = []
+    for shape in SCHEDULER_SHAPES:
+        sample = torch.randn(shape, device=device)
+        output = torch.randn_like(sample)
+        sigma = torch.rand_like(sample) + 0.1
+        for case in SCHEDULER_CASES:
+            kwargs = {} if case == "no_prior" else {"prior_std": sigma, "validate_args": case == "checked"}
+            cases.append({"shape": list(shape), "case": case, **compared(output, sample, kwargs)})
+    return {"steps": steps, "repeats": repeats, "timestep": 500, "cases": cases,
+            **{k: cases[0][k] for k in ("baseline_s", "restoregrad_s", "ratio", "ratio_min", "ratio_max")}}

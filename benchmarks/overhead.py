@@ -18,7 +18,8 @@ import options
 import report
 
 # setting: (its value in preset "default", in preset "smoke")
-OVERHEAD_PRESET = {"repeats": (5, 2), "scheduler_steps": (500, 20), "weather_unet": ("weatherdiff64", "tiny"),
+OVERHEAD_PRESET = {"repeats": (5, 2), "scheduler_steps": (500, 20), "scheduler_repeats": (21, 2),
+                   "weather_unet": ("weatherdiff64", "tiny"),
                    "patch_size": (64, 16), "speech_model": ("cdiffuse", "tiny"), "speech_frames": (63, 8),
                    "encoder_size": ("base", "tiny")}
 
@@ -27,6 +28,9 @@ def parse_args(argv=None):
     parser = options.preset_parser(__doc__, {"overhead": OVERHEAD_PRESET})
     parser.add_argument("--repeats", type=int, help="interleaved repetitions of each comparison")
     parser.add_argument("--scheduler_steps", type=int, help="scheduler steps per timed loop")
+    parser.add_argument("--scheduler_repeats", type=int,
+                        help="interleaved repetitions of each scheduler-step comparison (a step takes microseconds "
+                             "to milliseconds, so its ratio needs more of them than the others)")
     parser.add_argument("--weather_unet", choices=("weatherdiff64", "tiny"))
     parser.add_argument("--patch_size", type=int, help="WeatherDiff patch side")
     parser.add_argument("--speech_model", choices=("cdiffuse", "tiny"))

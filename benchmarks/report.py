@@ -229,7 +229,9 @@ def plot_overhead(results: dict, path: str) -> None:
     labels, ratios, low, high, colors, bar_targets = [], [], [], [], [], []
     timed = [(f"{task}\n{what.replace('_', ' ')}", what, results[task][what])
              for task in ("weather", "speech") for what in ("train_step", "restore")]
-    for label, what, r in timed + [("scheduler\nstep", "scheduler_step", results["scheduler_step"])]:
+    timed += [(f"step {'x'.join(map(str, c['shape'][2:]))}\n{c['case']}", "scheduler_step", c)
+              for c in results["scheduler_step"]["cases"] if c["case"] != "no_prior"]
+    for label, what, r in timed:
         labels.append(label)
         ratios.append(r["ratio"])
         low.append(r["ratio"] - r["ratio_min"])
@@ -246,7 +248,7 @@ def plot_overhead(results: dict, path: str) -> None:
             colors.append("tab:orange")
             bar_targets.append(targets.get("train_peak_memory"))
     ax = axes[0]
-    fig.set_size_inches(9.5, 3.8)
+    fig.set_size_inches(12.5, 3.8)
     ax.bar(labels, ratios, yerr=[low, high], capsize=4, color=colors)
     ax.axhline(1.0, color="black", linewidth=0.8)
     marked = [(i, t) for i, t in enumerate(bar_targets) if t is not None]
@@ -344,6 +346,11 @@ def print_overhead(results: dict) -> None:
             print(f"{task:8s} throughput {throughput['baseline']:.2f} -> {throughput['restoregrad']:.2f} samples/s; "
                   f"{ceiling['baseline']['fraction']:.1%} -> {ceiling['restoregrad']['fraction']:.1%} of a "
                   f"{ceiling['matmul_dtype']} matmul's {ceiling['matmul_flops_per_s'] / 1e12:.3g} TFLOP/s")
-    r = results["scheduler_step"]
-    print(f"scheduler step ratio {r['ratio']:.3f} [{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]"
-          f"{_against_target(r['ratio'], targets.get('scheduler_step'))}")
+    for c in results["scheduler_step"]["cases"]:
+        faults = ("" if c["baseline_page_faults_per_step"] is None else
+                  f"  page faults/step {c['baseline_page_faults_per_step']:.0f} -> "
+                  f"{c['restoregrad_page_faults_per_step']:.0f}")
+        print(f"scheduler step {' x '.join(map(str, c['shape'])):17s} {c['case']:9s} "
+              f"{c['baseline_us_per_step']:8.1f} us -> {c['restoregrad_us_per_step']:8.1f} us  "
+              f"ratio {c['ratio']:.3f} [{c['ratio_min']:.3f}, {c['ratio_max']:.3f}]"
+              f"{_against_target(c['ratio'], targets.get('scheduler_step'))}{faults}")

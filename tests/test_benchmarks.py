@@ -2,6 +2,7 @@
 the scripts must run and write their raw numbers and plots), and the CPU memory measure against closed forms."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,22 @@ def test_overhead_benchmark_smoke(tmp_path):
             assert c["flops_per_s"] == c["flops_per_step"] / timing[f"{variant}_s"]
             assert c["fraction"] == c["flops_per_s"] / ceiling["matmul_flops_per_s"]
     assert results["scheduler_step"]["ratio"] > 0 and results["preset"]["name"] == "smoke"
+    scheduler = results["scheduler_step"]
+    assert scheduler["repeats"] == results["preset"]["values"]["scheduler_repeats"] == 2
+    assert scheduler["steps"] == results["preset"]["values"]["scheduler_steps"] == 20
+    # Both sizes, each with the map checked at every step, unchecked (the restoration loop's) and without a map.
+    assert [(c["shape"], c["case"]) for c in scheduler["cases"]] == [
+        (shape, case) for shape in ([1, 3, 64, 64], [1, 3, 256, 256]) for case in ("checked", "unchecked", "no_prior")]
+    for c in scheduler["cases"]:
+        assert c["baseline_s"] > 0 and c["restoregrad_s"] > 0 and c["ratio_min"] <= c["ratio"] <= c["ratio_max"]
+        assert c["baseline_us_per_step"] == c["baseline_s"] / scheduler["steps"] * 1e6
+        assert c["restoregrad_us_per_step"] == c["restoregrad_s"] / scheduler["steps"] * 1e6
+        assert c["baseline_page_faults_per_step"] >= 0 and c["restoregrad_page_faults_per_step"] >= 0
+    first = scheduler["cases"][0]  # the top-level ratio: the small sample, checked
+    assert all(scheduler[k] == first[k] for k in ("baseline_s", "restoregrad_s", "ratio", "ratio_min", "ratio_max"))
+    for shape in ("1 x 3 x 64 x 64", "1 x 3 x 256 x 256"):
+        for case in ("checked", "unchecked", "no_prior"):
+            assert re.search(rf"scheduler step {shape} +{case} .*ratio .*target <= 1\.2", out.stdout), (shape, case)
     assert results["preset"]["values"]["repeats"] == results["machine"]["repeats"] == 2
     assert results["machine"]["clock"] == "process CPU time" and results["machine"]["encoder"] == "reduced"
     assert results["targets"] == {"train_step": 1.05, "train_peak_memory": 1.10, "restore": 1.01,
