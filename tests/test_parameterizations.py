@@ -61,7 +61,8 @@ def adapter_for(kind, mode, residual=False, weighting="elbo"):
     for net in (prior, posterior):
         torch.nn.init.normal_(net.encoder.head.weight, std=0.05)
     config = RestoreGradConfig(mode=mode, prediction_type=kind, residual=residual, latent_weight=0.1,
-                               prior_matching_weight=0.5, weighting=weighting)
+                               prior_matching_weight=0.5, weighting=weighting,
+                               prior_std=0.4 if mode == "constant_prior" else None)
     return RestoreGrad(NoiseFunction(scheduler, kind), config, prior_net=prior, posterior_net=posterior,
                        scheduler=scheduler)
 
