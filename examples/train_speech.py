@@ -59,12 +59,14 @@ from restoregrad_adapter.contrib.training import (
     JsonLog,
     RandomCropDataset,
     StepBatchSampler,
+    describe_defaults,
     describe_learning,
     ema_weights,
     gather_loss_terms,
     is_due,
     mean_loss_terms,
     noise_generator,
+    prior_std_value,
     resolve_report_to,
     resume_from_checkpoint,
     save_checkpoint,
@@ -102,56 +104,8 @@ RECIPE_DEFAULTS = {
 }
 
 
-def _shown(value):
-    """A default as --help writes it."""
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def layered_default(name, flag, table):
-    """'default: ...' of the option ``name`` that ``flag`` fills in from ``table`` ({choice: {name: value}}),
-    written from the table itself: each value with the choices that give it, the commonest last as 'otherwise'."""
-    choices_of = {}
-    for choice, defaults in table.items():
-        choices_of.setdefault(_shown(defaults[name]), []).append(choice)
-    if len(choices_of) == 1:
-        return f"default: {next(iter(choices_of))}"
-    commonest = max(reversed(choices_of), key=lambda value: len(choices_of[value]))  # among equals the last
-    named = [f"{value} with {flag} " + (", ".join(choices[:-1]) + " or " if len(choices) > 1 else "") + choices[-1]
-             for value, choices in choices_of.items() if value != commonest]
-    return "default: " + "; ".join(named + [f"{commonest} otherwise"])
-
-
-def describe_defaults(parser, layers):
-    """Make --help state each option's default: for an option that a (flag, table) of ``layers`` fills in,
-    the table's values; for any other, its own default unless its help already says it."""
-    for action in parser._actions:
-        layered = [layered_default(action.dest, flag, table) for flag, table in layers
-                   if action.dest in next(iter(table.values()))]
-        says_default = "default" in {word.strip("(),;:") for word in (action.help or "").split()}
-        if not layered and (action.default is None or action.default is False or action.default == argparse.SUPPRESS
-                            or says_default):
-            continue
-        said = layered[0] if layered else "default: %(default)s"
-        action.help = f"{action.help} ({said})" if action.help else said
-
-
 #: Training examples whose diffused signal sets ``--prior_std auto``.
 AUTO_PRIOR_EXAMPLES = 64
-
-
-def prior_std_value(text: str):
-    """``--prior_std``: a positive number or ``auto``."""
-    if text == "auto":
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number or auto, got {text!r}")
-    return value
 
 
 def parse_args(argv=None):
