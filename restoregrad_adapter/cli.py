@@ -4,6 +4,7 @@
                         [--timestep-spacing trailing] [--self-ensemble] [--patch-size 128]
     restoregrad evaluate --pred DIR --ref DIR [--lpips-network package.module:function]
     restoregrad show-prior --adapter DIR_OR_REPO INPUT -o PNG
+    restoregrad demo --adapter DIR_OR_REPO [--port 7860]     (a web page; pip install "restoregrad_adapter[demo]")
 
 Images (PNG, JPEG, ...) of any size and WAV files are restored with the adapter's integration's
 defaults (e.g. overlapping patches and WeatherDiff's DDIM; CDiffuSE's fast sampling). Every input
@@ -29,6 +30,7 @@ import argparse
 import importlib
 import os
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -87,28 +89,53 @@ def _check_kind(adapter, path: Path) -> str:
     return kind
 
 
-def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
-    """The restored signal (HxWx3 in [0, 1], or a waveform) and its sample rate (audio)."""
+@dataclass(frozen=True)
+class RestoreSettings:
+    """The options of one file's restoration, as ``restoregrad restore`` takes them (None: the adapter's
+    defaults). The demo page restores through the same :func:`restore_file` with these settings."""
+
+    seed: int = 0
+    steps: int | None = None
+    eta: float = 0.0
+    stride: int | None = None
+    patch_size: int | None = None
+    patch_batch_size: int = 64
+    timestep_spacing: str | None = None
+    self_ensemble: bool = False
+    upscale: int = 1
+    sr_consistency: bool = False
+
+    @classmethod
+    def from_args(cls, args) -> "RestoreSettings":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+def restore_file(adapter, path: Path, settings: RestoreSettings = RestoreSettings(), *, progress: bool = True,
+                 callback=None) -> tuple[np.ndarray, int | None]:
+    """The restored signal (HxWx3 in [0, 1], or a waveform) and its sample rate (audio).
+
+    ``callback(k, x)`` is the adapter's restore callback (``k``: the reverse steps still to run)."""
     device = next(adapter.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    generator = torch.Generator(device=device).manual_seed(settings.seed)
     if _check_kind(adapter, path) == "image":
         image = read_image(path)
         low = None
-        if args.upscale > 1:  # a super-resolution adapter's input: the small image enlarged as in training
+        if settings.upscale > 1:  # a super-resolution adapter's input: the small image enlarged as in training
             from .contrib.data.blur_sr import bicubic_resize
 
-            if args.sr_consistency:
+            if settings.sr_consistency:
                 low = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
-            image = bicubic_resize(image, (image.shape[0] * args.upscale, image.shape[1] * args.upscale))
+            image = bicubic_resize(image, (image.shape[0] * settings.upscale, image.shape[1] * settings.upscale))
         channels = adapter.config.channels
         if channels != 3:
             raise CommandError(f"{path}: the adapter is for {channels}-channel images; RGB files give 3 channels.")
         y = torch.from_numpy(image).permute(2, 0, 1)[None].to(device) * 2 - 1
         # The adapter's own restoration, with the options given on the command line (None: its defaults).
-        restored = adapter.restore(y, num_inference_steps=args.steps, generator=generator, stride=args.stride,
-                                   eta=args.eta, patch_size=args.patch_size, patch_batch_size=args.patch_batch_size,
-                                   timestep_spacing=args.timestep_spacing, self_ensemble=args.self_ensemble,
-                                   low_resolution=low, progress=not args.quiet)
+        restored = adapter.restore(y, num_inference_steps=settings.steps, generator=generator, stride=settings.stride,
+                                   eta=settings.eta, patch_size=settings.patch_size,
+                                   patch_batch_size=settings.patch_batch_size,
+                                   timestep_spacing=settings.timestep_spacing, self_ensemble=settings.self_ensemble,
+                                   low_resolution=low, progress=progress, callback=callback)
         return ((restored[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).cpu().numpy(), None
 
     audio, rate = read_audio(path)
@@ -120,12 +147,21 @@ def restore_file(adapter, path: Path, args) -> tuple[np.ndarray, int | None]:
     padded_length += (-padded_length) % defaults.length_multiple
     padded = np.pad(audio, (0, padded_length - length))
     y = torch.from_numpy(padded)[None, None].to(device)
-    restored = adapter.restore(y, generator=generator, progress=not args.quiet)[0, 0, :length].cpu().numpy()
+    restored = adapter.restore(y, generator=generator, progress=progress, callback=callback)[0, 0, :length]
+    restored = restored.cpu().numpy()
     if model_rate != rate:  # back to the file's own rate and length
         from .contrib.data.speech import resample
 
         restored = np.pad(resample(restored, model_rate, rate), (0, file_length))[:file_length]
     return restored, rate
+
+
+def write_restoration(target: Path, restored: np.ndarray, rate: int | None) -> None:
+    """Write what :func:`restore_file` returned (atomically): an image, or audio at ``rate``."""
+    if rate is None:
+        write_image(target, restored)
+    else:
+        write_audio(target, restored, rate)
 
 
 def _at_adapter_rate(adapter, path: Path, audio: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
@@ -203,11 +239,8 @@ def command_restore(args) -> None:
     if not os.access(out, os.W_OK | os.X_OK):
         raise CommandError(f"-o {out}: the output folder is not writable.")
     for path, target in zip(inputs, targets):
-        restored, rate = restore_file(adapter, path, args)
-        if rate is None:
-            write_image(target, restored)
-        else:
-            write_audio(target, restored, rate)
+        restored, rate = restore_file(adapter, path, RestoreSettings.from_args(args), progress=not args.quiet)
+        write_restoration(target, restored, rate)
         print(f"{path} -> {target}")
 
 
@@ -305,16 +338,16 @@ def command_evaluate(args) -> None:
 
 
 # ---------------------------------------------------------------------- show-prior
-def command_show_prior(args) -> None:
+def prior_figure(adapter, path: Path):
+    """A matplotlib figure of the file ``path`` beside the adapter's learned prior sigma for it.
+
+    Images: the image and the sigma map (mean over channels). Audio: the spectrogram (at the adapter's
+    rate) and sigma over time beneath it. The demo page shows the same figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    adapter = load_adapter(args.adapter, args.model_factory, args.device)
-    path = Path(args.input)
-    if not path.is_file():
-        raise CommandError(f"{path}: no such file.")
     device = next(adapter.parameters()).device
     if _check_kind(adapter, path) == "image":
         image = read_image(path)
@@ -326,27 +359,62 @@ def command_show_prior(args) -> None:
         axes[0].set_title(path.name)
         shown = axes[1].imshow(sigma, cmap="magma")
         axes[1].set_title("learned prior sigma (mean over channels)")
-        fig.colorbar(shown, ax=axes[1], fraction=0.046)
+        fig.colorbar(shown, ax=axes[1], fraction=0.046, label=f"sigma: {sigma.min():.3g} to {sigma.max():.3g}")
         for ax in axes:
             ax.axis("off")
-    else:
-        audio, rate = read_audio(path)
-        audio, rate = _at_adapter_rate(adapter, path, audio, rate)
-        y = torch.from_numpy(audio)[None, None].to(device)
-        with torch.no_grad():
-            sigma = adapter.prior_std(y)[0, 0].cpu().numpy()
-        time_axis = np.arange(len(audio)) / rate
-        fig, axes = plt.subplots(2, 1, figsize=(10, 5), sharex=True)
-        axes[0].plot(time_axis, audio, linewidth=0.4)
-        axes[0].set_title(path.name)
-        axes[1].plot(time_axis, sigma, color="tab:red", linewidth=0.6)
-        axes[1].set_title("learned prior sigma")
-        axes[1].set_xlabel("time (s)")
-    save_figure(fig, Path(args.output))
+        fig.tight_layout()
+        return fig
+    audio, rate = read_audio(path)
+    audio, rate = _at_adapter_rate(adapter, path, audio, rate)
+    y = torch.from_numpy(audio)[None, None].to(device)
+    with torch.no_grad():
+        sigma = adapter.prior_std(y)[0, 0].cpu().numpy()
+    fig, axes = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    window = min(512, len(audio))
+    axes[0].specgram(audio, NFFT=window, Fs=rate, noverlap=window * 3 // 4, cmap="magma", scale="dB",
+                     vmin=-120 if audio.any() else None)
+    axes[0].set_ylabel("frequency (Hz)")
+    axes[0].set_title(path.name)
+    axes[1].plot(np.arange(len(audio)) / rate, sigma, color="tab:red", linewidth=0.6)
+    axes[1].set_title(f"learned prior sigma: {sigma.min():.3g} to {sigma.max():.3g}")
+    axes[1].set_xlabel("time (s)")
+    fig.tight_layout()
+    return fig
+
+
+def command_show_prior(args) -> None:
+    adapter = load_adapter(args.adapter, args.model_factory, args.device)
+    path = Path(args.input)
+    if not path.is_file():
+        raise CommandError(f"{path}: no such file.")
+    save_figure(prior_figure(adapter, path), Path(args.output))
     print(f"wrote {args.output}")
 
 
+# ---------------------------------------------------------------------- demo
+def command_demo(args) -> None:
+    try:
+        importlib.import_module("gradio")
+    except ImportError:
+        raise CommandError('the demo needs Gradio: pip install "restoregrad_adapter[demo]"') from None
+    from .demo import UploadLimits, launch_demo
+
+    limits = UploadLimits(max_file_mb=args.max_file_mb, max_pixels=args.max_pixels, max_seconds=args.max_seconds)
+    launch_demo(args.adapter, host=args.host, port=args.port, model_factory=args.model_factory, device=args.device,
+                limits=limits)
+
+
 # ---------------------------------------------------------------------- main
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -426,6 +494,19 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("input", metavar="INPUT")
     show.add_argument("-o", "--output", required=True, help="PNG file")
     show.set_defaults(run=command_show_prior)
+
+    demo = sub.add_parser("demo", help="a web page that restores uploads and shows the learned prior (Gradio)")
+    adapter_arguments(demo)
+    demo.add_argument("--port", type=_positive_int, default=7860, help="the page's port on --host (default 7860)")
+    demo.add_argument("--host", default="127.0.0.1",
+                      help="the address to serve on (default 127.0.0.1: this machine only)")
+    demo.add_argument("--max-file-mb", type=_positive_float, default=20.0,
+                      help="the largest upload, in MB (default 20)")
+    demo.add_argument("--max-pixels", type=_positive_int, default=512 * 512,
+                      help="the most pixels of an image to restore (default 262144, i.e. 512 x 512)")
+    demo.add_argument("--max-seconds", type=_positive_float, default=30.0,
+                      help="the longest recording to restore, in seconds (default 30)")
+    demo.set_defaults(run=command_demo)
     return parser
 
 

@@ -483,7 +483,7 @@ def test_an_output_folder_that_cannot_be_written_fails_before_the_work(cli_adapt
     import restoregrad_adapter.cli as command
 
     calls = []
-    monkeypatch.setattr(command, "restore_file", lambda *args: calls.append(args))  # the long work
+    monkeypatch.setattr(command, "restore_file", lambda *args, **kwargs: calls.append(args))  # the long work
     (tmp_path / "a_file").write_text("mine")
     assert cli(["restore", "--adapter", cli_adapters["image"], str(cli_adapters["files"] / "photo.png"), "-o",
                 str(tmp_path / "a_file" / "out"), "--quiet"]) == 2
