@@ -97,6 +97,12 @@ def preset_parser(doc: str, tables: dict, notes: str = "") -> argparse.ArgumentP
     return parser
 
 
+def recipe_prediction(args) -> str:
+    """The prediction type a run will use: ``--prediction_type``, else its recipe's."""
+    recipe = args.recipe if args.recipe is not None else DEFAULT_RECIPE[args.task]
+    return args.prediction_type or RECIPES[recipe][args.task]["prediction_type"]
+
+
 def run_parser(doc: str) -> argparse.ArgumentParser:
     """The settings of a training run, shared by convergence.py and sampling.py."""
     parser = preset_parser(doc, {task: run_presets(task) for task in TASKS}, PRESET_NOTES)
@@ -129,6 +135,16 @@ def run_parser(doc: str) -> argparse.ArgumentParser:
                         help="what the denoiser predicts, instead of the recipe's (an ablation)")
     parser.add_argument("--loss_weighting", choices=("elbo", "min_snr", "x0"), default=None,
                         help="the denoising term's weighting, instead of the recipe's (an ablation)")
+    parser.add_argument("--residual", choices=("on", "off"), default=None,
+                        help="images: diffuse the residual x0 - y (on) or x0 (off), instead of the recipe's choice "
+                             "(an ablation)")
+    parser.add_argument("--zero_terminal_snr", action="store_true",
+                        help="images: rescale the training schedule to end at pure noise (zero terminal SNR, Lin et "
+                             "al. 2024); use it with --timestep_spacing trailing and v prediction: an x0 estimate "
+                             "from a noise prediction divides by zero at the last training step")
+    parser.add_argument("--timestep_spacing", choices=("leading", "linspace", "trailing"), default=None,
+                        help="images: how the held-out restorations' DDIM steps are spread (default WeatherDiff's "
+                             "leading, which starts at t = T - T/S; trailing starts at t = T)")
     parser.add_argument("--data_dir", default=None, help="VoiceBank+DEMAND (speech) or RainDrop-style (image) folder")
     parser.add_argument("--degradation", choices=tuple(d for names in DEGRADATIONS.values() for d in names),
                         default=None,
@@ -198,6 +214,13 @@ def resolve_run(parser: argparse.ArgumentParser, args, exclude=()):
         value = getattr(args, name)
         if not (value >= 0 and math.isfinite(value)):
             parser.error(f"--{name} must be a finite number >= 0")
+    schedule_ablations = [getattr(args, name, None) for name in ("residual", "zero_terminal_snr", "timestep_spacing")]
+    if speech and any(value not in (None, False) for value in schedule_ablations):
+        parser.error("--residual, --zero_terminal_snr and --timestep_spacing are image settings (CDiffuSE's process "
+                     "mixes y into x_t and samples with its own fast schedule)")
+    if getattr(args, "zero_terminal_snr", False) and recipe_prediction(args) == "epsilon":
+        parser.error("--zero_terminal_snr with noise prediction cannot sample: the x0 estimate divides by "
+                     "sqrt(abar_T) = 0; add --prediction_type v_prediction (or sample)")
     if speech and args.crop_frames < 3:
         parser.error("--crop_frames must be at least 3 (the conditioner's STFT needs more than 512 samples)")
     if any(not (lr > 0 and math.isfinite(lr)) for lr in getattr(args, "learning_rates", [1.0])):

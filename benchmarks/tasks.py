@@ -81,12 +81,14 @@ SAMPLE_RATE = 16_000
 
 
 def recipe_of(config, task: str) -> dict:
-    """The run's recipe for ``task``: ``RECIPES[config.recipe]``, with ``--prediction_type`` and
-    ``--loss_weighting`` instead of the recipe's when given (ablations)."""
+    """The run's recipe for ``task``: ``RECIPES[config.recipe]``, with ``--prediction_type``,
+    ``--loss_weighting`` and ``--residual`` instead of the recipe's when given (ablations)."""
     recipe = dict(RECIPES[config.recipe][task])
     for name in ("prediction_type", "loss_weighting"):
         if getattr(config, name, None) is not None:
             recipe[name] = getattr(config, name)
+    if getattr(config, "residual", None) is not None:
+        recipe["residual"] = config.residual == "on"
     return recipe
 
 
@@ -376,7 +378,8 @@ class ImageTask(_Task):
             prior_matching_weight=c.prior_matching_weight, weighting=recipe["loss_weighting"])
         prior_net, posterior_net = build_encoders(config.encoder)  # after the UNet, as always here
         scheduler = LearnedPriorScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02,
-                                          prediction_type=recipe["prediction_type"])
+                                          prediction_type=recipe["prediction_type"],
+                                          rescale_betas_zero_snr=bool(getattr(c, "zero_terminal_snr", False)))
         return RestoreGrad(wrap(unet, patch_size=c.patch_size), config, prior_net=prior_net,
                            posterior_net=posterior_net, scheduler=scheduler, handcrafted_prior=prior)
 
@@ -409,7 +412,9 @@ class ImageTask(_Task):
         generator = torch.Generator().manual_seed(10_000 + seed)
         restored = [restore_image(adapter, y, patch_size=c.patch_size, stride=c.stride,
                                   num_inference_steps=self.default_steps if steps is None else steps, eta=0.0,
-                                  generator=generator, progress=False, scheduler=scheduler).clamp(-1, 1)
+                                  generator=generator, progress=False, scheduler=scheduler,
+                                  timestep_spacing=None if scheduler is not None else
+                                  getattr(c, "timestep_spacing", None)).clamp(-1, 1)
                     for _, y in self.held_out]
         return self.scores(restored)
 

@@ -147,6 +147,45 @@ def test_recipe_ablations_override_one_setting_and_build_what_they_name(monkeypa
         convergence.parse_args(["--task", "image", "--sigma_max", "0.5"])
 
 
+def test_schedule_ablations_build_and_sample_what_they_name(monkeypatch):
+    """--residual, --zero_terminal_snr and --timestep_spacing (images): the adapter diffuses what --residual
+    says, its training schedule ends at abar_T = 0 exactly, and the held-out DDIM starts at t = T."""
+    convergence = convergence_module(monkeypatch)
+    import tasks
+    from restoregrad_adapter.integrations import weatherdiff
+
+    args = convergence.parse_args(["--task", "image", "--preset", "smoke", "--recipe", "paper", "--residual", "on",
+                                   "--prediction_type", "v_prediction", "--zero_terminal_snr",
+                                   "--timestep_spacing", "trailing"])
+    assert tasks.recipe_of(args, "image") == {**tasks.RECIPES["paper"]["image"], "residual": True,
+                                              "prediction_type": "v_prediction"}
+    task = tasks.build_task(args)
+    adapter = task.build(0, "restoregrad")
+    assert adapter.residual and adapter.scheduler.alphas_cumprod[-1] == 0
+    assert tasks.build_task(convergence.parse_args(["--task", "image", "--preset", "smoke"])).build(
+        0, "ddpm").scheduler.alphas_cumprod[-1] > 1e-5  # the plain schedule: SNR about 4e-5 at t = T
+    spacings = []
+    real_restore_image = weatherdiff.restore_image
+    monkeypatch.setattr(weatherdiff, "restore_image", lambda *a, **k: spacings.append(k["timestep_spacing"])
+                        or real_restore_image(*a, **k))
+    scores = task.evaluate(adapter, seed=0)
+    assert set(spacings) == {"trailing"} and all(v == v for v in scores.values())  # finite: no 0/0 at t = T
+    off = convergence.parse_args(["--task", "image", "--preset", "smoke", "--residual", "off"])
+    assert not tasks.build_task(off).build(0, "ddpm").residual
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["--task", "image", "--recipe", "paper", "--zero_terminal_snr"], "divides by sqrt(abar_T) = 0"),
+    (["--task", "speech", "--residual", "on"], "are image settings"),
+    (["--task", "speech", "--timestep_spacing", "trailing"], "are image settings"),
+])
+def test_schedule_ablations_refuse_what_cannot_work(monkeypatch, argv, error, capsys):
+    convergence = convergence_module(monkeypatch)
+    with pytest.raises(SystemExit):
+        convergence.parse_args(argv)
+    assert error in capsys.readouterr().err
+
+
 def test_summarize_only_recomputes_the_headline_with_its_spread(tmp_path):
     run = run_convergence("--task", "speech", "--preset", "smoke", "--seeds", "0", "1",
                           "--output_dir", str(tmp_path / "run"))
