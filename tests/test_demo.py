@@ -4,6 +4,7 @@ refuses bad uploads, keeps running, and keeps two requests at once apart (throug
 import concurrent.futures
 import importlib.util
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -254,6 +255,29 @@ def test_the_space_app_serves_a_local_adapter_offline(image_adapter, files, tmp_
     # The Space's README carries the metadata a Space reads.
     header = (REPO / "space" / "README.md").read_text().split("---")[1]
     assert "sdk: gradio" in header and "app_file: app.py" in header
+
+
+def test_the_space_app_serves_a_hub_adapter_from_a_seeded_cache_offline(image_adapter, files, tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--restoregrad-rain"
+    shutil.copytree(image_adapter, repo / "snapshots" / ("b" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("RESTOREGRAD_ADAPTER", "org/restoregrad-rain")
+    spec = importlib.util.spec_from_file_location("space_app_hub", REPO / "space" / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    assert app.demo.title == "RestoreGrad: org/restoregrad-rain (images)"
+    port = free_port()
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app.LAUNCH_KWARGS)
+    try:
+        _, restored, _, _, _ = call(f"http://127.0.0.1:{port}/", files / "noisy.png", seed=1, steps=2)
+    finally:
+        app.demo.close()
+    expected = cli_restore(image_adapter, files / "noisy.png", tmp_path / "cli", "--seed", "1", "--steps", "2")
+    assert Path(restored).read_bytes() == expected.read_bytes()
 
 
 def test_the_space_app_says_what_it_needs(monkeypatch):
