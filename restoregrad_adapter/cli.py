@@ -346,6 +346,7 @@ def prior_figure(adapter, path: Path):
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.mlab as mlab
     import matplotlib.pyplot as plt
 
     device = next(adapter.parameters()).device
@@ -371,8 +372,10 @@ def prior_figure(adapter, path: Path):
         sigma = adapter.prior_std(y)[0, 0].cpu().numpy()
     fig, axes = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     window = min(512, len(audio))
-    axes[0].specgram(audio, NFFT=window, Fs=rate, noverlap=window * 3 // 4, cmap="magma", scale="dB",
-                     vmin=-120 if audio.any() else None)
+    power, frequencies, times = mlab.specgram(audio, NFFT=window, Fs=rate, noverlap=window * 3 // 4)
+    level = 10 * np.log10(power + 1e-20)  # digital silence stays finite
+    axes[0].pcolormesh(times, frequencies, level, cmap="magma", vmin=level.max() - 100, vmax=level.max(),
+                       shading="auto")
     axes[0].set_ylabel("frequency (Hz)")
     axes[0].set_title(path.name)
     axes[1].plot(np.arange(len(audio)) / rate, sigma, color="tab:red", linewidth=0.6)
