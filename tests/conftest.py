@@ -54,3 +54,34 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def tiny_image_adapter():
+    """A small WeatherDiff-wrapped UNet (16 x 16 patches) with reduced encoders whose prior is not flat."""
+    from restoregrad_adapter import RestoreGrad
+    from restoregrad_adapter.contrib.reference_nets import WeatherUNet
+    from restoregrad_adapter.integrations import weatherdiff
+
+    torch.manual_seed(0)
+    unet = WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=16)
+    adapter = RestoreGrad.with_encoders(weatherdiff.wrap(unet, patch_size=16), dims=2, in_channels=3, size="tiny")
+    torch.nn.init.normal_(adapter.prior_net.encoder.head.weight, std=0.05)
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def image_adapter(tmp_path_factory):
+    """The folder of :func:`tiny_image_adapter`, saved."""
+    return tiny_image_adapter().save_pretrained(tmp_path_factory.mktemp("adapters") / "image")
+
+
+@pytest.fixture(scope="module")
+def speech_adapter(tmp_path_factory):
+    """The folder of a small CDiffuSE adapter of a DiffWave (16 kHz), saved."""
+    from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser
+    from restoregrad_adapter.integrations import cdiffuse
+
+    torch.manual_seed(0)
+    model = DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32)
+    adapter = cdiffuse.CDiffuSERestoreGrad.from_model(model, size="tiny")
+    return adapter.save_pretrained(tmp_path_factory.mktemp("adapters") / "speech", sample_rate=16000)

@@ -15,32 +15,12 @@ import soundfile
 import torch
 from PIL import Image
 
-from restoregrad_adapter import RestoreGrad
 from restoregrad_adapter.cli import main
 from restoregrad_adapter.contrib import metrics
-from restoregrad_adapter.contrib.reference_nets import DiffWaveDenoiser, WeatherUNet
 from restoregrad_adapter.demo import DemoInputError, DemoRestorer, UploadLimits, launch_demo
-from restoregrad_adapter.integrations import cdiffuse, weatherdiff
 from restoregrad_adapter.io import read_audio, read_image
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def image_adapter(tmp_path_factory):
-    torch.manual_seed(0)
-    unet = WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=16)
-    adapter = RestoreGrad.with_encoders(weatherdiff.wrap(unet, patch_size=16), dims=2, in_channels=3, size="tiny")
-    torch.nn.init.normal_(adapter.prior_net.encoder.head.weight, std=0.05)
-    return adapter.save_pretrained(tmp_path_factory.mktemp("adapters") / "image")
-
-
-@pytest.fixture(scope="module")
-def speech_adapter(tmp_path_factory):
-    torch.manual_seed(0)
-    model = DiffWaveDenoiser(residual_channels=8, residual_layers=2, embedding_dim=32)
-    adapter = cdiffuse.CDiffuSERestoreGrad.from_model(model, size="tiny")
-    return adapter.save_pretrained(tmp_path_factory.mktemp("adapters") / "speech", sample_rate=16000)
 
 
 @pytest.fixture(scope="module")
@@ -235,23 +215,34 @@ def test_two_requests_at_once_keep_their_own_outputs(served_image_demo, image_ad
 
 
 # ------------------------------------------------------------------ the Space's app.py
-def test_the_space_app_serves_a_local_adapter_offline(image_adapter, files, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("RESTOREGRAD_ADAPTER", str(image_adapter))
-    spec = importlib.util.spec_from_file_location("space_app", REPO / "space" / "app.py")
+def space_app(module_name: str):
+    """space/app.py, run as a Space runs it (reading RESTOREGRAD_ADAPTER)."""
+    spec = importlib.util.spec_from_file_location(module_name, REPO / "space" / "app.py")
     app = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(app)
-    import gradio as gr
+    return app
 
-    assert isinstance(app.demo, gr.Blocks) and "image" in app.demo.title
+
+def restore_on_the_space(app, upload: Path) -> Path:
+    """Serve the Space's page, restore ``upload`` through it (seed 1, 2 steps), stop; the restored file."""
     port = free_port()
     app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app.LAUNCH_KWARGS)
     try:
-        _, restored, _, _, _ = call(f"http://127.0.0.1:{port}/", files / "noisy.png", seed=1, steps=2)
+        return Path(call(f"http://127.0.0.1:{port}/", upload, seed=1, steps=2)[1])
     finally:
         app.demo.close()
+
+
+def test_the_space_app_serves_a_local_adapter_offline(image_adapter, files, tmp_path, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("RESTOREGRAD_ADAPTER", str(image_adapter))
+    app = space_app("space_app")
+    import gradio as gr
+
+    assert isinstance(app.demo, gr.Blocks) and app.demo.title == "RestoreGrad: image (images)"
+    restored = restore_on_the_space(app, files / "noisy.png")
     expected = cli_restore(image_adapter, files / "noisy.png", tmp_path / "cli", "--seed", "1", "--steps", "2")
-    assert Path(restored).read_bytes() == expected.read_bytes()
+    assert restored.read_bytes() == expected.read_bytes()
     # The Space's README carries the metadata a Space reads.
     header = (REPO / "space" / "README.md").read_text().split("---")[1]
     assert "sdk: gradio" in header and "app_file: app.py" in header
@@ -266,26 +257,17 @@ def test_the_space_app_serves_a_hub_adapter_from_a_seeded_cache_offline(image_ad
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("RESTOREGRAD_ADAPTER", "org/restoregrad-rain")
-    spec = importlib.util.spec_from_file_location("space_app_hub", REPO / "space" / "app.py")
-    app = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(app)
+    app = space_app("space_app_hub")
     assert app.demo.title == "RestoreGrad: org/restoregrad-rain (images)"
-    port = free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **app.LAUNCH_KWARGS)
-    try:
-        _, restored, _, _, _ = call(f"http://127.0.0.1:{port}/", files / "noisy.png", seed=1, steps=2)
-    finally:
-        app.demo.close()
+    restored = restore_on_the_space(app, files / "noisy.png")
     expected = cli_restore(image_adapter, files / "noisy.png", tmp_path / "cli", "--seed", "1", "--steps", "2")
-    assert Path(restored).read_bytes() == expected.read_bytes()
+    assert restored.read_bytes() == expected.read_bytes()
 
 
 def test_the_space_app_says_what_it_needs(monkeypatch):
     monkeypatch.delenv("RESTOREGRAD_ADAPTER", raising=False)
-    spec = importlib.util.spec_from_file_location("space_app_unset", REPO / "space" / "app.py")
-    app = importlib.util.module_from_spec(spec)
     with pytest.raises(SystemExit, match="RESTOREGRAD_ADAPTER"):
-        spec.loader.exec_module(app)
+        space_app("space_app_unset")
 
 
 def test_the_demo_command_needs_gradio(image_adapter, monkeypatch, capsys):

@@ -9,23 +9,15 @@ import io
 import os
 
 import numpy as np
-import torch
 from PIL import Image
 
 from demo_browser import chromium, error_toast, fetch, open_page, served_demo, upload_and_restore, wait_for
-from restoregrad_adapter import RestoreGrad
 from restoregrad_adapter.cli import main
 from restoregrad_adapter.contrib.data.weather import builtin_weather_pairs
-from restoregrad_adapter.contrib.reference_nets import WeatherUNet
-from restoregrad_adapter.integrations import weatherdiff
 
 
-def test_the_page_restores_an_uploaded_photo_in_chromium(tmp_path):
-    torch.manual_seed(0)
-    unet = WeatherUNet(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), image_size=16)
-    adapter = RestoreGrad.with_encoders(weatherdiff.wrap(unet, patch_size=16), dims=2, in_channels=3, size="tiny")
-    torch.nn.init.normal_(adapter.prior_net.encoder.head.weight, std=0.05)
-    adapter_dir = str(adapter.save_pretrained(tmp_path / "adapter"))
+def test_the_page_restores_an_uploaded_photo_in_chromium(image_adapter, tmp_path):
+    adapter_dir = str(image_adapter)
     _, degraded, kind, name = builtin_weather_pairs("validation", size=40)[0]  # a held-out photo with weather
     upload = tmp_path / f"{name}_{kind}.png"
     Image.fromarray((degraded * 255).round().astype(np.uint8)).save(upload)
