@@ -297,9 +297,8 @@ def load_demo(adapter_spec: str, *, model_factory: str | None = None, device: st
     from .cli import load_adapter
 
     adapter = load_adapter(adapter_spec, model_factory, device)
-    name = Path(adapter_spec).name if Path(adapter_spec).exists() else adapter_spec
     kind = "images" if adapter.config.signal_kind == "image" else "speech"
-    return build_demo(DemoRestorer(adapter, limits), title=f"RestoreGrad: {name} ({kind})")
+    return build_demo(DemoRestorer(adapter, limits), title=f"RestoreGrad: {adapter_spec} ({kind})")
 
 
 def launch_demo(adapter_spec: str, *, host: str = "127.0.0.1", port: int = 7860, model_factory: str | None = None,

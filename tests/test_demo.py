@@ -239,7 +239,7 @@ def test_the_space_app_serves_a_local_adapter_offline(image_adapter, files, tmp_
     app = space_app("space_app")
     import gradio as gr
 
-    assert isinstance(app.demo, gr.Blocks) and app.demo.title == "RestoreGrad: image (images)"
+    assert isinstance(app.demo, gr.Blocks) and app.demo.title == f"RestoreGrad: {image_adapter} (images)"
     restored = restore_on_the_space(app, files / "noisy.png")
     expected = cli_restore(image_adapter, files / "noisy.png", tmp_path / "cli", "--seed", "1", "--steps", "2")
     assert restored.read_bytes() == expected.read_bytes()
