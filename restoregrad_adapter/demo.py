@@ -23,6 +23,7 @@ limit, as are files of another type and files that cannot be decoded; the server
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -111,11 +112,15 @@ class DemoRestorer:
         adapter: a loaded ``RestoreGrad`` adapter (in eval mode).
         limits: what uploads are accepted.
         work_dir: where each request's files go (a folder per request); default a new temporary folder.
+            Folders of requests older than ``keep_seconds`` are removed when a new request comes (the
+            page has served them by then; Gradio keeps its own copies for ``keep_seconds`` too).
     """
 
-    def __init__(self, adapter, limits: UploadLimits = UploadLimits(), work_dir: str | os.PathLike | None = None):
+    def __init__(self, adapter, limits: UploadLimits = UploadLimits(), work_dir: str | os.PathLike | None = None,
+                 keep_seconds: float = 3600.0):
         self.adapter = adapter
         self.limits = limits
+        self.keep_seconds = keep_seconds
         self.kind = adapter.config.signal_kind
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="restoregrad-demo-"))
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +166,12 @@ class DemoRestorer:
             raise DemoInputError(f"{what} ({path.name}) cannot be read: {_file_names_only(str(error), path)}") from None
         return path
 
+    def _remove_old_requests(self) -> None:
+        oldest = time.time() - self.keep_seconds
+        for folder in self.work_dir.glob("request-*"):
+            if folder.is_dir() and folder.stat().st_mtime < oldest:
+                shutil.rmtree(folder, ignore_errors=True)
+
     def restore(self, path, reference=None, *, seed: int = 0, steps: int | None = None,
                 progress: Callable[[float, str], None] | None = None) -> DemoResult:
         """Restore the uploaded file ``path`` (and score it against ``reference``, when given).
@@ -177,6 +188,7 @@ class DemoRestorer:
             raise DemoInputError(f"The sampling steps must be between 1 and {self.max_steps()}, got {steps!r}.")
         settings = RestoreSettings(seed=int(seed), steps=int(steps) if steps is not None and self.kind == "image"
                                    else None)
+        self._remove_old_requests()
         request_dir = Path(tempfile.mkdtemp(prefix="request-", dir=self.work_dir))
         target = output_path(request_dir, path, self.kind)
         total_steps: list[int] = []
@@ -249,7 +261,8 @@ def build_demo(restorer: DemoRestorer, title: str = "RestoreGrad"):
         return (str(result.input_preview), str(result.restored), str(result.prior), str(result.restored),
                 result.summary())
 
-    with gr.Blocks(title=title) as demo:
+    keep = int(restorer.keep_seconds)
+    with gr.Blocks(title=title, delete_cache=(keep, keep)) as demo:
         gr.Markdown(f"# {title}\nUpload {what} ({limit_text}; {', '.join(restorer.extensions)}), then press "
                     "**Restore**. The learned prior sigma shows where the adapter expects the most to restore.")
         with gr.Row():

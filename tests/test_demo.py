@@ -105,6 +105,16 @@ def test_scores_against_an_uploaded_reference(image_adapter, speech_adapter, fil
         metrics.speech_scores(torch.from_numpy(read_audio(files / "noisy.wav")[0]), clean, 16000)["si_snr"])
 
 
+def test_old_requests_are_removed_when_a_new_one_comes(image_adapter, files, tmp_path):
+    demo = restorer(image_adapter, tmp_path)
+    first = demo.restore(files / "noisy.png", steps=2)
+    second = demo.restore(files / "noisy.png", steps=2)
+    assert first.restored.exists() and second.restored.exists()  # both within the hour
+    os.utime(first.restored.parent, (0, 0))  # the first request, long ago
+    third = demo.restore(files / "noisy.png", steps=2)
+    assert not first.restored.parent.exists() and second.restored.exists() and third.restored.exists()
+
+
 def test_progress_reaches_every_step(image_adapter, files, tmp_path):
     calls = []
     restorer(image_adapter, tmp_path).restore(files / "noisy.png", steps=2,
