@@ -105,7 +105,9 @@ UPLOADED = "{0} .file-preview, {0} table, {0} audio"  # what a File or Audio com
 
 def upload_and_restore(driver, upload: Path, reference: Path | None = None, timeout: float = 300.0) -> str:
     """Upload ``upload`` (and ``reference``), press Restore, wait for the restoration; the URL of the restored
-    image or recording the page shows."""
+    image the page shows, or of the restored recording it offers for download."""
+    from selenium.webdriver.common.by import By
+
     wait_for(driver, "#upload input[type=file]").send_keys(str(Path(upload).resolve()))
     wait_for(driver, UPLOADED.format("#upload"))  # the upload has reached the server
     if reference is not None:
@@ -113,7 +115,9 @@ def upload_and_restore(driver, upload: Path, reference: Path | None = None, time
         wait_for(driver, UPLOADED.format("#reference"))
     wait_for(driver, "#restore").click()
     wait_for(driver, "#prior img", timeout)  # the last picture the restoration fills in
-    return wait_for(driver, "#restored img, #restored audio").get_attribute("src")
+    if driver.find_elements(By.CSS_SELECTOR, "#restored img"):
+        return wait_for(driver, "#restored img").get_attribute("src")  # the image shown
+    return wait_for(driver, "#download a[href]").get_attribute("href")  # the recording offered for download
 
 
 def error_toast(driver, timeout: float = 120.0) -> str:
