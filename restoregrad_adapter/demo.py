@@ -35,6 +35,7 @@ import numpy as np
 
 from .cli import CommandError, RestoreSettings, _scores, output_path, prior_figure, restore_file, \
     write_restoration
+from .checks import check_number
 from .io import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, InputFileError, read_audio, read_image, save_figure, write_image
 
 # Gradio asks the network for analytics and its newest version unless told not to; the demo works offline.
@@ -65,9 +66,7 @@ class UploadLimits:
 
     def __post_init__(self):
         for name in ("max_file_mb", "max_pixels", "max_seconds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value > 0 and np.isfinite(value)):
-                raise ValueError(f"`{name}` must be a positive number, got {value!r}.")
+            check_number(name, getattr(self, name), minimum=0, open_minimum=True)
 
     @property
     def max_file_bytes(self) -> int:
@@ -318,7 +317,6 @@ def launch_demo(adapter_spec: str, *, host: str = "127.0.0.1", port: int = 7860,
                 device: str = "cpu", limits: UploadLimits = UploadLimits(), block: bool = True):
     """Serve the page on ``host:port``; with ``block`` False, return the running ``gradio.Blocks``."""
     demo = load_demo(adapter_spec, model_factory=model_factory, device=device, limits=limits)
-    demo.queue(default_concurrency_limit=1)
     demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, quiet=False,
                 **launch_kwargs(limits))
     return demo

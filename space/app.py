@@ -18,7 +18,7 @@ LIMITS = UploadLimits(
     max_pixels=int(os.environ.get("RESTOREGRAD_MAX_PIXELS", 512 * 512)),
     max_seconds=float(os.environ.get("RESTOREGRAD_MAX_SECONDS", 30)),
 )
-demo = load_demo(ADAPTER, limits=LIMITS).queue(default_concurrency_limit=1)
+demo = load_demo(ADAPTER, limits=LIMITS)
 LAUNCH_KWARGS = launch_kwargs(LIMITS)
 
 if __name__ == "__main__":

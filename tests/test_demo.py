@@ -5,7 +5,6 @@ import concurrent.futures
 import importlib.util
 import os
 import shutil
-import socket
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import soundfile
 import torch
 from PIL import Image
 
+from demo_browser import free_port
 from restoregrad_adapter.cli import main
 from restoregrad_adapter.contrib import metrics
 from restoregrad_adapter.demo import DemoInputError, DemoRestorer, UploadLimits, launch_demo
@@ -159,17 +159,11 @@ def test_limits_are_stated_when_an_upload_exceeds_them(image_adapter, speech_ada
 @pytest.mark.parametrize("field, value", [("max_file_mb", 0), ("max_pixels", -5), ("max_seconds", float("nan")),
                                           ("max_pixels", True)])
 def test_upload_limits_are_checked(field, value):
-    with pytest.raises(ValueError, match=f"`{field}` must be a positive number"):
+    with pytest.raises(ValueError, match=f"`{field}` must be a finite number > 0, got {value!r}"):
         UploadLimits(**{field: value})
 
 
 # ------------------------------------------------------------------ the served page (Gradio's client)
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served_image_demo(image_adapter):
     limits = UploadLimits(max_file_mb=0.02)  # 20 kB: the test photos fit, a larger file does not
